@@ -1,0 +1,1257 @@
+//! The one place config is validated: file shape -> runtime [`Config`]. Every problem is
+//! collected with its key path; unknown names get the closest valid one as a suggestion.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use http::{HeaderName, Method};
+use ipnet::IpNet;
+use serde::de::DeserializeOwned;
+
+use super::units::{parse_duration, parse_rate, parse_size};
+use super::*;
+
+const TOP_KEYS: &[&str] = &[
+    "server",
+    "client_ip",
+    "ip",
+    "token",
+    "refresh",
+    "store",
+    "forward_auth",
+    "upstreams",
+    "rate_limits",
+    "login_protection",
+    "routes",
+];
+
+pub(super) fn build(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
+    let file_name = path.display().to_string();
+    let fail = |errors: Vec<ConfigError>| ConfigErrors {
+        file: file_name.clone(),
+        errors,
+    };
+    let table: toml::Table = toml::from_str(text).map_err(|e| {
+        fail(vec![ConfigError {
+            path: String::new(),
+            message: format!("not valid TOML: {e}"),
+        }])
+    })?;
+    let mut errs = Errors::default();
+    let file = shape(table, &mut errs);
+    if !errs.0.is_empty() {
+        return Err(fail(errs.0));
+    }
+    let base_dir = path
+        .parent()
+        .map(Path::to_path_buf)
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or_else(|| PathBuf::from("."));
+    let mut v = Validator {
+        base: base_dir.clone(),
+        errs,
+        warnings: Vec::new(),
+    };
+    let cfg = v.config(file, path.to_path_buf(), base_dir);
+    if v.errs.0.is_empty() {
+        let mut cfg = cfg;
+        cfg.warnings = v.warnings;
+        Ok(cfg)
+    } else {
+        Err(fail(v.errs.0))
+    }
+}
+
+/// Deserialize section by section so that one typo does not hide the next.
+fn shape(mut table: toml::Table, errs: &mut Errors) -> FileConfig {
+    for key in table.keys() {
+        if !TOP_KEYS.contains(&key.as_str()) {
+            let hint = closest(key, TOP_KEYS)
+                .map(|c| format!("; did you mean `{c}`?"))
+                .unwrap_or_default();
+            errs.push(key.clone(), format!("unknown section{hint}"));
+        }
+    }
+    let mut out = FileConfig::default();
+    fn take<T: DeserializeOwned + Default>(t: &mut toml::Table, key: &str, errs: &mut Errors) -> T {
+        take_opt(t, key, errs).unwrap_or_default()
+    }
+    fn take_opt<T: DeserializeOwned>(
+        t: &mut toml::Table,
+        key: &str,
+        errs: &mut Errors,
+    ) -> Option<T> {
+        let v = t.remove(key)?;
+        de(v, key, errs)
+    }
+    out.server = take(&mut table, "server", errs);
+    out.client_ip = take(&mut table, "client_ip", errs);
+    out.ip = take(&mut table, "ip", errs);
+    out.token = take_opt(&mut table, "token", errs);
+    out.refresh = take_opt(&mut table, "refresh", errs);
+    out.store = take(&mut table, "store", errs);
+    out.forward_auth = take_opt(&mut table, "forward_auth", errs);
+    out.login_protection = take_opt(&mut table, "login_protection", errs);
+    for (section, is_up) in [("upstreams", true), ("rate_limits", false)] {
+        match table.remove(section) {
+            None => {}
+            Some(toml::Value::Table(t)) => {
+                for (name, v) in t {
+                    let p = format!("{section}.{name}");
+                    if is_up {
+                        if let Some(u) = de(v, &p, errs) {
+                            out.upstreams.insert(name, u);
+                        }
+                    } else if let Some(r) = de(v, &p, errs) {
+                        out.rate_limits.insert(name, r);
+                    }
+                }
+            }
+            Some(_) => errs.push(section, "must be a table of named entries"),
+        }
+    }
+    match table.remove("routes") {
+        None => {}
+        Some(toml::Value::Array(a)) => {
+            for (i, v) in a.into_iter().enumerate() {
+                if let Some(r) = de(v, &format!("routes[{i}]"), errs) {
+                    out.routes.push(r);
+                }
+            }
+        }
+        Some(_) => errs.push("routes", "must be an array of tables: [[routes]]"),
+    }
+    out
+}
+
+fn de<T: DeserializeOwned>(v: toml::Value, path: &str, errs: &mut Errors) -> Option<T> {
+    match v.try_into::<T>() {
+        Ok(t) => Some(t),
+        Err(e) => {
+            errs.push(path, explain_serde(&e.to_string()));
+            None
+        }
+    }
+}
+
+/// Turn serde's "unknown field `x`, expected one of `a`, `b`" into a suggestion.
+fn explain_serde(msg: &str) -> String {
+    let msg = msg.trim().trim_end_matches('\n').to_string();
+    if let Some(rest) = msg.strip_prefix("unknown field `") {
+        if let Some((field, tail)) = rest.split_once('`') {
+            let expected: Vec<&str> = tail
+                .split('`')
+                .enumerate()
+                .filter(|(i, _)| i % 2 == 1)
+                .map(|(_, s)| s)
+                .collect();
+            let hint = closest(field, &expected)
+                .map(|c| format!("did you mean `{c}`?"))
+                .unwrap_or_else(|| format!("valid keys: {}", expected.join(", ")));
+            return format!("unknown key `{field}`; {hint}");
+        }
+    }
+    msg
+}
+
+struct Validator {
+    base: PathBuf,
+    errs: Errors,
+    warnings: Vec<String>,
+}
+
+impl Validator {
+    fn err(&mut self, path: impl Into<String>, msg: impl Into<String>) {
+        self.errs.push(path, msg);
+    }
+
+    fn resolve(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base.join(p)
+        }
+    }
+
+    fn duration(&mut self, path: &str, v: &Option<String>, default: Duration) -> Duration {
+        match v {
+            None => default,
+            Some(s) => parse_duration(s).unwrap_or_else(|e| {
+                self.err(path, e);
+                default
+            }),
+        }
+    }
+
+    fn addr(&mut self, path: &str, v: &str) -> Option<SocketAddr> {
+        match v.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.err(
+                    path,
+                    format!(
+                        "`{v}` is not an IP:port address (e.g. \"0.0.0.0:8443\", \"[::]:8443\")"
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn header_name(&mut self, path: &str, v: &str) -> Option<HeaderName> {
+        match HeaderName::from_str(v) {
+            Ok(h) => Some(h),
+            Err(_) => {
+                self.err(path, format!("`{v}` is not a valid HTTP header name"));
+                None
+            }
+        }
+    }
+
+    fn nets(&mut self, path: &str, list: &[String]) -> Vec<IpNet> {
+        let mut out = Vec::with_capacity(list.len());
+        for (i, s) in list.iter().enumerate() {
+            match parse_net(s) {
+                Ok(n) => out.push(n),
+                Err(e) => self.err(format!("{path}[{i}]"), e),
+            }
+        }
+        out
+    }
+
+    fn ip_lists(&mut self, path: &str, f: &IpFile) -> IpLists {
+        let allow = self.nets(&format!("{path}.allow"), &f.allow);
+        let mut deny = self.nets(&format!("{path}.deny"), &f.deny);
+        if let Some(df) = &f.deny_file {
+            let p = self.resolve(df);
+            match std::fs::read_to_string(&p) {
+                Ok(text) => {
+                    for (n, line) in text.lines().enumerate() {
+                        let line = line.split('#').next().unwrap_or("").trim();
+                        if line.is_empty() {
+                            continue;
+                        }
+                        match parse_net(line) {
+                            Ok(net) => deny.push(net),
+                            Err(e) => {
+                                self.err(format!("{path}.deny_file ({}:{})", p.display(), n + 1), e)
+                            }
+                        }
+                    }
+                }
+                Err(e) => self.err(
+                    format!("{path}.deny_file"),
+                    format!("cannot read {}: {e}", p.display()),
+                ),
+            }
+        }
+        IpLists { allow, deny }
+    }
+
+    fn config(&mut self, f: FileConfig, source: PathBuf, base_dir: PathBuf) -> Config {
+        let server = self.server(&f.server);
+        let client_ip = self.client_ip(&f.client_ip);
+        let ip = self.ip_lists("ip", &f.ip);
+        let token = f.token.as_ref().and_then(|t| self.token(t));
+        let refresh = self.refresh(f.refresh.as_ref(), token.is_some());
+        let store = self.store(&f.store);
+        let forward_auth = f.forward_auth.as_ref().map(|fa| {
+            let p = fa.path.clone().unwrap_or_else(|| "/_iptgate/verify".into());
+            self.gateway_path("forward_auth.path", &p);
+            p
+        });
+        let upstream_names: Vec<String> = f.upstreams.keys().cloned().collect();
+        let upstreams: Vec<UpstreamConfig> = f
+            .upstreams
+            .iter()
+            .map(|(n, u)| self.upstream(n, u))
+            .collect();
+        let rate_limits: Vec<RateLimitPolicy> = f
+            .rate_limits
+            .iter()
+            .map(|(n, r)| self.rate_limit(n, r))
+            .collect();
+        let login_protection = f.login_protection.as_ref().map(|l| self.login(l));
+        let mut routes = Vec::new();
+        for (i, r) in f.routes.iter().enumerate() {
+            if let Some(route) = self.route(i, r, &upstream_names, &rate_limits, token.as_ref()) {
+                routes.push(route);
+            }
+        }
+        if f.routes.is_empty() {
+            self.err("routes", "no routes: add at least one [[routes]] table");
+        }
+        self.check_routes(&routes);
+        Config {
+            source,
+            base_dir,
+            server: server.unwrap_or_else(default_server),
+            client_ip,
+            ip,
+            token,
+            refresh,
+            store,
+            forward_auth,
+            upstreams,
+            rate_limits,
+            login_protection,
+            routes,
+            warnings: Vec::new(),
+        }
+    }
+
+    fn gateway_path(&mut self, key: &str, p: &str) {
+        if !p.starts_with('/') || p.contains("//") || p.contains("/./") || p.contains("/../") {
+            self.err(key, format!("`{p}` must be an absolute, normalized path"));
+        }
+    }
+
+    fn server(&mut self, s: &ServerFile) -> Option<ServerConfig> {
+        let listen = self.addr(
+            "server.listen",
+            s.listen.as_deref().unwrap_or("0.0.0.0:8443"),
+        )?;
+        let tls = s.tls.as_ref().map(|t| TlsPaths {
+            cert: self.resolve(&t.cert),
+            key: self.resolve(&t.key),
+        });
+        if let Some(t) = &tls {
+            for (k, p) in [("server.tls.cert", &t.cert), ("server.tls.key", &t.key)] {
+                if !p.exists() {
+                    self.err(
+                        k,
+                        format!(
+                            "{} does not exist (run `iptgate cert --out DIR`)",
+                            p.display()
+                        ),
+                    );
+                }
+            }
+        }
+        let redirect_http = s
+            .redirect_http
+            .as_ref()
+            .and_then(|a| self.addr("server.redirect_http", a));
+        if redirect_http.is_some() && tls.is_none() {
+            self.err(
+                "server.redirect_http",
+                "needs [server].tls: without TLS there is nothing to redirect to",
+            );
+        }
+        let admin_listen = match s.admin_listen.as_deref() {
+            Some("" | "off") => None,
+            Some(a) => self.addr("server.admin_listen", a),
+            None => Some(SocketAddr::from(([127, 0, 0, 1], 9901))),
+        };
+        if admin_listen.is_some() && admin_listen == Some(listen) && listen.port() != 0 {
+            self.err(
+                "server.admin_listen",
+                "must differ from server.listen: the admin endpoints never share the main listener",
+            );
+        }
+        let max_request_body = match &s.max_request_body {
+            None => 10 << 20,
+            Some(v) => parse_size(v).unwrap_or_else(|e| {
+                self.err("server.max_request_body", e);
+                0
+            }),
+        };
+        let max_connections = s.max_connections.unwrap_or(10_000);
+        if max_connections == 0 {
+            self.err("server.max_connections", "must be at least 1");
+        }
+        Some(ServerConfig {
+            listen,
+            tls,
+            redirect_http,
+            admin_listen,
+            workers: s.workers.unwrap_or(0),
+            max_connections,
+            header_read_timeout: self.duration(
+                "server.header_read_timeout",
+                &s.header_read_timeout,
+                Duration::from_secs(10),
+            ),
+            idle_timeout: self.duration(
+                "server.idle_timeout",
+                &s.idle_timeout,
+                Duration::from_secs(60),
+            ),
+            max_request_body,
+            shutdown_grace: self.duration(
+                "server.shutdown_grace",
+                &s.shutdown_grace,
+                Duration::from_secs(30),
+            ),
+        })
+    }
+
+    fn client_ip(&mut self, c: &ClientIpFile) -> ClientIpConfig {
+        let trusted_proxies = self.nets("client_ip.trusted_proxies", &c.trusted_proxies);
+        let header = match c.header.as_deref().map(str::to_ascii_lowercase).as_deref() {
+            None | Some("x-forwarded-for") => ForwardHeader::XForwardedFor,
+            Some("forwarded") => ForwardHeader::Forwarded,
+            Some("x-real-ip") => ForwardHeader::XRealIp,
+            Some(other) => {
+                self.err(
+                    "client_ip.header",
+                    format!("`{other}`: use \"x-forwarded-for\", \"forwarded\" or \"x-real-ip\""),
+                );
+                ForwardHeader::XForwardedFor
+            }
+        };
+        ClientIpConfig {
+            trusted_proxies,
+            header,
+            proxy_protocol: c.proxy_protocol,
+        }
+    }
+
+    fn secret(&mut self, s: &SecretFile) -> Option<Vec<u8>> {
+        match (&s.env, &s.file) {
+            (Some(name), None) => match std::env::var(name) {
+                Ok(v) => Some(v.into_bytes()),
+                Err(_) => {
+                    self.err(
+                        "token.secret.env",
+                        format!("environment variable {name} is not set (or not UTF-8)"),
+                    );
+                    None
+                }
+            },
+            (None, Some(p)) => {
+                let p = self.resolve(p);
+                match std::fs::read(&p) {
+                    Ok(mut b) => {
+                        while b.last().is_some_and(|c| *c == b'\n' || *c == b'\r') {
+                            b.pop();
+                        }
+                        Some(b)
+                    }
+                    Err(e) => {
+                        self.err(
+                            "token.secret.file",
+                            format!("cannot read {}: {e}", p.display()),
+                        );
+                        None
+                    }
+                }
+            }
+            _ => {
+                self.err(
+                    "token.secret",
+                    "write exactly one of { env = \"NAME\" } or { file = \"path\" }",
+                );
+                None
+            }
+        }
+    }
+
+    fn token(&mut self, t: &TokenFile) -> Option<TokenConfig> {
+        let alg_name = t.algorithm.as_deref().unwrap_or("HS256");
+        let algorithm = match Algorithm::ALL.iter().find(|(n, _)| *n == alg_name) {
+            Some((_, a)) => *a,
+            None => {
+                let names: Vec<&str> = Algorithm::ALL.iter().map(|(n, _)| *n).collect();
+                let hint = closest(alg_name, &names)
+                    .map(|c| format!("did you mean `{c}`?"))
+                    .unwrap_or_else(|| format!("use one of {}", names.join(", ")));
+                self.err(
+                    "token.algorithm",
+                    format!("unknown algorithm `{alg_name}`; {hint}"),
+                );
+                return None;
+            }
+        };
+        let keys = if algorithm.is_hmac() {
+            if t.private_key.is_some() || !t.public_keys.is_empty() {
+                self.err(
+                    "token.private_key",
+                    format!("{alg_name} uses `secret`; private_key/public_keys are for asymmetric algorithms"),
+                );
+            }
+            let Some(secret_ref) = &t.secret else {
+                self.err(
+                    "token.secret",
+                    format!("{alg_name} needs a secret: secret = {{ env = \"IPTGATE_SECRET\" }}"),
+                );
+                return None;
+            };
+            let secret = self.secret(secret_ref)?;
+            if secret.len() < 32 {
+                self.err(
+                    "token.secret",
+                    format!(
+                        "the secret is {} bytes; HS* secrets need at least 32",
+                        secret.len()
+                    ),
+                );
+                return None;
+            }
+            KeyMaterial::Secret(secret)
+        } else {
+            if t.secret.is_some() {
+                self.err(
+                    "token.secret",
+                    format!(
+                        "{alg_name} is asymmetric: use private_key (and public_keys), not secret"
+                    ),
+                );
+            }
+            let mut read = |key: &str, p: &Path| -> Option<Vec<u8>> {
+                let p = self.resolve(p);
+                std::fs::read(&p)
+                    .map_err(|e| self.err(key, format!("cannot read {}: {e}", p.display())))
+                    .ok()
+            };
+            let private_key = t
+                .private_key
+                .as_ref()
+                .and_then(|p| read("token.private_key", p));
+            let public_keys: Vec<Vec<u8>> = t
+                .public_keys
+                .iter()
+                .enumerate()
+                .filter_map(|(i, p)| read(&format!("token.public_keys[{i}]"), p))
+                .collect();
+            if t.private_key.is_none() && t.public_keys.is_empty() {
+                self.err(
+                    "token.private_key",
+                    format!("{alg_name} needs private_key (to mint) or public_keys (to verify)"),
+                );
+                return None;
+            }
+            KeyMaterial::Pem {
+                private_key,
+                public_keys,
+            }
+        };
+        let ip_binding = match t.ip_binding.as_deref().unwrap_or("exact") {
+            "exact" => IpBinding::Exact,
+            "subnet" => IpBinding::Subnet,
+            "off" => IpBinding::Off,
+            other => {
+                self.err(
+                    "token.ip_binding",
+                    format!("`{other}`: use \"exact\", \"subnet\" or \"off\""),
+                );
+                IpBinding::Exact
+            }
+        };
+        let subnet_v4 = t.subnet_v4.unwrap_or(24);
+        let subnet_v6 = t.subnet_v6.unwrap_or(64);
+        if subnet_v4 > 32 {
+            self.err("token.subnet_v4", "must be 0..=32");
+        }
+        if subnet_v6 > 128 {
+            self.err("token.subnet_v6", "must be 0..=128");
+        }
+        let header = self
+            .header_name("token.header", t.header.as_deref().unwrap_or("IPToken"))
+            .unwrap_or(HeaderName::from_static("iptoken"));
+        let c = t.cookie.clone().unwrap_or_default();
+        let cookie_name = c.name.unwrap_or_else(|| "ipt".into());
+        if cookie_name.is_empty()
+            || !cookie_name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+        {
+            self.err(
+                "token.cookie.name",
+                format!("`{cookie_name}` is not a valid cookie name"),
+            );
+        }
+        let same_site = match c
+            .same_site
+            .as_deref()
+            .unwrap_or("Strict")
+            .to_ascii_lowercase()
+            .as_str()
+        {
+            "strict" => SameSite::Strict,
+            "lax" => SameSite::Lax,
+            "none" => SameSite::None,
+            other => {
+                self.err(
+                    "token.cookie.same_site",
+                    format!("`{other}`: use \"Strict\", \"Lax\" or \"None\""),
+                );
+                SameSite::Strict
+            }
+        };
+        let secure = c.secure.unwrap_or(true);
+        if same_site == SameSite::None && !secure {
+            self.err(
+                "token.cookie.same_site",
+                "SameSite=None cookies must be secure (browsers reject them otherwise)",
+            );
+        }
+        let cookie = CookieConfig {
+            name: cookie_name,
+            secure,
+            http_only: c.http_only.unwrap_or(true),
+            same_site,
+            path: c.path.unwrap_or_else(|| "/".into()),
+            domain: c.domain,
+        };
+        let mut accept = Vec::new();
+        let accept_names = t
+            .accept
+            .clone()
+            .unwrap_or_else(|| vec!["authorization".into(), "header".into(), "cookie".into()]);
+        for (i, a) in accept_names.iter().enumerate() {
+            let src = match a.to_ascii_lowercase().as_str() {
+                "authorization" => TokenSource::Authorization,
+                "header" => TokenSource::Header,
+                "cookie" => TokenSource::Cookie,
+                other => {
+                    self.err(
+                        format!("token.accept[{i}]"),
+                        format!("`{other}`: use \"authorization\", \"header\" or \"cookie\""),
+                    );
+                    continue;
+                }
+            };
+            if !accept.contains(&src) {
+                accept.push(src);
+            }
+        }
+        if accept.is_empty() {
+            self.err(
+                "token.accept",
+                "must name at least one place a token may be carried",
+            );
+        }
+        let schemes: Vec<String> = t
+            .schemes
+            .clone()
+            .unwrap_or_else(|| vec!["Bearer".into(), "Token".into()])
+            .into_iter()
+            .map(|s| s.to_ascii_lowercase())
+            .collect();
+        let fc = t
+            .forward_claims
+            .clone()
+            .unwrap_or_else(|| [("sub".to_string(), "X-Auth-Subject".to_string())].into());
+        let mut forward_claims = Vec::new();
+        for (claim, h) in &fc {
+            if let Some(name) = self.header_name(&format!("token.forward_claims.{claim}"), h) {
+                if is_reserved_header(&name) {
+                    self.err(
+                        format!("token.forward_claims.{claim}"),
+                        format!("`{h}` is a header the gateway manages; pick another name"),
+                    );
+                }
+                forward_claims.push((claim.clone(), name));
+            }
+        }
+        let device_binding = match &t.device_binding {
+            None => None,
+            Some(DeviceBindingFile {
+                cookie: Some(c),
+                header: None,
+            }) => Some(DeviceBinding::Cookie(c.clone())),
+            Some(DeviceBindingFile {
+                cookie: None,
+                header: Some(h),
+            }) => self
+                .header_name("token.device_binding.header", h)
+                .map(DeviceBinding::Header),
+            Some(_) => {
+                self.err(
+                    "token.device_binding",
+                    "write exactly one of { cookie = \"NAME\" } or { header = \"NAME\" }",
+                );
+                None
+            }
+        };
+        let mut claims = serde_json::Map::new();
+        for (k, v) in &t.claims {
+            if RESERVED_CLAIMS.contains(&k.as_str()) {
+                self.err(
+                    format!("token.claims.{k}"),
+                    "is set by the gateway itself and cannot be a static claim",
+                );
+                continue;
+            }
+            match serde_json::to_value(v) {
+                Ok(j) => {
+                    claims.insert(k.clone(), j);
+                }
+                Err(e) => self.err(format!("token.claims.{k}"), e.to_string()),
+            }
+        }
+        let issuer = match t.issuer.as_deref() {
+            None => Some("iptgate".to_string()),
+            Some("") => None,
+            Some(s) => Some(s.to_string()),
+        };
+        Some(TokenConfig {
+            algorithm,
+            keys,
+            ttl: self.duration("token.ttl", &t.ttl, Duration::from_secs(3600)),
+            issuer,
+            audience: t.audience.clone().filter(|a| !a.is_empty()),
+            leeway: self.duration("token.leeway", &t.leeway, Duration::from_secs(30)),
+            claims,
+            ip_binding,
+            subnet_v4: subnet_v4.min(32),
+            subnet_v6: subnet_v6.min(128),
+            header,
+            cookie,
+            set_cookie: t.set_cookie,
+            accept,
+            schemes,
+            forward_claims,
+            forward_token: t.forward_token,
+            device_binding,
+        })
+    }
+
+    fn refresh(&mut self, r: Option<&RefreshFile>, has_token: bool) -> Option<RefreshConfig> {
+        let r = r.filter(|r| r.enabled)?;
+        if !has_token {
+            self.err("refresh.enabled", "needs a valid [token] section");
+        }
+        let header = self
+            .header_name(
+                "refresh.header",
+                r.header.as_deref().unwrap_or("IPToken-Refresh"),
+            )
+            .unwrap_or(HeaderName::from_static("iptoken-refresh"));
+        let path = r.path.clone().unwrap_or_else(|| "/auth/refresh".into());
+        let logout_path = r
+            .logout_path
+            .clone()
+            .unwrap_or_else(|| "/auth/logout".into());
+        self.gateway_path("refresh.path", &path);
+        self.gateway_path("refresh.logout_path", &logout_path);
+        Some(RefreshConfig {
+            ttl: self.duration("refresh.ttl", &r.ttl, Duration::from_secs(30 * 86_400)),
+            header,
+            path,
+            logout_path,
+        })
+    }
+
+    fn store(&mut self, s: &StoreFile) -> StoreConfig {
+        let backend = match s.backend.as_deref().unwrap_or("memory") {
+            "memory" => {
+                if s.url.is_some() {
+                    self.err("store.url", "only used with backend = \"redis\"");
+                }
+                StoreBackend::Memory
+            }
+            "redis" => match &s.url {
+                Some(u) if u.starts_with("redis://") || u.starts_with("rediss://") => {
+                    StoreBackend::Redis(u.clone())
+                }
+                Some(u) => {
+                    self.err(
+                        "store.url",
+                        format!("`{u}` is not a redis:// or rediss:// URL"),
+                    );
+                    StoreBackend::Memory
+                }
+                None => {
+                    self.err(
+                        "store.url",
+                        "backend = \"redis\" needs url = \"redis://host:6379/0\"",
+                    );
+                    StoreBackend::Memory
+                }
+            },
+            other => {
+                self.err(
+                    "store.backend",
+                    format!("`{other}`: use \"memory\" or \"redis\""),
+                );
+                StoreBackend::Memory
+            }
+        };
+        let on_error = match s.on_error.as_deref().unwrap_or("closed") {
+            "closed" => OnError::Closed,
+            "open" => OnError::Open,
+            other => {
+                self.err(
+                    "store.on_error",
+                    format!("`{other}`: use \"closed\" or \"open\""),
+                );
+                OnError::Closed
+            }
+        };
+        StoreConfig { backend, on_error }
+    }
+
+    fn upstream(&mut self, name: &str, u: &UpstreamFile) -> UpstreamConfig {
+        let key = format!("upstreams.{name}");
+        let urls: Vec<String> = match (&u.url, &u.targets) {
+            (Some(url), None) => vec![url.clone()],
+            (None, Some(t)) if !t.is_empty() => t.clone(),
+            _ => {
+                self.err(
+                    &key,
+                    "write exactly one of url = \"http://host:port\" or targets = [\"http://a:port\", …]",
+                );
+                vec![]
+            }
+        };
+        let mut targets = Vec::new();
+        for (i, url) in urls.iter().enumerate() {
+            let k = if u.url.is_some() {
+                format!("{key}.url")
+            } else {
+                format!("{key}.targets[{i}]")
+            };
+            match parse_target(url) {
+                Ok(t) => targets.push(t),
+                Err(e) => self.err(k, e),
+            }
+        }
+        let ca = u.ca.as_ref().map(|p| self.resolve(p));
+        if let Some(p) = &ca {
+            if !p.exists() {
+                self.err(
+                    format!("{key}.ca"),
+                    format!("{} does not exist", p.display()),
+                );
+            }
+        }
+        UpstreamConfig {
+            name: name.to_string(),
+            targets,
+            connect_timeout: self.duration(
+                &format!("{key}.connect_timeout"),
+                &u.connect_timeout,
+                Duration::from_secs(2),
+            ),
+            timeout: self.duration(
+                &format!("{key}.timeout"),
+                &u.timeout,
+                Duration::from_secs(30),
+            ),
+            ca,
+        }
+    }
+
+    fn rate_limit(&mut self, name: &str, r: &RateLimitFile) -> RateLimitPolicy {
+        let key_path = format!("rate_limits.{name}");
+        let key = match r.key.as_str() {
+            "ip" => LimitKey::Ip,
+            "subject" => LimitKey::Subject,
+            "route" => LimitKey::Route,
+            "global" => LimitKey::Global,
+            other => match other.strip_prefix("header:") {
+                Some(h) => self
+                    .header_name(&format!("{key_path}.key"), h)
+                    .map(LimitKey::Header)
+                    .unwrap_or(LimitKey::Global),
+                None => {
+                    self.err(
+                        format!("{key_path}.key"),
+                        format!("`{other}`: use \"ip\", \"subject\", \"route\", \"global\" or \"header:NAME\""),
+                    );
+                    LimitKey::Global
+                }
+            },
+        };
+        let (count, per) = parse_rate(&r.rate).unwrap_or_else(|e| {
+            self.err(format!("{key_path}.rate"), e);
+            (1, Duration::from_secs(1))
+        });
+        let burst = r.burst.unwrap_or(count);
+        if burst == 0 {
+            self.err(format!("{key_path}.burst"), "must be at least 1");
+        }
+        let ipv6_prefix = r.ipv6_prefix.unwrap_or(64);
+        if ipv6_prefix > 128 {
+            self.err(format!("{key_path}.ipv6_prefix"), "must be 0..=128");
+        }
+        RateLimitPolicy {
+            name: name.to_string(),
+            key,
+            count,
+            per,
+            burst: burst.max(1),
+            ipv6_prefix: ipv6_prefix.min(128),
+        }
+    }
+
+    fn login(&mut self, l: &LoginProtectionFile) -> LoginProtection {
+        let max_failures = l.max_failures.unwrap_or(5);
+        if max_failures == 0 {
+            self.err("login_protection.max_failures", "must be at least 1");
+        }
+        LoginProtection {
+            max_failures: max_failures.max(1),
+            window: self.duration(
+                "login_protection.window",
+                &l.window,
+                Duration::from_secs(600),
+            ),
+            lockout: self.duration(
+                "login_protection.lockout",
+                &l.lockout,
+                Duration::from_secs(900),
+            ),
+            failure_status: l.failure_status.clone().unwrap_or_else(|| vec![401, 403]),
+        }
+    }
+
+    fn route(
+        &mut self,
+        i: usize,
+        r: &RouteFile,
+        upstreams: &[String],
+        limits: &[RateLimitPolicy],
+        token: Option<&TokenConfig>,
+    ) -> Option<RouteConfig> {
+        let key = format!("routes[{i}]");
+        let matcher = match (&r.path, &r.prefix) {
+            (Some(p), None) => {
+                self.route_path(&format!("{key}.path"), p);
+                PathMatch::Exact(p.clone())
+            }
+            (None, Some(p)) => {
+                self.route_path(&format!("{key}.prefix"), p);
+                PathMatch::Prefix(p.trim_end_matches('/').to_string())
+            }
+            _ => {
+                self.err(
+                    &key,
+                    "write exactly one of path = \"/exact\" or prefix = \"/segment\"",
+                );
+                return None;
+            }
+        };
+        let name = r.name.clone().unwrap_or_else(|| format!("route{i}"));
+        let upstream = match &r.upstream {
+            None => {
+                self.err(
+                    format!("{key}.upstream"),
+                    "missing: name one of [upstreams.*]",
+                );
+                0
+            }
+            Some(u) => match upstreams.iter().position(|n| n == u) {
+                Some(idx) => idx,
+                None => {
+                    let names: Vec<&str> = upstreams.iter().map(String::as_str).collect();
+                    let hint = closest(u, &names)
+                        .map(|c| format!("; did you mean `{c}`?"))
+                        .unwrap_or_else(|| format!("; defined: {}", names.join(", ")));
+                    self.err(
+                        format!("{key}.upstream"),
+                        format!("no upstream `{u}`{hint}"),
+                    );
+                    0
+                }
+            },
+        };
+        let auth = match r.auth.as_deref() {
+            Some("public") => AuthMode::Public,
+            Some("token") => AuthMode::Token,
+            Some("mint") => {
+                let m = r.mint.clone().unwrap_or(MintFile {
+                    status: None,
+                    claims_from_headers: Default::default(),
+                    required_claims: vec![],
+                });
+                let mut cfh = Vec::new();
+                for (claim, h) in &m.claims_from_headers {
+                    if RESERVED_CLAIMS.contains(&claim.as_str()) && claim != "sub" {
+                        self.err(
+                            format!("{key}.mint.claims_from_headers.{claim}"),
+                            "is set by the gateway itself",
+                        );
+                    }
+                    if let Some(hn) =
+                        self.header_name(&format!("{key}.mint.claims_from_headers.{claim}"), h)
+                    {
+                        cfh.push((claim.clone(), hn));
+                    }
+                }
+                for (j, c) in m.required_claims.iter().enumerate() {
+                    let known = cfh.iter().any(|(n, _)| n == c)
+                        || token.is_some_and(|t| t.claims.contains_key(c));
+                    if !known {
+                        self.err(
+                            format!("{key}.mint.required_claims[{j}]"),
+                            format!("`{c}` is neither in claims_from_headers nor a static claim: nothing could ever be minted"),
+                        );
+                    }
+                }
+                let status = m.status.unwrap_or_else(|| vec![200]);
+                if status.is_empty() || status.iter().any(|s| !(100..=599).contains(s)) {
+                    self.err(
+                        format!("{key}.mint.status"),
+                        "list HTTP status codes, e.g. [200]",
+                    );
+                }
+                AuthMode::Mint(MintRule {
+                    status,
+                    claims_from_headers: cfh,
+                    required_claims: m.required_claims,
+                })
+            }
+            Some(other) => {
+                self.err(
+                    format!("{key}.auth"),
+                    format!("`{other}`: use \"public\", \"mint\" or \"token\""),
+                );
+                return None;
+            }
+            None => {
+                self.err(
+                    format!("{key}.auth"),
+                    "missing: say \"public\", \"mint\" or \"token\" (no silent default for access control)",
+                );
+                return None;
+            }
+        };
+        if r.mint.is_some() && !matches!(auth, AuthMode::Mint(_)) {
+            self.err(format!("{key}.mint"), "only used with auth = \"mint\"");
+        }
+        if !matches!(auth, AuthMode::Public) && token.is_none() {
+            self.err(
+                format!("{key}.auth"),
+                format!("auth = \"{}\" needs a valid [token] section", auth.name()),
+            );
+        }
+        let mut methods = Vec::new();
+        for (j, m) in r.methods.iter().enumerate() {
+            match Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
+                Ok(m) if !methods.contains(&m) => methods.push(m),
+                Ok(_) => {}
+                Err(_) => self.err(
+                    format!("{key}.methods[{j}]"),
+                    format!("`{m}` is not an HTTP method"),
+                ),
+            }
+        }
+        let mut rate_limit = Vec::new();
+        for (j, n) in r.rate_limit.iter().enumerate() {
+            match limits.iter().position(|p| &p.name == n) {
+                Some(idx) => {
+                    if limits[idx].key == LimitKey::Subject && !matches!(auth, AuthMode::Token) {
+                        self.err(
+                            format!("{key}.rate_limit[{j}]"),
+                            format!("policy `{n}` is keyed by subject, which needs auth = \"token\" (a verified token)"),
+                        );
+                    }
+                    rate_limit.push(idx);
+                }
+                None => {
+                    let names: Vec<&str> = limits.iter().map(|p| p.name.as_str()).collect();
+                    let hint = closest(n, &names)
+                        .map(|c| format!("; did you mean `{c}`?"))
+                        .unwrap_or_default();
+                    self.err(
+                        format!("{key}.rate_limit[{j}]"),
+                        format!("no policy [rate_limits.{n}]{hint}"),
+                    );
+                }
+            }
+        }
+        if !r.require.is_empty() && !matches!(auth, AuthMode::Token) {
+            self.err(format!("{key}.require"), "only used with auth = \"token\"");
+        }
+        let require: Vec<(String, Vec<String>)> = r
+            .require
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for (claim, vals) in &require {
+            if vals.is_empty() {
+                self.err(
+                    format!("{key}.require.{claim}"),
+                    "an empty list can never be met; list the accepted values",
+                );
+            }
+        }
+        let ip =
+            r.ip.as_ref()
+                .map(|f| self.ip_lists(&format!("{key}.ip"), f));
+        if let Some(rw) = &r.rewrite {
+            if !rw.starts_with('/') {
+                self.err(format!("{key}.rewrite"), "must start with /");
+            }
+            if r.strip_prefix {
+                self.err(
+                    format!("{key}.rewrite"),
+                    "strip_prefix and rewrite both change the prefix: keep one",
+                );
+            }
+        }
+        let host = r.host.as_ref().map(|h| {
+            let h = h.trim().to_ascii_lowercase();
+            strip_port(&h).to_string()
+        });
+        Some(RouteConfig {
+            name,
+            matcher,
+            host,
+            methods,
+            upstream,
+            auth,
+            rate_limit,
+            require,
+            ip,
+            strip_prefix: r.strip_prefix,
+            rewrite: r.rewrite.clone(),
+            dry_run: r.dry_run,
+        })
+    }
+
+    fn route_path(&mut self, key: &str, p: &str) {
+        if crate::pipeline::path::normalize(p).as_deref() != Ok(p) {
+            self.err(
+                key,
+                format!("`{p}` must be an absolute, normalized path (no //, . or .. segments, no %-escapes of unreserved characters)"),
+            );
+        }
+    }
+
+    fn check_routes(&mut self, routes: &[RouteConfig]) {
+        for (j, b) in routes.iter().enumerate() {
+            for a in &routes[..j] {
+                if a.matcher != b.matcher {
+                    continue;
+                }
+                let methods_overlap = a.methods.is_empty()
+                    || b.methods.is_empty()
+                    || a.methods.iter().any(|m| b.methods.contains(m));
+                if !methods_overlap {
+                    continue;
+                }
+                let covers = a.methods.is_empty()
+                    || (!b.methods.is_empty() && b.methods.iter().all(|m| a.methods.contains(m)));
+                if a.host == b.host {
+                    if covers {
+                        self.err(
+                            format!("routes[{j}]"),
+                            format!(
+                                "route `{}` has the same match as route `{}` ({}); one of them can never answer",
+                                b.name,
+                                a.name,
+                                b.describe_match()
+                            ),
+                        );
+                    } else {
+                        self.warnings.push(format!(
+                            "route `{}` is partly shadowed by the earlier route `{}` (same match, overlapping methods)",
+                            b.name, a.name
+                        ));
+                    }
+                } else if a.host.is_none() && covers {
+                    self.warnings.push(format!(
+                        "route `{}` is shadowed by the earlier route `{}`: same match, any host; move it above to let it answer",
+                        b.name, a.name
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// Claims the gateway sets itself; static or header claims may not override them.
+pub const RESERVED_CLAIMS: &[&str] = &[
+    "iss", "sub", "aud", "iat", "nbf", "exp", "jti", "typ", "ip", "dev", "fam",
+];
+
+/// Headers the gateway manages on the upstream request.
+fn is_reserved_header(h: &HeaderName) -> bool {
+    matches!(
+        h.as_str(),
+        "host"
+            | "connection"
+            | "content-length"
+            | "transfer-encoding"
+            | "x-forwarded-for"
+            | "x-forwarded-proto"
+            | "x-forwarded-host"
+            | "forwarded"
+            | "x-real-ip"
+            | "authorization"
+            | "cookie"
+    )
+}
+
+fn strip_port(h: &str) -> &str {
+    if h.starts_with('[') {
+        return h
+            .split_once(']')
+            .map(|(a, _)| &h[..a.len() + 1])
+            .unwrap_or(h);
+    }
+    match h.rsplit_once(':') {
+        Some((a, p)) if p.bytes().all(|b| b.is_ascii_digit()) => a,
+        _ => h,
+    }
+}
+
+/// "10.0.0.0/8", "192.0.2.7", "::1", "::ffff:10.0.0.0/104" (IPv4-mapped: stored as IPv4).
+pub fn parse_net(s: &str) -> Result<IpNet, String> {
+    let s = s.trim();
+    let net = if let Ok(n) = s.parse::<IpNet>() {
+        n
+    } else if let Ok(ip) = s.parse::<IpAddr>() {
+        IpNet::from(ip)
+    } else {
+        return Err(format!("`{s}` is neither an IP address nor a CIDR"));
+    };
+    if let IpNet::V6(v6) = net {
+        if let Some(v4) = v6.addr().to_ipv4_mapped() {
+            if v6.prefix_len() >= 96 {
+                return ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96)
+                    .map(IpNet::V4)
+                    .map_err(|e| e.to_string());
+            }
+        }
+    }
+    Ok(net.trunc())
+}
+
+fn parse_target(url: &str) -> Result<Target, String> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| format!("`{url}` is not a URL: {e}"))?;
+    let https = match uri.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
+        _ => return Err(format!("`{url}`: use an http:// or https:// URL")),
+    };
+    let authority = uri
+        .authority()
+        .cloned()
+        .ok_or_else(|| format!("`{url}` has no host"))?;
+    if authority.as_str().contains('@') {
+        return Err(format!("`{url}`: credentials in the URL are not supported"));
+    }
+    if uri.query().is_some() {
+        return Err(format!("`{url}`: a query string is not allowed here"));
+    }
+    let base_path = uri.path().trim_end_matches('/').to_string();
+    Ok(Target {
+        https,
+        authority,
+        base_path,
+    })
+}
+
+fn default_server() -> ServerConfig {
+    ServerConfig {
+        listen: SocketAddr::from(([0, 0, 0, 0], 8443)),
+        tls: None,
+        redirect_http: None,
+        admin_listen: None,
+        workers: 0,
+        max_connections: 10_000,
+        header_read_timeout: Duration::from_secs(10),
+        idle_timeout: Duration::from_secs(60),
+        max_request_body: 10 << 20,
+        shutdown_grace: Duration::from_secs(30),
+    }
+}

@@ -1,0 +1,18 @@
+//! iptgate: a reverse-proxy authentication gateway.
+//!
+//! A request's journey (see [`pipeline`]):
+//! 1. [`pipeline::client_ip`] — the canonical client IP (peer, trusted forwarding header, PROXY protocol);
+//! 2. [`pipeline::ip_policy`] — global allow/deny;
+//! 3. [`pipeline::route`] — normalized path ([`pipeline::path`]), host, method → route; route IP policy;
+//! 4. [`pipeline::rate_limit`] — named policies and the login lock-out;
+//! 5. [`pipeline::auth`] — token extraction and verification ([`token`]);
+//! 6. [`pipeline::forward`] — the upstream request, streamed;
+//! 7. [`pipeline::mint`] — a new token when a login route's upstream says yes.
+
+pub mod body;
+pub mod config;
+pub mod error;
+pub mod pipeline;
+pub mod proxy_protocol;
+pub mod store;
+pub mod token;
