@@ -8,11 +8,25 @@
 //! 5. [`pipeline::auth`] — token extraction and verification ([`token`]);
 //! 6. [`pipeline::forward`] — the upstream request, streamed;
 //! 7. [`pipeline::mint`] — a new token when a login route's upstream says yes.
+//!
+//! Around it: [`server`] (listeners, TLS, drain), [`state`] (config generations),
+//! [`reload`], [`admin`], [`metrics`], [`access_log`].
 
+pub mod access_log;
+pub mod admin;
 pub mod body;
+pub mod check;
+pub mod cli_token;
 pub mod config;
+pub mod demo;
 pub mod error;
+pub mod explain;
+pub mod metrics;
 pub mod pipeline;
 pub mod proxy_protocol;
+pub mod reload;
+pub mod server;
+pub mod state;
 pub mod store;
+pub mod tls;
 pub mod token;

@@ -1,1 +1,228 @@
-fn main() {}
+//! The `iptgate` binary: CLI, logging, exit codes. Everything else lives in the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use iptgate::config::Config;
+
+#[derive(Parser)]
+#[command(
+    name = "iptgate",
+    version,
+    about = "Reverse-proxy authentication gateway: IP-bound tokens, IP policy and rate limits in front of any web app"
+)]
+struct Cli {
+    /// Log format (default: pretty on a terminal, json otherwise); level from RUST_LOG.
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormat>,
+    /// The config file (for `run` when no subcommand is given).
+    #[arg(long, global = true, env = "IPTGATE_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Json,
+    Pretty,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the gateway (the default command).
+    Run,
+    /// Validate the config: print every error with its key path, or the resolved route table.
+    Check,
+    /// Run the gateway and a built-in sample app; create a dev certificate and secret when missing.
+    Demo,
+    /// Mint or verify tokens as the gateway would.
+    Token {
+        #[command(subcommand)]
+        cmd: TokenCmd,
+    },
+    /// Say what the gateway would do with one request, phase by phase.
+    Explain(iptgate::explain::Args),
+    /// Write a self-signed development certificate and key (PEM).
+    Cert {
+        #[arg(long)]
+        out: PathBuf,
+        /// Host names or IPs for the certificate (default: localhost, 127.0.0.1, ::1).
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCmd {
+    /// Print a token as the gateway would mint it.
+    Mint {
+        #[arg(long)]
+        ip: String,
+        #[arg(long)]
+        sub: Option<String>,
+        /// Extra claim as key=value (repeatable).
+        #[arg(long = "claim")]
+        claims: Vec<String>,
+        /// Lifetime, e.g. "15m" (default: token.ttl).
+        #[arg(long)]
+        ttl: Option<String>,
+    },
+    /// Verify a token as a protected route would; print its claims or the error code.
+    Verify {
+        #[arg(long)]
+        ip: String,
+        token: String,
+    },
+}
+
+fn init_logs(format: Option<LogFormat>) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let json = match format {
+        Some(LogFormat::Json) => true,
+        Some(LogFormat::Pretty) => false,
+        None => !std::io::stderr().is_terminal(),
+    };
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        b.json().flatten_event(true).with_current_span(false).init();
+    } else {
+        b.init();
+    }
+}
+
+fn config_path(p: Option<PathBuf>) -> PathBuf {
+    p.unwrap_or_else(|| PathBuf::from("gateway.toml"))
+}
+
+fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|e| {
+        eprintln!("{e}");
+        ExitCode::from(2)
+    })
+}
+
+fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if workers > 0 {
+        b.worker_threads(workers);
+    }
+    b.enable_all().build()
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logs(cli.log_format);
+    let path = config_path(cli.config);
+    match cli.cmd.unwrap_or(Cmd::Run) {
+        Cmd::Run => match load(&path) {
+            Ok(cfg) => run_gateway(cfg, false),
+            Err(code) => code,
+        },
+        Cmd::Demo => match iptgate::demo::prepare(&path) {
+            Ok(cfg) => run_gateway(cfg, true),
+            Err(e) => {
+                eprintln!("demo: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Cmd::Check => iptgate::check::run(&path),
+        Cmd::Cert { out, hosts } => match iptgate::tls::write_dev_cert(&out, &hosts) {
+            Ok((c, k)) => {
+                println!("wrote {} and {}", c.display(), k.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("cert: {e}");
+                ExitCode::from(1)
+            }
+        },
+        Cmd::Token { cmd } => {
+            let cfg = match load(&path) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            match cmd {
+                TokenCmd::Mint {
+                    ip,
+                    sub,
+                    claims,
+                    ttl,
+                } => iptgate::cli_token::mint(&cfg, &ip, sub, &claims, ttl.as_deref()),
+                TokenCmd::Verify { ip, token } => iptgate::cli_token::verify(&cfg, &ip, &token),
+            }
+        }
+        Cmd::Explain(args) => match load(&path) {
+            Ok(cfg) => iptgate::explain::run(cfg, args),
+            Err(code) => code,
+        },
+    }
+}
+
+fn run_gateway(cfg: Config, demo: bool) -> ExitCode {
+    let rt = match runtime(cfg.server.workers) {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    rt.block_on(async move {
+        let demo_app = if demo {
+            match iptgate::demo::start_app(&cfg).await {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    eprintln!("demo: cannot start the sample app: {e}");
+                    return ExitCode::from(1);
+                }
+            }
+        } else {
+            None
+        };
+        let running = match iptgate::server::start(cfg).await {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::from(1);
+            }
+        };
+        if demo {
+            iptgate::demo::print_walkthrough(&running);
+        }
+        iptgate::reload::on_sighup(running.state.clone());
+        wait_for_stop().await;
+        tracing::info!("shutting down: draining in-flight requests");
+        running.shutdown().await;
+        drop(demo_app);
+        tracing::info!("stopped");
+        ExitCode::SUCCESS
+    })
+}
+
+async fn wait_for_stop() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -23,3 +23,8 @@ pub async fn read_header<S: AsyncRead + Unpin>(
 ) -> Result<Option<SocketAddr>, ProxyError> {
     Err(ProxyError::Malformed("not implemented".into()))
 }
+
+/// Does the stream start with a PROXY v1/v2 signature? (peek only)
+pub async fn starts_with_proxy_signature(_stream: &tokio::net::TcpStream) -> std::io::Result<bool> {
+    Ok(false)
+}

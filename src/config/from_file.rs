@@ -51,6 +51,7 @@ pub(super) fn build(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
         .unwrap_or_else(|| PathBuf::from("."));
     let mut v = Validator {
         base: base_dir.clone(),
+        token_section: file.token.is_some(),
         errs,
         warnings: Vec::new(),
     };
@@ -158,6 +159,8 @@ fn explain_serde(msg: &str) -> String {
 
 struct Validator {
     base: PathBuf,
+    /// A [token] section exists (when it is invalid, its own errors say why).
+    token_section: bool,
     errs: Errors,
     warnings: Vec<String>,
 }
@@ -712,8 +715,8 @@ impl Validator {
 
     fn refresh(&mut self, r: Option<&RefreshFile>, has_token: bool) -> Option<RefreshConfig> {
         let r = r.filter(|r| r.enabled)?;
-        if !has_token {
-            self.err("refresh.enabled", "needs a valid [token] section");
+        if !has_token && !self.token_section {
+            self.err("refresh.enabled", "needs a [token] section");
         }
         let header = self
             .header_name(
@@ -1014,7 +1017,7 @@ impl Validator {
         if r.mint.is_some() && !matches!(auth, AuthMode::Mint(_)) {
             self.err(format!("{key}.mint"), "only used with auth = \"mint\"");
         }
-        if !matches!(auth, AuthMode::Public) && token.is_none() {
+        if !matches!(auth, AuthMode::Public) && token.is_none() && !self.token_section {
             self.err(
                 format!("{key}.auth"),
                 format!("auth = \"{}\" needs a valid [token] section", auth.name()),

@@ -340,7 +340,7 @@ impl RateLimitPolicy {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoginProtection {
     pub max_failures: u32,
     pub window: Duration,

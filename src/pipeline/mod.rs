@@ -1,6 +1,363 @@
-//! The request's journey, one phase per module.
+//! The request's journey, one phase per module, read top to bottom in [`run`]:
+//!
+//! | phase | module | refuses with |
+//! |---|---|---|
+//! | path | [`path`] | 400 bad_request |
+//! | 1 client IP | [`client_ip`] | — |
+//! | 2 IP policy | [`ip_policy`] | 403 ip_denied |
+//! | 3 route | [`route`] | 404 no_route, 405 method_not_allowed, 403 (route ip) |
+//! | 4 rate limits | [`rate_limit`] | 429 rate_limited, 429 login_locked |
+//! | 5 auth | [`auth`] | 401 token_*, ip_mismatch, device_mismatch; 403 insufficient_claims |
+//! | 6 forward | [`forward`] | 413, 502, 504 |
+//! | 7 mint | [`mint`] | 502 (bad claim value) |
+//!
+//! [`handle`] wraps [`run`]: it loads the config generation once, turns a [`Reject`] into
+//! exactly one response, and writes the access-log line and metrics.
 
+pub mod auth;
 pub mod client_ip;
+pub mod forward;
+pub mod forward_auth;
 pub mod ip_policy;
+pub mod mint;
 pub mod path;
 pub mod rate_limit;
+pub mod route;
+pub mod session;
+
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response};
+use hyper::body::Incoming;
+
+use crate::body::Body;
+use crate::config::{AuthMode, LimitKey};
+use crate::error::Reject;
+use crate::state::{Active, State};
+use crate::token::Claims;
+
+/// What the listener knows about the connection a request came on.
+#[derive(Debug, Clone)]
+pub struct Conn {
+    pub peer: SocketAddr,
+    /// Source announced by a PROXY-protocol header from a trusted proxy.
+    pub proxied: Option<IpAddr>,
+    pub tls: bool,
+}
+
+/// What the access log and metrics record about one request.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub client_ip: Option<IpAddr>,
+    pub ip_source: Option<client_ip::IpSource>,
+    pub path: Option<String>,
+    pub route: Option<usize>,
+    pub code: Option<&'static str>,
+    pub cause: Option<String>,
+    pub sub: Option<String>,
+    pub upstream_ms: Option<f64>,
+    pub minted: bool,
+    /// Refusals a dry-run route let through.
+    pub dry_run: Vec<&'static str>,
+    /// `RateLimit-Policy` / `RateLimit` for the route's first policy.
+    pub ratelimit: Option<(HeaderValue, HeaderValue)>,
+}
+
+/// On a dry-run route a refusal is recorded and the request goes on.
+fn enforce(r: Result<(), Reject>, dry_run: bool, out: &mut Outcome) -> Result<(), Reject> {
+    match r {
+        Err(e) if dry_run => {
+            tracing::warn!(target: "security", code = e.code(), cause = e.cause(), dry_run = true, "would refuse (dry run)");
+            crate::metrics::dry_run(e.code());
+            out.dry_run.push(e.code());
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+pub async fn handle(
+    req: Request<Incoming>,
+    conn: Arc<Conn>,
+    state: Arc<State>,
+) -> Result<Response<Body>, Infallible> {
+    let started = Instant::now();
+    let active = state.active.load_full();
+    let method = req.method().clone();
+    let mut out = Outcome::default();
+    let mut resp = match run(req, &conn, &active, &state, &mut out).await {
+        Ok(r) => r,
+        Err(rej) => {
+            out.code = Some(rej.code());
+            if !rej.cause().is_empty() {
+                out.cause = Some(rej.cause().to_string());
+            }
+            rej.to_response()
+        }
+    };
+    if let Some((policy, now)) = out.ratelimit.take() {
+        let h = resp.headers_mut();
+        h.insert(HeaderName::from_static("ratelimit-policy"), policy);
+        h.insert(HeaderName::from_static("ratelimit"), now);
+    }
+    crate::access_log::record(&method, &resp, &out, &active, started);
+    Ok(resp)
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    auth::now()
+}
+
+async fn run(
+    req: Request<Incoming>,
+    conn: &Conn,
+    active: &Active,
+    state: &State,
+    out: &mut Outcome,
+) -> Result<Response<Body>, Reject> {
+    let cfg = &active.config;
+    let path = path::normalize(req.uri().path()).map_err(Reject::BadRequest)?;
+    out.path = Some(path.clone());
+
+    if cfg.forward_auth.as_deref() == Some(path.as_str()) {
+        return forward_auth::answer(&req, conn, active, state, out).await;
+    }
+
+    // 1. client IP
+    let cip = client_ip::resolve(conn.peer.ip(), conn.proxied, req.headers(), &cfg.client_ip);
+    let ip = cip.ip;
+    out.client_ip = Some(ip);
+    out.ip_source = Some(cip.source);
+
+    // Gateway-served paths come before routes (after the global IP policy).
+    if session::is_served(&path, active) {
+        active.ip_policy.check(ip)?;
+        if let Some(resp) = session::serve(&req, &path, ip, active, state).await? {
+            return Ok(resp);
+        }
+    }
+
+    // 2–5
+    let host = request_host(req.headers(), req.uri());
+    let judged = judge(
+        &Ask {
+            method: req.method(),
+            host: host.as_deref(),
+            path: &path,
+            headers: req.headers(),
+            ip,
+        },
+        active,
+        state,
+        out,
+    )
+    .await?;
+    let rc = &active.routes[judged.route].cfg;
+    let claims = judged.claims;
+
+    // 6. forward
+    let upstream = &active.upstreams[rc.upstream];
+    let up_path = route::upstream_path(rc, &path);
+    let query = req.uri().query().map(str::to_string);
+    let device = match (&rc.auth, &cfg.token) {
+        (AuthMode::Mint(_), Some(tc)) => auth::device_id(req.headers(), tc).map(str::to_string),
+        _ => None,
+    };
+    let peer = conn.proxied.unwrap_or(conn.peer.ip()).to_canonical();
+    let sent = Instant::now();
+    let mut resp = forward::send(
+        req,
+        forward::Forward {
+            client_ip: ip,
+            peer,
+            peer_trusted: client_ip::is_trusted(peer, &cfg.client_ip),
+            tls: conn.tls,
+            upstream,
+            path: &up_path,
+            query: query.as_deref(),
+            token: cfg.token.as_ref(),
+            claims: claims.as_ref(),
+            max_body: cfg.server.max_request_body,
+            allow_upgrade: !matches!(rc.auth, AuthMode::Mint(_)),
+        },
+    )
+    .await?;
+    out.upstream_ms = Some(sent.elapsed().as_secs_f64() * 1000.0);
+
+    // 7. mint
+    if let Some(tc) = &cfg.token {
+        if let (AuthMode::Mint(rule), Some(keys)) = (&rc.auth, &active.keys) {
+            let minted = mint::apply(
+                &mut resp,
+                &mint::MintCtx {
+                    rule,
+                    token: tc,
+                    keys,
+                    refresh: cfg.refresh.as_ref(),
+                    ip,
+                    device_id: device.as_deref(),
+                },
+            )?;
+            let status = resp.status().as_u16();
+            if let Some(guard) = &active.login {
+                if minted == mint::Minted::Yes {
+                    guard.success(ip);
+                } else if guard.is_failure(status) {
+                    guard.failure(ip);
+                }
+            }
+            if minted == mint::Minted::Yes {
+                out.minted = true;
+                crate::metrics::minted("access");
+            }
+        } else {
+            mint::drop_our_cookies(resp.headers_mut(), &tc.cookie.name);
+        }
+    }
+    Ok(resp)
+}
+
+/// A request as phases 2–5 see it (also built by forward auth and `explain`).
+pub struct Ask<'a> {
+    pub method: &'a Method,
+    /// Lower-cased, without port.
+    pub host: Option<&'a str>,
+    /// Normalized.
+    pub path: &'a str,
+    pub headers: &'a HeaderMap,
+    /// The resolved client IP (phase 1).
+    pub ip: IpAddr,
+}
+
+/// The verdict of phases 2–5.
+pub struct Judged {
+    pub route: usize,
+    pub claims: Option<Claims>,
+}
+
+/// Phases 2–5: IP policy, route, rate limits, auth. Cheap checks come first, so an
+/// abusive client never reaches signature verification.
+pub async fn judge(
+    a: &Ask<'_>,
+    active: &Active,
+    state: &State,
+    out: &mut Outcome,
+) -> Result<Judged, Reject> {
+    let cfg = &active.config;
+    let ip = a.ip;
+
+    // 2. global IP policy (a dry-run route still records the refusal and goes on)
+    if let Err(e) = active.ip_policy.check(ip) {
+        let dry = route::find(&active.routes, a.method, a.host, a.path)
+            .is_ok_and(|i| active.routes[i].cfg.dry_run);
+        if !dry {
+            return Err(e);
+        }
+        enforce(Err(e), true, out)?;
+    }
+
+    // 3. route, then its own IP policy
+    let idx = route::find(&active.routes, a.method, a.host, a.path)?;
+    out.route = Some(idx);
+    let route = &active.routes[idx];
+    let rc = &route.cfg;
+    if let Some(p) = &route.ip {
+        enforce(p.check(ip), rc.dry_run, out)?;
+    }
+
+    // 4. rate limits (subject-keyed policies wait for a verified subject after phase 5)
+    limits(a, active, idx, None, false, out)?;
+    if let (AuthMode::Mint(_), Some(guard)) = (&rc.auth, &active.login) {
+        if let Some(left) = guard.locked(ip) {
+            enforce(
+                Err(Reject::LoginLocked { retry_after: left }),
+                rc.dry_run,
+                out,
+            )?;
+        }
+    }
+
+    // 5. auth
+    let mut claims = None;
+    if let AuthMode::Token = rc.auth {
+        let (Some(tc), Some(keys)) = (&cfg.token, &active.keys) else {
+            return Err(Reject::Internal("token route without keys".into()));
+        };
+        let verdict = auth::verify(
+            a.headers,
+            tc,
+            keys,
+            &state.store,
+            cfg.store.on_error,
+            ip,
+            &rc.require,
+        )
+        .await;
+        crate::metrics::verified(verdict.as_ref().err().map(Reject::code));
+        match verdict {
+            Ok(c) => {
+                out.sub = c.sub.clone();
+                claims = Some(c);
+            }
+            Err(e) => enforce(Err(e), rc.dry_run, out)?,
+        }
+        let sub = claims.as_ref().and_then(|c| c.sub.as_deref());
+        limits(a, active, idx, sub, true, out)?;
+    }
+    Ok(Judged { route: idx, claims })
+}
+
+/// Check the route's rate-limit policies of one kind (subject-keyed or not).
+fn limits(
+    a: &Ask<'_>,
+    active: &Active,
+    idx: usize,
+    sub: Option<&str>,
+    subject_phase: bool,
+    out: &mut Outcome,
+) -> Result<(), Reject> {
+    let rc = &active.routes[idx].cfg;
+    for (n, &pi) in rc.rate_limit.iter().enumerate() {
+        let policy = active.limiters.policy(pi);
+        if (policy.key == LimitKey::Subject) != subject_phase {
+            continue;
+        }
+        let d = active.limiters.check(
+            pi,
+            &rate_limit::KeyInput {
+                ip: a.ip,
+                sub,
+                route: &rc.name,
+                headers: a.headers,
+            },
+        );
+        if n == 0 {
+            out.ratelimit = Some(rate_limit::headers(policy, &d));
+        }
+        if !d.allowed {
+            crate::metrics::rate_limited(&policy.name);
+            enforce(
+                Err(Reject::RateLimited {
+                    policy: policy.name.clone(),
+                    retry_after: d.retry_after,
+                }),
+                rc.dry_run,
+                out,
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Host for route matching: `Host`, else the URI authority (HTTP/2), without port.
+pub fn request_host(headers: &HeaderMap, uri: &http::Uri) -> Option<String> {
+    let raw = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| uri.authority().map(|a| a.as_str()))?;
+    Some(route::host_of(raw).to_ascii_lowercase())
+}

@@ -1,0 +1,64 @@
+//! One JSON access-log line per request (target `access`), refusals also on target
+//! `security` at warn. Never a token, cookie, Authorization header or query string: only
+//! the normalized path is logged.
+
+use std::time::Instant;
+
+use http::{Method, Response};
+use http_body::Body as _;
+
+use crate::body::Body;
+use crate::pipeline::Outcome;
+use crate::state::Active;
+
+pub fn record(
+    method: &Method,
+    resp: &Response<Body>,
+    out: &Outcome,
+    active: &Active,
+    started: Instant,
+) {
+    let total = started.elapsed().as_secs_f64();
+    let route = out
+        .route
+        .map(|i| active.routes[i].cfg.name.as_str())
+        .unwrap_or("");
+    let status = resp.status().as_u16();
+    crate::metrics::request(
+        route,
+        status,
+        out.code,
+        total,
+        out.upstream_ms.map(|m| m / 1000.0),
+    );
+    let client_ip = out.client_ip.map(|i| i.to_string());
+    let bytes = resp.body().size_hint().exact();
+    tracing::info!(
+        target: "access",
+        client_ip = client_ip.as_deref().unwrap_or(""),
+        method = method.as_str(),
+        path = out.path.as_deref().unwrap_or(""),
+        route,
+        status,
+        code = out.code.unwrap_or(""),
+        sub = out.sub.as_deref().unwrap_or(""),
+        upstream_ms = out.upstream_ms.unwrap_or(0.0),
+        total_ms = total * 1000.0,
+        bytes = bytes.unwrap_or(0),
+        minted = out.minted,
+        dry_run = out.dry_run.join(",").as_str(),
+    );
+    if let Some(code) = out.code {
+        tracing::warn!(
+            target: "security",
+            client_ip = client_ip.as_deref().unwrap_or(""),
+            method = method.as_str(),
+            path = out.path.as_deref().unwrap_or(""),
+            route,
+            status,
+            code,
+            cause = out.cause.as_deref().unwrap_or(""),
+            "refused"
+        );
+    }
+}

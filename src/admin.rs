@@ -1,0 +1,77 @@
+//! The admin listener (never the main one): `/healthz`, `/readyz`, `/metrics`, `POST /reload`.
+
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::body::{full, Body};
+use crate::state::State;
+
+fn text(status: StatusCode, body: impl Into<Bytes>, ctype: &'static str) -> Response<Body> {
+    let mut r = Response::new(full(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
+    r
+}
+
+async fn route(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Body>, Infallible> {
+    const PLAIN: &str = "text/plain; charset=utf-8";
+    let resp = match (req.method(), req.uri().path()) {
+        (&Method::GET | &Method::HEAD, "/healthz") => text(StatusCode::OK, "ok\n", PLAIN),
+        (&Method::GET | &Method::HEAD, "/readyz") => {
+            if state.draining.load(Ordering::SeqCst) {
+                text(StatusCode::SERVICE_UNAVAILABLE, "draining\n", PLAIN)
+            } else {
+                text(StatusCode::OK, "ready\n", PLAIN)
+            }
+        }
+        (&Method::GET, "/metrics") => text(
+            StatusCode::OK,
+            crate::metrics::render(),
+            "text/plain; version=0.0.4; charset=utf-8",
+        ),
+        (&Method::POST, "/reload") => match crate::reload::reload(&state) {
+            Ok(gen) => text(
+                StatusCode::OK,
+                format!("reloaded: generation {gen}\n"),
+                PLAIN,
+            ),
+            Err(e) => text(StatusCode::UNPROCESSABLE_ENTITY, format!("{e}\n"), PLAIN),
+        },
+        (_, "/healthz" | "/readyz" | "/metrics" | "/reload") => text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed\n",
+            PLAIN,
+        ),
+        _ => text(StatusCode::NOT_FOUND, "not found\n", PLAIN),
+    };
+    Ok(resp)
+}
+
+pub async fn serve(listener: TcpListener, state: Arc<State>, mut stop: watch::Receiver<bool>) {
+    loop {
+        let (stream, _) = tokio::select! {
+            r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
+            _ = stop.changed() => return,
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| route(req, state.clone()));
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}

@@ -1,0 +1,244 @@
+//! `iptgate explain`: what the gateway would do with one request, phase by phase, without
+//! sending anything anywhere. Uses the same phase functions as the live pipeline.
+
+use std::net::IpAddr;
+use std::process::ExitCode;
+
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
+
+use crate::config::{AuthMode, Config, LimitKey};
+use crate::error::Reject;
+use crate::pipeline::{auth, client_ip, path, rate_limit, route};
+use crate::state::Active;
+use crate::token::{check_binding, check_require, TokenType};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct Args {
+    #[arg(long, default_value = "GET")]
+    pub method: String,
+    #[arg(long)]
+    pub path: String,
+    /// The TCP peer's IP.
+    #[arg(long)]
+    pub ip: String,
+    #[arg(long)]
+    pub host: Option<String>,
+    /// A token, as if sent as `Authorization: Bearer …`.
+    #[arg(long)]
+    pub token: Option<String>,
+    /// Extra request header as "Name: value" (repeatable), e.g. X-Forwarded-For.
+    #[arg(long = "header")]
+    pub headers: Vec<String>,
+}
+
+/// Explain one request; returns the printed report and the final verdict.
+pub fn explain(active: &Active, a: &Args) -> Result<(String, Result<(), Reject>), String> {
+    let cfg = &active.config;
+    let mut out = String::new();
+    let mut line = |s: String| {
+        out.push_str(&s);
+        out.push('\n');
+    };
+    let peer: IpAddr =
+        a.ip.parse()
+            .map_err(|_| format!("--ip: `{}` is not an IP address", a.ip))?;
+    let method = Method::from_bytes(a.method.to_ascii_uppercase().as_bytes())
+        .map_err(|_| format!("--method: `{}` is not an HTTP method", a.method))?;
+    let mut headers = HeaderMap::new();
+    for h in &a.headers {
+        let (n, v) = h
+            .split_once(':')
+            .ok_or_else(|| format!("--header: `{h}` is not \"Name: value\""))?;
+        let n = HeaderName::from_bytes(n.trim().as_bytes())
+            .map_err(|_| format!("--header: bad name in `{h}`"))?;
+        let v =
+            HeaderValue::from_str(v.trim()).map_err(|_| format!("--header: bad value in `{h}`"))?;
+        headers.append(n, v);
+    }
+    if let Some(t) = &a.token {
+        let v = HeaderValue::from_str(&format!("Bearer {t}"))
+            .map_err(|_| "--token: not header-safe".to_string())?;
+        headers.insert(http::header::AUTHORIZATION, v);
+    }
+    let verdict = (|| -> Result<(), Reject> {
+        let (raw_path, _query) = a.path.split_once('?').unwrap_or((&a.path, ""));
+        let p = path::normalize(raw_path).map_err(Reject::BadRequest)?;
+        line(format!("path      {raw_path} -> normalized {p}"));
+        let cip = client_ip::resolve(peer, None, &headers, &cfg.client_ip);
+        line(format!(
+            "client ip {} (from {:?}; peer {} {})",
+            cip.ip,
+            cip.source,
+            cip.peer,
+            if client_ip::is_trusted(peer, &cfg.client_ip) {
+                "is a trusted proxy"
+            } else {
+                "is not a trusted proxy"
+            }
+        ));
+        match active.ip_policy.check(cip.ip) {
+            Ok(()) => line("ip policy global: allowed".into()),
+            Err(e) => {
+                line(format!("ip policy global: DENIED ({})", e.cause()));
+                return Err(e);
+            }
+        }
+        let host = a
+            .host
+            .as_deref()
+            .map(|h| route::host_of(h).to_ascii_lowercase());
+        let idx = route::find(&active.routes, &method, host.as_deref(), &p).inspect_err(|e| {
+            line(format!(
+                "route     none: {} {}",
+                e.status().as_u16(),
+                e.code()
+            ));
+        })?;
+        let rc = &active.routes[idx].cfg;
+        line(format!(
+            "route     #{idx} `{}` ({}) auth={} upstream={}{}",
+            rc.name,
+            rc.describe_match(),
+            rc.auth.name(),
+            cfg.upstreams[rc.upstream].name,
+            if rc.dry_run { " DRY-RUN" } else { "" }
+        ));
+        for w in cfg
+            .warnings
+            .iter()
+            .filter(|w| w.contains(&format!("`{}`", rc.name)))
+        {
+            line(format!("          warning: {w}"));
+        }
+        if let Some(pol) = &active.routes[idx].ip {
+            match pol.check(cip.ip) {
+                Ok(()) => line("ip policy route: allowed".into()),
+                Err(e) => {
+                    line(format!("ip policy route: DENIED ({})", e.cause()));
+                    if !rc.dry_run {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        let mut claims = None;
+        if let (AuthMode::Token, Some(tc), Some(keys)) = (&rc.auth, &cfg.token, &active.keys) {
+            let verdict = auth::extract(&headers, tc).and_then(|t| {
+                let t = t.ok_or(Reject::TokenMissing)?;
+                let c = keys
+                    .verify(tc, t, TokenType::Access, auth::now())
+                    .map_err(auth::map_token_error)?;
+                check_binding(tc, &c, cip.ip, auth::device_id(&headers, tc))
+                    .map_err(auth::map_token_error)?;
+                if !check_require(&c, &rc.require) {
+                    return Err(Reject::InsufficientClaims);
+                }
+                Ok(c)
+            });
+            match verdict {
+                Ok(c) => {
+                    line(format!(
+                        "token     valid (sub {})",
+                        c.sub.as_deref().unwrap_or("-")
+                    ));
+                    claims = Some(c);
+                }
+                Err(e) => {
+                    line(format!(
+                        "token     REFUSED: {} {}",
+                        e.status().as_u16(),
+                        e.code()
+                    ));
+                    if !rc.dry_run {
+                        return Err(e);
+                    }
+                }
+            }
+        } else {
+            line(format!(
+                "token     not required (auth = {})",
+                rc.auth.name()
+            ));
+        }
+        for &pi in &rc.rate_limit {
+            let pol = active.limiters.policy(pi);
+            let sub = claims.as_ref().and_then(|c| c.sub.as_deref());
+            let d = active.limiters.check(
+                pi,
+                &rate_limit::KeyInput {
+                    ip: cip.ip,
+                    sub,
+                    route: &rc.name,
+                    headers: &headers,
+                },
+            );
+            let key = match &pol.key {
+                LimitKey::Ip => format!("ip {} (IPv6 grouped by /{})", cip.ip, pol.ipv6_prefix),
+                LimitKey::Subject => format!("subject {}", sub.unwrap_or("-")),
+                LimitKey::Route => format!("route {}", rc.name),
+                LimitKey::Global => "global".into(),
+                LimitKey::Header(h) => format!("header {h}"),
+            };
+            line(format!(
+                "rate      `{}` {}/{}s burst {} keyed by {key}: a fresh bucket allows {} more",
+                pol.name,
+                pol.count,
+                pol.per.as_secs(),
+                pol.burst,
+                d.remaining
+            ));
+        }
+        if let AuthMode::Mint(rule) = &rc.auth {
+            line(format!(
+                "mint      on upstream status {:?}; claims from headers {:?}; required {:?}",
+                rule.status,
+                rule.claims_from_headers
+                    .iter()
+                    .map(|(c, h)| format!("{c}<-{h}"))
+                    .collect::<Vec<_>>(),
+                rule.required_claims
+            ));
+        }
+        Ok(())
+    })();
+    match &verdict {
+        Ok(()) => line("verdict   forwarded upstream".into()),
+        Err(e) => line(format!("verdict   {} {}", e.status().as_u16(), e.code())),
+    }
+    Ok((out, verdict))
+}
+
+pub fn run(mut cfg: Config, a: Args) -> ExitCode {
+    // Nothing is sent anywhere: the store is the in-memory one.
+    cfg.store.backend = crate::config::StoreBackend::Memory;
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(1);
+        }
+    };
+    rt.block_on(async move {
+        let state = match crate::state::State::new(cfg).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::from(2);
+            }
+        };
+        let active = state.active.load_full();
+        match explain(&active, &a) {
+            Ok((text, _)) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(2)
+            }
+        }
+    })
+}

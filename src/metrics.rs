@@ -1,0 +1,116 @@
+//! Prometheus metrics (SPEC §7). Low cardinality only: labels are route names, status
+//! codes, refusal codes and policy names — never a path or an IP.
+
+use std::sync::OnceLock;
+
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Install the process-wide recorder once; later calls return the same handle.
+pub fn install() -> Option<&'static PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            let buckets = [
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0,
+            ];
+            let recorder = PrometheusBuilder::new()
+                .set_buckets(&buckets)
+                .ok()?
+                .build_recorder();
+            let handle = recorder.handle();
+            metrics::set_global_recorder(recorder).ok()?;
+            describe();
+            Some(handle)
+        })
+        .as_ref()
+}
+
+/// The text exposition, or an empty string when no recorder could be installed.
+pub fn render() -> String {
+    install().map(|h| h.render()).unwrap_or_default()
+}
+
+fn describe() {
+    metrics::describe_counter!(
+        "iptgate_requests_total",
+        "Requests by route, status and refusal code"
+    );
+    metrics::describe_histogram!("iptgate_request_duration_seconds", "Whole request time");
+    metrics::describe_histogram!(
+        "iptgate_upstream_duration_seconds",
+        "Upstream time until response headers"
+    );
+    metrics::describe_counter!(
+        "iptgate_tokens_minted_total",
+        "Tokens minted (access on login, refresh on rotation)"
+    );
+    metrics::describe_counter!(
+        "iptgate_tokens_verified_total",
+        "Token verifications by result"
+    );
+    metrics::describe_counter!(
+        "iptgate_tokens_revoked_total",
+        "Revocations (logout, refresh reuse)"
+    );
+    metrics::describe_counter!("iptgate_denials_total", "Refusals by code");
+    metrics::describe_counter!(
+        "iptgate_rate_limited_total",
+        "Rate-limit refusals by policy"
+    );
+    metrics::describe_counter!(
+        "iptgate_dry_run_total",
+        "Refusals a dry-run route let through, by code"
+    );
+    metrics::describe_gauge!("iptgate_active_connections", "Open client connections");
+    metrics::describe_counter!("iptgate_config_reloads_total", "Config reloads by result");
+}
+
+pub fn request(
+    route: &str,
+    status: u16,
+    code: Option<&'static str>,
+    secs: f64,
+    upstream: Option<f64>,
+) {
+    let status = status.to_string();
+    counter!("iptgate_requests_total", "route" => route.to_string(), "status" => status, "code" => code.unwrap_or("")).increment(1);
+    histogram!("iptgate_request_duration_seconds", "route" => route.to_string()).record(secs);
+    if let Some(u) = upstream {
+        histogram!("iptgate_upstream_duration_seconds", "route" => route.to_string()).record(u);
+    }
+    if let Some(c) = code {
+        counter!("iptgate_denials_total", "code" => c).increment(1);
+    }
+}
+
+pub fn minted(kind: &'static str) {
+    counter!("iptgate_tokens_minted_total", "kind" => kind).increment(1);
+}
+
+pub fn verified(refused: Option<&'static str>) {
+    counter!("iptgate_tokens_verified_total", "result" => refused.unwrap_or("ok")).increment(1);
+}
+
+pub fn revoked() {
+    counter!("iptgate_tokens_revoked_total").increment(1);
+}
+
+pub fn rate_limited(policy: &str) {
+    counter!("iptgate_rate_limited_total", "policy" => policy.to_string()).increment(1);
+}
+
+pub fn dry_run(code: &'static str) {
+    counter!("iptgate_dry_run_total", "code" => code).increment(1);
+}
+
+pub fn connections(n: usize) {
+    gauge!("iptgate_active_connections").set(n as f64);
+}
+
+pub fn reload(ok: bool) {
+    counter!("iptgate_config_reloads_total", "result" => if ok { "ok" } else { "failed" })
+        .increment(1);
+}

@@ -1,0 +1,81 @@
+//! Forward auth: a decision endpoint for nginx `auth_request`, Traefik `ForwardAuth` and
+//! Caddy `forward_auth`. The original request's method and URI come from
+//! `X-Forwarded-Method`/`X-Forwarded-Uri` (Traefik, Caddy) or
+//! `X-Original-Method`/`X-Original-URI` (nginx); phases 1–5 run on it; the answer is 200
+//! with the claim headers, or the refusal itself. Only trusted proxies may ask.
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, Uri};
+use hyper::body::Incoming;
+
+use crate::body::{full, Body};
+use crate::error::Reject;
+use crate::pipeline::{client_ip, forward, judge, path, request_host, Ask, Conn, Outcome};
+use crate::state::{Active, State};
+
+fn first<'a>(h: &'a HeaderMap, names: &[&str]) -> Option<&'a str> {
+    names
+        .iter()
+        .find_map(|n| h.get(*n).and_then(|v| v.to_str().ok()))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+}
+
+pub async fn answer(
+    req: &Request<Incoming>,
+    conn: &Conn,
+    active: &Active,
+    state: &State,
+    out: &mut Outcome,
+) -> Result<Response<Body>, Reject> {
+    let cfg = &active.config;
+    let peer = conn.proxied.unwrap_or(conn.peer.ip()).to_canonical();
+    if !client_ip::is_trusted(peer, &cfg.client_ip) {
+        out.client_ip = Some(peer);
+        return Err(Reject::IpDenied("forward auth asked by an untrusted peer"));
+    }
+    let h = req.headers();
+    let method = first(h, &["x-forwarded-method", "x-original-method"])
+        .map(|m| Method::from_bytes(m.to_ascii_uppercase().as_bytes()))
+        .transpose()
+        .map_err(|_| Reject::BadRequest("forward auth: bad method header"))?
+        .unwrap_or(Method::GET);
+    let uri_text = first(h, &["x-forwarded-uri", "x-original-uri"]).ok_or(Reject::BadRequest(
+        "forward auth: no X-Forwarded-Uri / X-Original-URI",
+    ))?;
+    let uri: Uri = uri_text
+        .parse()
+        .map_err(|_| Reject::BadRequest("forward auth: unparseable original URI"))?;
+    let original_path = path::normalize(uri.path()).map_err(Reject::BadRequest)?;
+    out.path = Some(original_path.clone());
+    let cip = client_ip::resolve(conn.peer.ip(), conn.proxied, h, &cfg.client_ip);
+    out.client_ip = Some(cip.ip);
+    out.ip_source = Some(cip.source);
+    let host = first(h, &["x-forwarded-host"])
+        .map(|v| crate::pipeline::route::host_of(v).to_ascii_lowercase())
+        .or_else(|| request_host(h, req.uri()));
+    let judged = judge(
+        &Ask {
+            method: &method,
+            host: host.as_deref(),
+            path: &original_path,
+            headers: h,
+            ip: cip.ip,
+        },
+        active,
+        state,
+        out,
+    )
+    .await?;
+    let mut resp = Response::new(full(Bytes::from_static(b"")));
+    if let (Some(tc), Some(claims)) = (&cfg.token, &judged.claims) {
+        for (claim, name) in &tc.forward_claims {
+            if let Some(v) = claims.raw.get(claim) {
+                let hv = forward::claim_header_value(v)
+                    .ok_or(Reject::TokenInvalid("claim is not a valid header value"))?;
+                resp.headers_mut().insert(name.clone(), hv);
+            }
+        }
+    }
+    Ok(resp)
+}

@@ -1,0 +1,201 @@
+//! Phase 7: on `mint` routes, when the upstream status is in `mint.status` and every
+//! required claim was found, a new token goes back to the client (header, and cookie when
+//! `set_cookie`). The claim headers never reach the client.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use http::{header, HeaderMap, HeaderValue, Response};
+
+use crate::body::Body;
+use crate::config::{CookieConfig, MintRule, RefreshConfig, SameSite, TokenConfig};
+use crate::error::Reject;
+use crate::token::{device_hash, Keys, MintRequest, TokenType};
+
+/// A `Set-Cookie` value for one of our cookies.
+pub fn set_cookie(
+    c: &CookieConfig,
+    name: &str,
+    value: &str,
+    max_age: Duration,
+) -> Option<HeaderValue> {
+    let mut s = format!(
+        "{name}={value}; Path={}; Max-Age={}",
+        c.path,
+        max_age.as_secs()
+    );
+    if let Some(d) = &c.domain {
+        s.push_str("; Domain=");
+        s.push_str(d);
+    }
+    if c.secure {
+        s.push_str("; Secure");
+    }
+    if c.http_only {
+        s.push_str("; HttpOnly");
+    }
+    s.push_str(match c.same_site {
+        SameSite::Strict => "; SameSite=Strict",
+        SameSite::Lax => "; SameSite=Lax",
+        SameSite::None => "; SameSite=None",
+    });
+    HeaderValue::from_str(&s).ok()
+}
+
+/// Drop an upstream `Set-Cookie` for the gateway's own cookie names.
+pub fn drop_our_cookies(h: &mut HeaderMap, cookie_name: &str) {
+    if !h.contains_key(header::SET_COOKIE) {
+        return;
+    }
+    let refresh = format!("{cookie_name}_refresh");
+    let keep: Vec<HeaderValue> = h
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .filter(|v| {
+            let name = v
+                .to_str()
+                .ok()
+                .and_then(|s| s.split_once('='))
+                .map(|(n, _)| n.trim());
+            name != Some(cookie_name) && name != Some(refresh.as_str())
+        })
+        .cloned()
+        .collect();
+    h.remove(header::SET_COOKIE);
+    for v in keep {
+        h.append(header::SET_COOKIE, v);
+    }
+}
+
+/// Everything mint needs from config for one request.
+pub struct MintCtx<'a> {
+    pub rule: &'a MintRule,
+    pub token: &'a TokenConfig,
+    pub keys: &'a Keys,
+    pub refresh: Option<&'a RefreshConfig>,
+    pub ip: IpAddr,
+    pub device_id: Option<&'a str>,
+}
+
+/// The outcome, for the login guard and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Minted {
+    Yes,
+    No,
+}
+
+/// Issue access (and refresh) tokens on the response when the status says so.
+pub fn apply(resp: &mut Response<Body>, m: &MintCtx<'_>) -> Result<Minted, Reject> {
+    // Read and remove the claim headers whatever the status: they never reach the client.
+    let mut extra = serde_json::Map::new();
+    let mut bad_value = false;
+    for (claim, name) in &m.rule.claims_from_headers {
+        let values: Vec<HeaderValue> = resp.headers().get_all(name).iter().cloned().collect();
+        resp.headers_mut().remove(name);
+        if let Some(v) = values.first() {
+            match v.to_str() {
+                Ok(s) if !s.is_empty() => {
+                    extra.insert(claim.clone(), serde_json::Value::String(s.to_string()));
+                }
+                Ok(_) => {}
+                Err(_) => bad_value = true,
+            }
+        }
+    }
+    drop_our_cookies(resp.headers_mut(), &m.token.cookie.name);
+    if !m.rule.status.contains(&resp.status().as_u16()) {
+        return Ok(Minted::No);
+    }
+    if bad_value {
+        return Err(Reject::UpstreamUnavailable(
+            "a claim header from the upstream is not a valid header value".into(),
+        ));
+    }
+    if let Some(missing) = m
+        .rule
+        .required_claims
+        .iter()
+        .find(|c| !extra.contains_key(*c) && !m.token.claims.contains_key(*c))
+    {
+        tracing::warn!(target: "security", claim = %missing, "login answered with a mint status but a required claim is missing: nothing minted");
+        return Ok(Minted::No);
+    }
+    let dev = match (&m.token.device_binding, m.device_id) {
+        (None, _) => None,
+        (Some(_), Some(id)) => Some(device_hash(id)),
+        (Some(_), None) => {
+            tracing::warn!(target: "security", "device binding is on but the login request carries no device id: nothing minted");
+            return Ok(Minted::No);
+        }
+    };
+    let sub = match extra.remove("sub") {
+        Some(serde_json::Value::String(s)) => Some(s),
+        _ => None,
+    };
+    let fam = m.refresh.map(|_| random_id());
+    let access = m
+        .keys
+        .mint(
+            m.token,
+            MintRequest {
+                typ: TokenType::Access,
+                ip: m.ip,
+                sub: sub.clone(),
+                extra: extra.clone(),
+                dev: dev.clone(),
+                fam: fam.clone(),
+                ttl: m.token.ttl,
+            },
+        )
+        .map_err(Reject::Internal)?;
+    let h = resp.headers_mut();
+    let hv = HeaderValue::from_str(&access.token)
+        .map_err(|_| Reject::Internal("token not header-safe".into()))?;
+    h.insert(m.token.header.clone(), hv);
+    if m.token.set_cookie {
+        if let Some(c) = set_cookie(
+            &m.token.cookie,
+            &m.token.cookie.name,
+            &access.token,
+            m.token.ttl,
+        ) {
+            h.append(header::SET_COOKIE, c);
+        }
+    }
+    if let Some(r) = m.refresh {
+        let refresh = m
+            .keys
+            .mint(
+                m.token,
+                MintRequest {
+                    typ: TokenType::Refresh,
+                    ip: m.ip,
+                    sub,
+                    extra,
+                    dev,
+                    fam,
+                    ttl: r.ttl,
+                },
+            )
+            .map_err(Reject::Internal)?;
+        let hv = HeaderValue::from_str(&refresh.token)
+            .map_err(|_| Reject::Internal("token not header-safe".into()))?;
+        h.insert(r.header.clone(), hv);
+        if m.token.set_cookie {
+            let name = format!("{}_refresh", m.token.cookie.name);
+            if let Some(c) = set_cookie(&m.token.cookie, &name, &refresh.token, r.ttl) {
+                h.append(header::SET_COOKIE, c);
+            }
+        }
+    }
+    // The token must never be cached by an intermediary.
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(Minted::Yes)
+}
+
+/// 128 random bits, unpadded base64url (family ids).
+pub fn random_id() -> String {
+    use base64::Engine;
+    let bytes: [u8; 16] = rand::random();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}

@@ -1,0 +1,196 @@
+//! Gateway-served paths, matched before routes: `/.well-known/jwks.json` (asymmetric
+//! algorithms), `refresh.path` (rotate a refresh token) and `refresh.logout_path`
+//! (revoke the presented tokens).
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use crate::body::{empty, full, Body};
+use crate::config::TokenConfig;
+use crate::error::Reject;
+use crate::pipeline::auth::{check_revoked, cookie, device_id, extract, map_token_error, now};
+use crate::pipeline::mint::set_cookie;
+use crate::state::{Active, State};
+use crate::store::Spend;
+use crate::token::{check_binding, Claims, MintRequest, TokenType};
+
+const RESERVED: &[&str] = &[
+    "iss", "sub", "aud", "iat", "nbf", "exp", "jti", "typ", "ip", "dev", "fam",
+];
+
+/// Is this one of the paths the gateway answers itself?
+pub fn is_served(path: &str, active: &Active) -> bool {
+    path == "/.well-known/jwks.json"
+        || active
+            .config
+            .refresh
+            .as_ref()
+            .is_some_and(|r| path == r.path || path == r.logout_path)
+}
+
+/// Answer a gateway-served path, or `None` to go on to routing.
+pub async fn serve(
+    req: &Request<Incoming>,
+    path: &str,
+    ip: IpAddr,
+    active: &Active,
+    state: &State,
+) -> Result<Option<Response<Body>>, Reject> {
+    let cfg = &active.config;
+    if path == "/.well-known/jwks.json" {
+        if let Some(jwks) = active.keys.as_ref().and_then(|k| k.jwks()) {
+            let mut r = Response::new(full(Bytes::from(jwks)));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/jwk-set+json"),
+            );
+            r.headers_mut().insert(
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("public, max-age=300"),
+            );
+            return Ok(Some(r));
+        }
+        return Ok(None);
+    }
+    let (Some(refresh), Some(tc), Some(keys)) = (&cfg.refresh, &cfg.token, &active.keys) else {
+        return Ok(None);
+    };
+    let is_refresh = path == refresh.path;
+    let is_logout = path == refresh.logout_path;
+    if !is_refresh && !is_logout {
+        return Ok(None);
+    }
+    if req.method() != Method::POST {
+        return Err(Reject::MethodNotAllowed("POST".into()));
+    }
+    let h = req.headers();
+    let on_error = cfg.store.on_error;
+    let store = &state.store;
+
+    if is_logout {
+        let token = extract(h, tc)?.ok_or(Reject::TokenMissing)?;
+        let claims = keys
+            .verify(tc, token, TokenType::Access, now())
+            .map_err(map_token_error)?;
+        check_revoked(store, on_error, &claims).await?;
+        check_binding(tc, &claims, ip, device_id(h, tc)).map_err(map_token_error)?;
+        let left = Duration::from_secs(claims.exp.saturating_sub(now()) + tc.leeway.as_secs());
+        if let Some(jti) = &claims.jti {
+            store
+                .revoke(jti, left)
+                .await
+                .map_err(|_| Reject::StoreUnavailable)?;
+        }
+        if let Some(fam) = &claims.fam {
+            store
+                .revoke(fam, refresh.ttl + tc.leeway)
+                .await
+                .map_err(|_| Reject::StoreUnavailable)?;
+        }
+        crate::metrics::revoked();
+        let mut r = Response::new(empty());
+        *r.status_mut() = StatusCode::NO_CONTENT;
+        if tc.set_cookie {
+            clear_cookies(&mut r, tc);
+        }
+        return Ok(Some(r));
+    }
+
+    // Refresh: the refresh token in its header or the `<cookie>_refresh` cookie.
+    let refresh_cookie = format!("{}_refresh", tc.cookie.name);
+    let token = h
+        .get(&refresh.header)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| cookie(h, &refresh_cookie))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or(Reject::TokenMissing)?;
+    let claims = keys
+        .verify(tc, token, TokenType::Refresh, now())
+        .map_err(map_token_error)?;
+    check_revoked(store, on_error, &claims).await?;
+    check_binding(tc, &claims, ip, device_id(h, tc)).map_err(map_token_error)?;
+    let (Some(jti), Some(fam)) = (&claims.jti, &claims.fam) else {
+        return Err(Reject::TokenInvalid("refresh token without jti/fam"));
+    };
+    let left = Duration::from_secs(claims.exp.saturating_sub(now()) + tc.leeway.as_secs());
+    match store.spend(jti, fam, left).await {
+        Ok(Spend::Fresh) => {}
+        Ok(Spend::Reused) => {
+            tracing::warn!(target: "security", client_ip = %ip, "spent refresh token presented again: family revoked");
+            crate::metrics::revoked();
+            return Err(Reject::TokenRevoked);
+        }
+        Err(_) => return Err(Reject::StoreUnavailable),
+    }
+    let extra = carried_claims(&claims);
+    let mint = |typ, ttl| {
+        keys.mint(
+            tc,
+            MintRequest {
+                typ,
+                ip,
+                sub: claims.sub.clone(),
+                extra: extra.clone(),
+                dev: claims.dev.clone(),
+                fam: Some(fam.clone()),
+                ttl,
+            },
+        )
+        .map_err(Reject::Internal)
+    };
+    let access = mint(TokenType::Access, tc.ttl)?;
+    let next = mint(TokenType::Refresh, refresh.ttl)?;
+    crate::metrics::minted("refresh");
+    let body = serde_json::json!({
+        "token_type": "Bearer",
+        "access_token": access.token,
+        "expires_in": tc.ttl.as_secs(),
+        "refresh_token": next.token,
+    });
+    let mut r = Response::new(full(Bytes::from(body.to_string())));
+    let hm = r.headers_mut();
+    hm.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    hm.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    let hv = |s: &str| {
+        HeaderValue::from_str(s).map_err(|_| Reject::Internal("token not header-safe".into()))
+    };
+    hm.insert(tc.header.clone(), hv(&access.token)?);
+    hm.insert(refresh.header.clone(), hv(&next.token)?);
+    if tc.set_cookie {
+        if let Some(c) = set_cookie(&tc.cookie, &tc.cookie.name, &access.token, tc.ttl) {
+            hm.append(header::SET_COOKIE, c);
+        }
+        if let Some(c) = set_cookie(&tc.cookie, &refresh_cookie, &next.token, refresh.ttl) {
+            hm.append(header::SET_COOKIE, c);
+        }
+    }
+    Ok(Some(r))
+}
+
+/// Claims a rotated token keeps: everything the gateway does not set itself.
+fn carried_claims(c: &Claims) -> serde_json::Map<String, serde_json::Value> {
+    c.raw
+        .iter()
+        .filter(|(k, _)| !RESERVED.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+fn clear_cookies(r: &mut Response<Body>, tc: &TokenConfig) {
+    for name in [
+        tc.cookie.name.clone(),
+        format!("{}_refresh", tc.cookie.name),
+    ] {
+        if let Some(c) = set_cookie(&tc.cookie, &name, "", Duration::ZERO) {
+            r.headers_mut().append(header::SET_COOKIE, c);
+        }
+    }
+}

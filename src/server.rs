@@ -1,0 +1,417 @@
+//! Listeners and connections: accept (bounded by `max_connections`), optional PROXY
+//! protocol, TLS handshake, hyper-util's auto HTTP/1.1 + HTTP/2 server with the header-read
+//! and idle timeouts enforced, and a graceful drain on shutdown.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::{pin, Pin};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::pipeline::{client_ip, Conn};
+use crate::state::State;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: io::Error },
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// A running gateway: its bound addresses and the handle to stop it.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub admin_addr: Option<SocketAddr>,
+    pub redirect_addr: Option<SocketAddr>,
+    pub state: Arc<State>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stop accepting, let in-flight requests finish (up to `shutdown_grace`), then return.
+    pub async fn shutdown(self) {
+        self.state.draining.store(true, Ordering::SeqCst);
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+
+    /// A receiver that flips to `true` when shutdown begins.
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    /// Begin the drain without waiting for it.
+    pub fn begin_shutdown(&self) {
+        self.state.draining.store(true, Ordering::SeqCst);
+        let _ = self.shutdown.send(true);
+    }
+
+    /// Wait for every listener task to finish (after `begin_shutdown`).
+    pub async fn wait(self) {
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
+    let e = |source| ServeError::Bind { addr, source };
+    let sock = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(e)?;
+    sock.set_reuseaddr(true).map_err(e)?;
+    sock.bind(addr).map_err(e)?;
+    sock.listen(4096).map_err(e)
+}
+
+/// Bind every listener and start serving. Returns once the listeners are bound.
+pub async fn start(config: Config) -> Result<Running, ServeError> {
+    crate::metrics::install();
+    let main = bind(config.server.listen)?;
+    let admin = config.server.admin_listen.map(bind).transpose()?;
+    let redirect = config.server.redirect_http.map(bind).transpose()?;
+    let state = State::new(config).await.map_err(ServeError::Setup)?;
+    let (tx, rx) = watch::channel(false);
+    let addr = main
+        .local_addr()
+        .map_err(|e| ServeError::Setup(e.to_string()))?;
+    let mut tasks = vec![tokio::spawn(accept_loop(main, state.clone(), rx.clone()))];
+    let admin_addr = match admin {
+        Some(l) => {
+            let a = l.local_addr().ok();
+            tasks.push(tokio::spawn(crate::admin::serve(
+                l,
+                state.clone(),
+                rx.clone(),
+            )));
+            a
+        }
+        None => None,
+    };
+    let redirect_addr = match redirect {
+        Some(l) => {
+            let a = l.local_addr().ok();
+            tasks.push(tokio::spawn(redirect_loop(l, addr.port(), rx.clone())));
+            a
+        }
+        None => None,
+    };
+    tasks.push(tokio::spawn(prune_loop(state.clone(), rx)));
+    tracing::info!(listen = %addr, admin = ?admin_addr, tls = state.active.load().tls.is_some(), "iptgate listening");
+    Ok(Running {
+        addr,
+        admin_addr,
+        redirect_addr,
+        state,
+        shutdown: tx,
+        tasks,
+    })
+}
+
+async fn prune_loop(state: Arc<State>, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+            _ = stop.changed() => return,
+        }
+        let active = state.active.load();
+        active.limiters.prune();
+        if let Some(g) = &active.login {
+            g.prune();
+        }
+    }
+}
+
+fn http_builder(cfg: &Config) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(cfg.server.header_read_timeout)
+        .keep_alive(true)
+        .max_buf_size(64 * 1024);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(256)
+        .max_header_list_size(64 * 1024)
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    b
+}
+
+async fn accept_loop(listener: TcpListener, state: Arc<State>, mut stop: watch::Receiver<bool>) {
+    let first = state.active.load_full();
+    let tls_mode = first.tls.is_some();
+    let permits = Arc::new(Semaphore::new(first.config.server.max_connections));
+    let grace = first.config.server.shutdown_grace;
+    let builder = Arc::new(http_builder(&first.config));
+    drop(first);
+    loop {
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            _ = stop.changed() => break,
+        };
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => break,
+        };
+        let state = state.clone();
+        let builder = builder.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let n = state.connections.fetch_add(1, Ordering::Relaxed) + 1;
+            crate::metrics::connections(n);
+            connection(stream, peer, tls_mode, &state, &builder, stop).await;
+            let n = state.connections.fetch_sub(1, Ordering::Relaxed) - 1;
+            crate::metrics::connections(n);
+            drop(permit);
+        });
+    }
+    drop(listener);
+    // Drain: connections see the stop signal and close after their in-flight requests.
+    let deadline = Instant::now() + grace;
+    while state.connections.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let left = state.connections.load(Ordering::Relaxed);
+    if left > 0 {
+        tracing::warn!(
+            connections = left,
+            "shutdown grace over: closing remaining connections"
+        );
+    }
+}
+
+async fn connection(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    tls_mode: bool,
+    state: &Arc<State>,
+    builder: &auto::Builder<TokioExecutor>,
+    stop: watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    let active = state.active.load_full();
+    let cfg = &active.config;
+    let handshake_timeout = cfg.server.header_read_timeout;
+    let mut proxied: Option<IpAddr> = None;
+    if cfg.client_ip.proxy_protocol {
+        if client_ip::is_trusted(peer.ip(), &cfg.client_ip) {
+            match crate::proxy_protocol::read_header(&mut stream, handshake_timeout).await {
+                Ok(Some(src)) => proxied = Some(src.ip().to_canonical()),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(target: "security", peer = %peer.ip(), error = %e, "PROXY header refused");
+                    return;
+                }
+            }
+        } else if crate::proxy_protocol::starts_with_proxy_signature(&stream)
+            .await
+            .unwrap_or(true)
+        {
+            tracing::warn!(target: "security", peer = %peer.ip(), "PROXY header from an untrusted peer: connection closed");
+            return;
+        }
+    }
+    let conn = Arc::new(Conn {
+        peer,
+        proxied,
+        tls: tls_mode,
+    });
+    let idle = cfg.server.idle_timeout;
+    let tls = active.tls.clone();
+    drop(active);
+    if tls_mode {
+        let Some(tls) = tls.or_else(|| state.active.load().tls.clone()) else {
+            return;
+        };
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+        match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+            Ok(Ok(s)) => serve_io(s, conn, state, builder, stop, idle).await,
+            Ok(Err(e)) => tracing::debug!(peer = %peer.ip(), error = %e, "TLS handshake failed"),
+            Err(_) => tracing::debug!(peer = %peer.ip(), "TLS handshake timed out"),
+        }
+    } else {
+        serve_io(stream, conn, state, builder, stop, idle).await;
+    }
+}
+
+/// Serve HTTP on one connection until it closes, goes idle, or the gateway drains.
+async fn serve_io<S>(
+    io: S,
+    conn: Arc<Conn>,
+    state: &Arc<State>,
+    builder: &auto::Builder<TokioExecutor>,
+    mut stop: watch::Receiver<bool>,
+    idle: Duration,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let epoch = Instant::now();
+    let last = Arc::new(AtomicU64::new(0));
+    let io = Tracked {
+        inner: io,
+        epoch,
+        last: last.clone(),
+    };
+    let st = state.clone();
+    let svc = service_fn(move |req| crate::pipeline::handle(req, conn.clone(), st.clone()));
+    let mut c = pin!(builder.serve_connection_with_upgrades(TokioIo::new(io), svc));
+    let tick = (idle / 4).max(Duration::from_millis(50));
+    let mut closing = false;
+    if *stop.borrow() {
+        c.as_mut().graceful_shutdown();
+        closing = true;
+    }
+    loop {
+        tokio::select! {
+            _ = c.as_mut() => break,
+            _ = stop.changed(), if !closing => {
+                c.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            _ = tokio::time::sleep(tick), if !closing => {
+                let quiet = epoch.elapsed().as_millis() as u64 - last.load(Ordering::Relaxed);
+                if quiet >= idle.as_millis() as u64 {
+                    c.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+            }
+        }
+    }
+}
+
+/// An IO stream that records when bytes last moved (for the idle timeout).
+struct Tracked<S> {
+    inner: S,
+    epoch: Instant,
+    last: Arc<AtomicU64>,
+}
+
+impl<S> Tracked<S> {
+    fn touch(&self) {
+        self.last
+            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.touch();
+        }
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, data);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        r
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// The plain listener that sends every request to https (308, method and body kept).
+async fn redirect_loop(listener: TcpListener, https_port: u16, mut stop: watch::Receiver<bool>) {
+    loop {
+        let (stream, _) = tokio::select! {
+            r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
+            _ = stop.changed() => return,
+        };
+        tokio::spawn(async move {
+            let svc = service_fn(
+                move |req: http::Request<hyper::body::Incoming>| async move {
+                    let host = req
+                        .headers()
+                        .get(http::header::HOST)
+                        .and_then(|v| v.to_str().ok())
+                        .map(|h| crate::pipeline::route::host_of(h).to_string())
+                        .unwrap_or_else(|| "localhost".into());
+                    let port = if https_port == 443 {
+                        String::new()
+                    } else {
+                        format!(":{https_port}")
+                    };
+                    let pq = req
+                        .uri()
+                        .path_and_query()
+                        .map(|p| p.as_str())
+                        .unwrap_or("/");
+                    let loc = format!("https://{host}{port}{pq}");
+                    let mut resp = http::Response::new(crate::body::empty());
+                    *resp.status_mut() = http::StatusCode::PERMANENT_REDIRECT;
+                    if let Ok(v) = http::HeaderValue::from_str(&loc) {
+                        resp.headers_mut().insert(http::header::LOCATION, v);
+                    }
+                    Ok::<_, std::convert::Infallible>(resp)
+                },
+            );
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}

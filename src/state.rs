@@ -1,0 +1,189 @@
+//! Process state and config generations.
+//!
+//! [`State`] lives as long as the process: the upstream connection pools, the store, the
+//! drain flag. [`Active`] is one config generation — the validated config plus everything
+//! compiled from it (IP tables, routes, limiters, keys, TLS) — swapped atomically on reload.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::body::Body;
+use crate::config::{Config, RouteConfig, Target, UpstreamConfig};
+use crate::pipeline::ip_policy::IpPolicy;
+use crate::pipeline::rate_limit::{Limiters, LoginGuard};
+use crate::store::Store;
+use crate::token::Keys;
+
+pub type Client = hyper_util::client::legacy::Client<HttpsConnector<HttpConnector>, Body>;
+
+/// A route compiled for the hot path.
+pub struct Route {
+    pub cfg: RouteConfig,
+    pub ip: Option<IpPolicy>,
+}
+
+pub struct Upstream {
+    pub cfg: UpstreamConfig,
+    pub client: Client,
+    next: AtomicUsize,
+}
+
+impl Upstream {
+    /// Round robin over the targets.
+    pub fn pick(&self) -> &Target {
+        let n = self.cfg.targets.len().max(1);
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        &self.cfg.targets[i]
+    }
+}
+
+/// One config generation.
+pub struct Active {
+    pub config: Config,
+    pub ip_policy: IpPolicy,
+    pub routes: Vec<Route>,
+    pub upstreams: Vec<Upstream>,
+    pub limiters: Limiters,
+    pub login: Option<Arc<LoginGuard>>,
+    pub keys: Option<Keys>,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub generation: u64,
+}
+
+impl Active {
+    pub fn route(&self, i: usize) -> &Route {
+        &self.routes[i]
+    }
+}
+
+/// Everything that outlives a config generation.
+pub struct State {
+    pub active: ArcSwap<Active>,
+    pub store: Store,
+    pub draining: AtomicBool,
+    pub connections: AtomicUsize,
+    generation: AtomicU64,
+    clients: Mutex<HashMap<(Duration, Option<PathBuf>), Client>>,
+}
+
+impl State {
+    /// Build the first generation and the process state around it.
+    pub async fn new(config: Config) -> Result<Arc<State>, String> {
+        let store = Store::connect(&config.store)
+            .await
+            .map_err(|e| e.to_string())?;
+        let clients = Mutex::new(HashMap::new());
+        let active = build_active(config, None, &clients, 1)?;
+        Ok(Arc::new(State {
+            active: ArcSwap::from_pointee(active),
+            store,
+            draining: AtomicBool::new(false),
+            connections: AtomicUsize::new(0),
+            generation: AtomicU64::new(1),
+            clients,
+        }))
+    }
+
+    /// Build a complete new generation off the hot path and swap it in; on error the
+    /// running one stays.
+    pub fn swap(&self, config: Config) -> Result<u64, String> {
+        let prev = self.active.load_full();
+        let gen = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        let next = build_active(config, Some(&prev), &self.clients, gen)?;
+        self.active.store(Arc::new(next));
+        Ok(gen)
+    }
+}
+
+fn client_for(
+    cache: &Mutex<HashMap<(Duration, Option<PathBuf>), Client>>,
+    u: &UpstreamConfig,
+) -> Result<Client, String> {
+    let key = (u.connect_timeout, u.ca.clone());
+    let mut map = cache
+        .lock()
+        .map_err(|_| "client cache poisoned".to_string())?;
+    if let Some(c) = map.get(&key) {
+        return Ok(c.clone());
+    }
+    let tls = crate::tls::client_config(u.ca.as_deref())
+        .map_err(|e| format!("upstreams.{}: {e}", u.name))?;
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(u.connect_timeout));
+    http.set_nodelay(true);
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(256)
+        .timer(TokioTimer::new())
+        .build(https);
+    map.insert(key, client.clone());
+    Ok(client)
+}
+
+fn build_active(
+    config: Config,
+    prev: Option<&Active>,
+    clients: &Mutex<HashMap<(Duration, Option<PathBuf>), Client>>,
+    generation: u64,
+) -> Result<Active, String> {
+    let tls = match &config.server.tls {
+        Some(p) => Some(crate::tls::server_config(p).map_err(|e| format!("server.tls: {e}"))?),
+        None => None,
+    };
+    let keys = match &config.token {
+        Some(t) => Some(Keys::new(t).map_err(|e| format!("token: {e}"))?),
+        None => None,
+    };
+    let mut upstreams = Vec::with_capacity(config.upstreams.len());
+    for u in &config.upstreams {
+        upstreams.push(Upstream {
+            cfg: u.clone(),
+            client: client_for(clients, u)?,
+            next: AtomicUsize::new(0),
+        });
+    }
+    let routes = config
+        .routes
+        .iter()
+        .map(|r| Route {
+            cfg: r.clone(),
+            ip: r.ip.as_ref().map(IpPolicy::new),
+        })
+        .collect();
+    let limiters = Limiters::new(&config.rate_limits, prev.map(|p| &p.limiters));
+    let login = config.login_protection.as_ref().map(|lp| {
+        prev.and_then(|p| {
+            p.login
+                .as_ref()
+                .filter(|_| p.config.login_protection.as_ref() == Some(lp))
+                .cloned()
+        })
+        .unwrap_or_else(|| Arc::new(LoginGuard::new(lp)))
+    });
+    Ok(Active {
+        ip_policy: IpPolicy::new(&config.ip),
+        routes,
+        upstreams,
+        limiters,
+        login,
+        keys,
+        tls,
+        generation,
+        config,
+    })
+}
