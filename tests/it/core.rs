@@ -1,0 +1,473 @@
+//! Gateway core: routing, forwarding, streaming, timeouts, TLS/ALPN, drain, upgrades.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::harness::*;
+
+/// Send raw bytes to a plain-HTTP gateway and read the answer until close or `wait`.
+async fn raw(addr: std::net::SocketAddr, req: &[u8], wait: Duration) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(req).await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(wait, s.read_to_end(&mut buf)).await;
+    String::from_utf8_lossy(&buf).to_string()
+}
+
+fn plain() -> Opts<'static> {
+    Opts {
+        tls: false,
+        ..Opts::default()
+    }
+}
+
+#[tokio::test]
+async fn public_route_forwards_with_forwarding_headers() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&public_routes(&up)).await;
+    let resp = client()
+        .get(gw.url("/hello?q=1"))
+        .header("X-Forwarded-For", "6.6.6.6")
+        .header("X-Real-IP", "6.6.6.6")
+        .header("Forwarded", "for=6.6.6.6")
+        .header("Connection", "x-drop-me")
+        .header("X-Drop-Me", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-upstream"], "yes");
+    assert_eq!(resp.text().await.unwrap(), "ok");
+    let seen = up.last();
+    assert_eq!(seen.uri, "/hello?q=1");
+    // Spoofed forwarding headers from an untrusted peer never pass; ours are set.
+    assert_eq!(seen.header("x-forwarded-for"), Some("127.0.0.1"));
+    assert_eq!(seen.header("x-real-ip"), None);
+    assert_eq!(seen.header("forwarded"), None);
+    assert_eq!(seen.header("x-forwarded-proto"), Some("https"));
+    assert!(seen.header("x-forwarded-host").unwrap().starts_with("127.0.0.1:"));
+    assert_eq!(seen.header("x-drop-me"), None, "Connection-named header removed");
+}
+
+#[tokio::test]
+async fn h2_is_negotiated_by_alpn_and_forwarded_as_http1() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&public_routes(&up)).await;
+    let resp = client().get(gw.url("/x")).send().await.unwrap();
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    assert_eq!(resp.status(), 200);
+    let h1 = client_h1();
+    let resp = h1.get(gw.url("/x")).send().await.unwrap();
+    assert_eq!(resp.version(), http::Version::HTTP_11);
+    assert_eq!(up.count(), 2);
+}
+
+#[tokio::test]
+async fn routing_exact_prefix_405_404_host_rewrite_strip() {
+    let up = Upstream::start().await;
+    let body = format!(
+        r#"
+[upstreams.app]
+url = "{u}"
+
+[[routes]]
+name = "login"
+path = "/login"
+methods = ["POST"]
+upstream = "app"
+auth = "public"
+
+[[routes]]
+name = "api"
+prefix = "/api"
+methods = ["GET", "PUT"]
+upstream = "app"
+auth = "public"
+strip_prefix = true
+
+[[routes]]
+name = "v1"
+prefix = "/v1"
+upstream = "app"
+auth = "public"
+rewrite = "/v2"
+
+[[routes]]
+name = "host"
+prefix = "/h"
+host = "api.example.com"
+upstream = "app"
+auth = "public"
+"#,
+        u = up.url()
+    );
+    let gw = Gateway::start(&body).await;
+    let c = client();
+    assert_eq!(c.post(gw.url("/login")).body("user=a").send().await.unwrap().status(), 200);
+    let r = c.get(gw.url("/login")).send().await.unwrap();
+    assert_eq!(r.status(), 405);
+    assert_eq!(r.headers()["allow"], "POST");
+    assert_eq!(code_of(r).await, (405, "method_not_allowed".into()));
+    let r = c.delete(gw.url("/api/x")).send().await.unwrap();
+    assert_eq!(r.headers()["allow"], "GET, PUT");
+    assert_eq!(code_of(c.get(gw.url("/nothing")).send().await.unwrap()).await, (404, "no_route".into()));
+    // Segment-aware prefix: /apix is not under /api.
+    assert_eq!(c.get(gw.url("/apix")).send().await.unwrap().status(), 404);
+    assert_eq!(c.get(gw.url("/api/users/7")).send().await.unwrap().status(), 200);
+    assert_eq!(up.last().uri, "/users/7");
+    assert_eq!(c.get(gw.url("/v1/things?a=b")).send().await.unwrap().status(), 200);
+    assert_eq!(up.last().uri, "/v2/things?a=b");
+    // Host matching ignores case and port.
+    let r = c.get(gw.url("/h/x")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    let r = c
+        .get(gw.url("/h/x"))
+        .header("Host", "API.Example.com:8443")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
+async fn rejected_paths_are_400_and_the_upstream_sees_the_normalized_path() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start_with(plain(), &public_routes(&up)).await;
+    for bad in ["/a%2Fb", "/a%2fb", "/a%5Cb", "/a%00b", "/a\\b", "/..", "/a/../../b", "/%2e%2e/x", "/%zz"] {
+        let req = format!("GET {bad} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let out = raw(gw.addr, req.as_bytes(), Duration::from_secs(3)).await;
+        assert!(out.starts_with("HTTP/1.1 400"), "{bad}: {out}");
+        if out.contains("problem+json") {
+            assert!(out.contains("bad_request"), "{bad}: {out}");
+        }
+    }
+    assert_eq!(up.count(), 0);
+    let out = raw(
+        gw.addr,
+        b"GET //a/./b/../%63//d?x=%2F HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(3),
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert_eq!(up.last().uri, "/a/c/d?x=%2F");
+}
+
+#[tokio::test]
+async fn upstream_down_is_502_and_slow_is_504() {
+    // A port with nothing listening.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_addr = dead.local_addr().unwrap();
+    drop(dead);
+    let up = Upstream::start().await;
+    let body = format!(
+        r#"
+[upstreams.dead]
+url = "http://{dead_addr}"
+connect_timeout = "1s"
+
+[upstreams.slow]
+url = "{u}"
+timeout = "300ms"
+
+[[routes]]
+name = "dead"
+prefix = "/dead"
+upstream = "dead"
+auth = "public"
+
+[[routes]]
+name = "slow"
+prefix = "/"
+upstream = "slow"
+auth = "public"
+"#,
+        u = up.url()
+    );
+    let gw = Gateway::start(&body).await;
+    let c = client();
+    assert_eq!(code_of(c.get(gw.url("/dead")).send().await.unwrap()).await, (502, "upstream_unavailable".into()));
+    let t = Instant::now();
+    let r = c.get(gw.url("/sleep/3000")).send().await.unwrap();
+    assert_eq!(code_of(r).await, (504, "upstream_timeout".into()));
+    assert!(t.elapsed() < Duration::from_millis(2500), "504 came after {:?}", t.elapsed());
+    assert_eq!(c.get(gw.url("/sleep/10")).send().await.unwrap().status(), 200);
+}
+
+#[tokio::test]
+async fn body_over_the_limit_is_413() {
+    let up = Upstream::start().await;
+    let o = Opts {
+        server: "max_request_body = \"1KiB\"",
+        ..Opts::default()
+    };
+    let gw = Gateway::start_with(o, &public_routes(&up)).await;
+    let c = client();
+    let r = c.post(gw.url("/up")).body(vec![b'x'; 2048]).send().await.unwrap();
+    assert_eq!(code_of(r).await, (413, "payload_too_large".into()));
+    // Without a Content-Length (chunked stream), the limit still holds.
+    let chunks = futures_util::stream::iter((0..8).map(|_| Ok::<_, std::io::Error>(Bytes::from(vec![b'y'; 512]))));
+    let h1 = client_h1();
+    let r = h1
+        .post(gw.url("/up"))
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let r = c.post(gw.url("/up")).body(vec![b'x'; 1000]).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(up.last().body.len(), 1000);
+}
+
+#[tokio::test]
+async fn request_bodies_stream_through_unbuffered() {
+    // An upstream that reports when the first body chunk arrives.
+    use http_body_util::BodyExt;
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let tx = std::sync::Arc::new(std::sync::Mutex::new(Some(tx)));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (s, _) = listener.accept().await.unwrap();
+        let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+            let tx = tx.clone();
+            async move {
+                let mut body = req.into_body();
+                let mut total = 0usize;
+                while let Some(f) = body.frame().await {
+                    if let Ok(d) = f.unwrap().into_data() {
+                        total += d.len();
+                        if let Some(tx) = tx.lock().unwrap().take() {
+                            let _ = tx.send(());
+                        }
+                    }
+                }
+                Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(Bytes::from(
+                    total.to_string(),
+                ))))
+            }
+        });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+            .await;
+    });
+    let body = format!(
+        "[upstreams.app]\nurl = \"http://{addr}\"\n\n[[routes]]\nname = \"all\"\nprefix = \"/\"\nauth = \"public\"\nupstream = \"app\"\n"
+    );
+    let gw = Gateway::start(&body).await;
+    let (btx, brx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+    let stream = futures_util::stream::unfold(brx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) });
+    let req = client()
+        .post(gw.url("/upload"))
+        .body(reqwest::Body::wrap_stream(stream))
+        .send();
+    let sender = async move {
+        btx.send(Ok(Bytes::from_static(b"first chunk"))).await.unwrap();
+        // The upstream must see the first chunk while the client still holds the rest.
+        tokio::time::timeout(Duration::from_secs(5), rx)
+            .await
+            .expect("upstream saw the first chunk before the body ended")
+            .unwrap();
+        btx.send(Ok(Bytes::from_static(b"-last"))).await.unwrap();
+    };
+    let (resp, ()) = tokio::join!(req, sender);
+    let resp = resp.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.unwrap(), "16");
+}
+
+#[tokio::test]
+async fn header_read_timeout_closes_a_slow_client() {
+    let up = Upstream::start().await;
+    let o = Opts {
+        tls: false,
+        server: "header_read_timeout = \"300ms\"",
+        ..Opts::default()
+    };
+    let gw = Gateway::start_with(o, &public_routes(&up)).await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ").await.unwrap();
+    let t = Instant::now();
+    let mut buf = Vec::new();
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
+        .await
+        .expect("the gateway closed the slow connection");
+    assert!(n.is_ok() || n.is_err());
+    assert!(t.elapsed() < Duration::from_secs(3));
+    assert_eq!(up.count(), 0);
+}
+
+#[tokio::test]
+async fn idle_keep_alive_connections_are_closed() {
+    let up = Upstream::start().await;
+    let o = Opts {
+        tls: false,
+        server: "idle_timeout = \"300ms\"",
+        ..Opts::default()
+    };
+    let gw = Gateway::start_with(o, &public_routes(&up)).await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let t = Instant::now();
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("closed by the idle timeout")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    assert!(t.elapsed() >= Duration::from_millis(200));
+}
+
+#[tokio::test]
+async fn drain_finishes_in_flight_requests_and_refuses_new_ones() {
+    let up = Upstream::start().await;
+    let mut gw = Gateway::start(&public_routes(&up)).await;
+    let c = client();
+    let admin = gw.admin_url("/readyz");
+    assert_eq!(plain_client().get(&admin).send().await.unwrap().status(), 200);
+    let url = gw.url("/sleep/800");
+    let inflight = tokio::spawn({
+        let c = c.clone();
+        async move { c.get(url).send().await.map(|r| r.status().as_u16()) }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let running = gw.take_running();
+    running.begin_shutdown();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let ready = plain_client().get(&admin).send().await.map(|r| r.status().as_u16());
+    assert!(matches!(ready, Ok(503) | Err(_)), "readyz while draining: {ready:?}");
+    assert_eq!(inflight.await.unwrap().unwrap(), 200, "in-flight request completed");
+    running.wait().await;
+    assert!(client().get(gw.url("/")).send().await.is_err(), "no longer accepting");
+}
+
+#[tokio::test]
+async fn sigterm_drains_the_process() {
+    let up = Upstream::start().await;
+    let dir = std::env::temp_dir().join(format!("iptgate-sig-{}", iptgate::pipeline::mint::random_id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let text = Gateway::config_text(
+        &dir,
+        &Opts {
+            tls: false,
+            listen: &format!("127.0.0.1:{port}"),
+            server: "shutdown_grace = \"5s\"",
+        },
+        &public_routes(&up),
+    )
+    .replace("admin_listen = \"127.0.0.1:0\"", "admin_listen = \"off\"");
+    std::fs::write(dir.join("gateway.toml"), text).unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_iptgate"))
+        .args(["run", "--config"])
+        .arg(dir.join("gateway.toml"))
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let c = plain_client();
+    let mut up_ok = false;
+    for _ in 0..100 {
+        if c.get(format!("{url}/")).send().await.is_ok() {
+            up_ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(up_ok, "gateway process did not come up");
+    let slow = tokio::spawn({
+        let c = c.clone();
+        let u = format!("{url}/sleep/1000");
+        async move { c.get(u).send().await.map(|r| r.status().as_u16()) }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let pid = child.id().unwrap().to_string();
+    let st = std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(st.success());
+    assert_eq!(slow.await.unwrap().unwrap(), 200, "in-flight request survived SIGTERM");
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("process exited after draining")
+        .unwrap();
+    assert!(status.success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn websocket_upgrade_passes_through() {
+    use futures_util::{SinkExt, StreamExt};
+    // A WebSocket echo server upstream.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut ws = tokio_tungstenite::accept_async(s).await.unwrap();
+                while let Some(Ok(m)) = ws.next().await {
+                    if m.is_text() || m.is_binary() {
+                        ws.send(m).await.unwrap();
+                    }
+                }
+            });
+        }
+    });
+    let body = format!(
+        "[upstreams.app]\nurl = \"http://{addr}\"\n\n[[routes]]\nname = \"all\"\nprefix = \"/\"\nauth = \"public\"\nupstream = \"app\"\n"
+    );
+    let gw = Gateway::start_with(plain(), &body).await;
+    let (mut ws, resp) = tokio_tungstenite::connect_async(format!("ws://{}/ws", gw.addr)).await.unwrap();
+    assert_eq!(resp.status(), 101);
+    ws.send(tokio_tungstenite::tungstenite::Message::text("hello through iptgate"))
+        .await
+        .unwrap();
+    let echo = tokio::time::timeout(Duration::from_secs(5), ws.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!(echo.into_text().unwrap().as_str(), "hello through iptgate");
+}
+
+#[tokio::test]
+async fn admin_health_and_redirect_listener() {
+    let up = Upstream::start().await;
+    let redirect_port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let o = Opts {
+        server: &format!("redirect_http = \"127.0.0.1:{redirect_port}\""),
+        ..Opts::default()
+    };
+    let server = o.server.to_string();
+    let gw = Gateway::start_with(
+        Opts {
+            server: &server,
+            ..Opts::default()
+        },
+        &public_routes(&up),
+    )
+    .await;
+    assert_eq!(plain_client().get(gw.admin_url("/healthz")).send().await.unwrap().status(), 200);
+    assert_eq!(plain_client().get(gw.admin_url("/readyz")).send().await.unwrap().status(), 200);
+    // The admin endpoints are not on the main listener.
+    assert_eq!(client().get(gw.url("/healthz")).send().await.unwrap().status(), 200);
+    assert_eq!(up.last().uri, "/healthz");
+    let c = plain_client();
+    let r = c
+        .post(format!("http://127.0.0.1:{redirect_port}/login?x=1"))
+        .header("Host", "example.com")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 308);
+    assert_eq!(
+        r.headers()["location"],
+        format!("https://example.com:{}/login?x=1", gw.addr.port()).as_str()
+    );
+}

@@ -1,0 +1,7 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! Integration tests: the real gateway and real upstreams on 127.0.0.1, over real sockets.
+
+mod harness;
+
+mod config;
+mod core;
