@@ -29,6 +29,9 @@ pub struct Args {
     /// Extra request header as "Name: value" (repeatable), e.g. X-Forwarded-For.
     #[arg(long = "header")]
     pub headers: Vec<String>,
+    /// Treat this as the N-th identical request (shows when rate limits would refuse).
+    #[arg(long, default_value_t = 1)]
+    pub repeat: u32,
 }
 
 /// Explain one request; returns the printed report and the final verdict.
@@ -121,6 +124,53 @@ pub fn explain(active: &Active, a: &Args) -> Result<(String, Result<(), Reject>)
                 }
             }
         }
+        // Rate limits: non-subject policies now, subject ones after the token (as live).
+        let mut rate = |sub: Option<&str>,
+                        subject_phase: bool,
+                        line: &mut dyn FnMut(String)|
+         -> Result<(), Reject> {
+            for &pi in &rc.rate_limit {
+                let pol = active.limiters.policy(pi);
+                if (pol.key == LimitKey::Subject) != subject_phase {
+                    continue;
+                }
+                let input = rate_limit::KeyInput {
+                    ip: cip.ip,
+                    sub,
+                    route: &rc.name,
+                    headers: &headers,
+                };
+                let mut d = active.limiters.check(pi, &input);
+                for _ in 1..a.repeat.max(1) {
+                    d = active.limiters.check(pi, &input);
+                }
+                let key = match &pol.key {
+                    LimitKey::Ip => format!("ip {} (IPv6 grouped by /{})", cip.ip, pol.ipv6_prefix),
+                    LimitKey::Subject => format!("subject {}", sub.unwrap_or("-")),
+                    LimitKey::Route => format!("route {}", rc.name),
+                    LimitKey::Global => "global".into(),
+                    LimitKey::Header(h) => format!("header {h}"),
+                };
+                line(format!(
+                    "rate      `{}` {} per {}s, burst {}, keyed by {key}: request #{} {} ({} left)",
+                    pol.name,
+                    pol.count,
+                    pol.per.as_secs(),
+                    pol.burst,
+                    a.repeat.max(1),
+                    if d.allowed { "allowed" } else { "REFUSED" },
+                    d.remaining
+                ));
+                if !d.allowed && !rc.dry_run {
+                    return Err(Reject::RateLimited {
+                        policy: pol.name.clone(),
+                        retry_after: d.retry_after,
+                    });
+                }
+            }
+            Ok(())
+        };
+        rate(None, false, &mut line)?;
         let mut claims = None;
         if let (AuthMode::Token, Some(tc), Some(keys)) = (&rc.auth, &cfg.token, &active.keys) {
             let verdict = auth::extract(&headers, tc).and_then(|t| {
@@ -160,34 +210,11 @@ pub fn explain(active: &Active, a: &Args) -> Result<(String, Result<(), Reject>)
                 rc.auth.name()
             ));
         }
-        for &pi in &rc.rate_limit {
-            let pol = active.limiters.policy(pi);
-            let sub = claims.as_ref().and_then(|c| c.sub.as_deref());
-            let d = active.limiters.check(
-                pi,
-                &rate_limit::KeyInput {
-                    ip: cip.ip,
-                    sub,
-                    route: &rc.name,
-                    headers: &headers,
-                },
-            );
-            let key = match &pol.key {
-                LimitKey::Ip => format!("ip {} (IPv6 grouped by /{})", cip.ip, pol.ipv6_prefix),
-                LimitKey::Subject => format!("subject {}", sub.unwrap_or("-")),
-                LimitKey::Route => format!("route {}", rc.name),
-                LimitKey::Global => "global".into(),
-                LimitKey::Header(h) => format!("header {h}"),
-            };
-            line(format!(
-                "rate      `{}` {}/{}s burst {} keyed by {key}: a fresh bucket allows {} more",
-                pol.name,
-                pol.count,
-                pol.per.as_secs(),
-                pol.burst,
-                d.remaining
-            ));
-        }
+        rate(
+            claims.as_ref().and_then(|c| c.sub.as_deref()),
+            true,
+            &mut line,
+        )?;
         if let AuthMode::Mint(rule) = &rc.auth {
             line(format!(
                 "mint      on upstream status {:?}; claims from headers {:?}; required {:?}",

@@ -17,7 +17,10 @@ url = "http://127.0.0.1:3000"
 
 #[test]
 fn the_shipped_gateway_toml_loads() {
-    let dir = std::env::temp_dir().join(format!("iptgate-shipped-{}", iptgate::pipeline::mint::random_id()));
+    let dir = std::env::temp_dir().join(format!(
+        "iptgate-shipped-{}",
+        iptgate::pipeline::mint::random_id()
+    ));
     std::fs::create_dir_all(dir.join("certs")).unwrap();
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     std::fs::copy(root.join("gateway.toml"), dir.join("gateway.toml")).unwrap();
@@ -32,12 +35,20 @@ fn the_shipped_gateway_toml_loads() {
 
 #[test]
 fn unknown_keys_are_errors_with_a_suggestion() {
-    let e = load(&format!("{BASE}[[routes]]\nname = \"a\"\nprefx = \"/\"\nauth = \"public\"\nupstream = \"app\"\n"))
-        .unwrap_err();
-    assert!(e.contains("routes[0]") && e.contains("did you mean `prefix`"), "{e}");
+    let e = load(&format!(
+        "{BASE}[[routes]]\nname = \"a\"\nprefx = \"/\"\nauth = \"public\"\nupstream = \"app\"\n"
+    ))
+    .unwrap_err();
+    assert!(
+        e.contains("routes[0]") && e.contains("did you mean `prefix`"),
+        "{e}"
+    );
     let e = load("[servr]\nlisten = \"x\"\n").unwrap_err();
     assert!(e.contains("did you mean `server`"), "{e}");
-    let e = load(&format!("{BASE}[server.tls]\ncert = \"a\"\nkey = \"b\"\nkye = \"c\"\n")).unwrap_err();
+    let e = load(&format!(
+        "{BASE}[server.tls]\ncert = \"a\"\nkey = \"b\"\nkye = \"c\"\n"
+    ))
+    .unwrap_err();
     assert!(e.contains("server"), "{e}");
 }
 
@@ -64,7 +75,10 @@ upstream = "app"
     ))
     .unwrap_err();
     assert!(e.contains("rate_limits.r.rate"), "{e}");
-    assert!(e.contains("routes[0].upstream") && e.contains("did you mean `app`"), "{e}");
+    assert!(
+        e.contains("routes[0].upstream") && e.contains("did you mean `app`"),
+        "{e}"
+    );
     assert!(e.contains("routes[0].rate_limit[0]"), "{e}");
     assert!(e.contains("routes[1].auth"), "{e}");
 }
@@ -86,23 +100,38 @@ fn duplicate_routes_are_errors_and_shadowed_routes_warnings() {
 
 #[test]
 fn short_hs_secrets_and_missing_auth_are_refused() {
-    let dir = std::env::temp_dir().join(format!("iptgate-cfg-{}", iptgate::pipeline::mint::random_id()));
+    let dir = std::env::temp_dir().join(format!(
+        "iptgate-cfg-{}",
+        iptgate::pipeline::mint::random_id()
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("secret"), "too-short").unwrap();
     let text = format!(
         "{BASE}[token]\nsecret = {{ file = \"secret\" }}\n[[routes]]\nname = \"a\"\nprefix = \"/\"\nauth = \"token\"\nupstream = \"app\"\n"
     );
-    let e = Config::from_toml(&text, &dir.join("gateway.toml")).unwrap_err().to_string();
-    assert!(e.contains("token.secret") && e.contains("at least 32"), "{e}");
+    let e = Config::from_toml(&text, &dir.join("gateway.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("token.secret") && e.contains("at least 32"),
+        "{e}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn check_command_exits_2_on_errors_and_0_on_a_valid_file() {
-    let dir = std::env::temp_dir().join(format!("iptgate-check-{}", iptgate::pipeline::mint::random_id()));
+    let dir = std::env::temp_dir().join(format!(
+        "iptgate-check-{}",
+        iptgate::pipeline::mint::random_id()
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     let bad = dir.join("bad.toml");
-    std::fs::write(&bad, format!("{BASE}[[routes]]\nname = \"a\"\nprefix = \"/\"\nupstream = \"nope\"\n")).unwrap();
+    std::fs::write(
+        &bad,
+        format!("{BASE}[[routes]]\nname = \"a\"\nprefix = \"/\"\nupstream = \"nope\"\n"),
+    )
+    .unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_iptgate"))
         .args(["check", "--config"])
         .arg(&bad)
@@ -110,7 +139,10 @@ fn check_command_exits_2_on_errors_and_0_on_a_valid_file() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("routes[0].upstream") && err.contains("routes[0].auth"), "{err}");
+    assert!(
+        err.contains("routes[0].upstream") && err.contains("routes[0].auth"),
+        "{err}"
+    );
     let good = dir.join("good.toml");
     std::fs::write(&good, format!("{BASE}[[routes]]\nname = \"a\"\nprefix = \"/\"\nauth = \"public\"\nupstream = \"app\"\n")).unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_iptgate"))
@@ -118,7 +150,12 @@ fn check_command_exits_2_on_errors_and_0_on_a_valid_file() {
         .arg(&good)
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("prefix /"));
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -48,8 +48,15 @@ async fn public_route_forwards_with_forwarding_headers() {
     assert_eq!(seen.header("x-real-ip"), None);
     assert_eq!(seen.header("forwarded"), None);
     assert_eq!(seen.header("x-forwarded-proto"), Some("https"));
-    assert!(seen.header("x-forwarded-host").unwrap().starts_with("127.0.0.1:"));
-    assert_eq!(seen.header("x-drop-me"), None, "Connection-named header removed");
+    assert!(seen
+        .header("x-forwarded-host")
+        .unwrap()
+        .starts_with("127.0.0.1:"));
+    assert_eq!(
+        seen.header("x-drop-me"),
+        None,
+        "Connection-named header removed"
+    );
 }
 
 #[tokio::test]
@@ -106,19 +113,40 @@ auth = "public"
     );
     let gw = Gateway::start(&body).await;
     let c = client();
-    assert_eq!(c.post(gw.url("/login")).body("user=a").send().await.unwrap().status(), 200);
+    assert_eq!(
+        c.post(gw.url("/login"))
+            .body("user=a")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     let r = c.get(gw.url("/login")).send().await.unwrap();
     assert_eq!(r.status(), 405);
     assert_eq!(r.headers()["allow"], "POST");
     assert_eq!(code_of(r).await, (405, "method_not_allowed".into()));
     let r = c.delete(gw.url("/api/x")).send().await.unwrap();
     assert_eq!(r.headers()["allow"], "GET, PUT");
-    assert_eq!(code_of(c.get(gw.url("/nothing")).send().await.unwrap()).await, (404, "no_route".into()));
+    assert_eq!(
+        code_of(c.get(gw.url("/nothing")).send().await.unwrap()).await,
+        (404, "no_route".into())
+    );
     // Segment-aware prefix: /apix is not under /api.
     assert_eq!(c.get(gw.url("/apix")).send().await.unwrap().status(), 404);
-    assert_eq!(c.get(gw.url("/api/users/7")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        c.get(gw.url("/api/users/7")).send().await.unwrap().status(),
+        200
+    );
     assert_eq!(up.last().uri, "/users/7");
-    assert_eq!(c.get(gw.url("/v1/things?a=b")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        c.get(gw.url("/v1/things?a=b"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     assert_eq!(up.last().uri, "/v2/things?a=b");
     // Host matching ignores case and port.
     let r = c.get(gw.url("/h/x")).send().await.unwrap();
@@ -136,7 +164,17 @@ auth = "public"
 async fn rejected_paths_are_400_and_the_upstream_sees_the_normalized_path() {
     let up = Upstream::start().await;
     let gw = Gateway::start_with(plain(), &public_routes(&up)).await;
-    for bad in ["/a%2Fb", "/a%2fb", "/a%5Cb", "/a%00b", "/a\\b", "/..", "/a/../../b", "/%2e%2e/x", "/%zz"] {
+    for bad in [
+        "/a%2Fb",
+        "/a%2fb",
+        "/a%5Cb",
+        "/a%00b",
+        "/a\\b",
+        "/..",
+        "/a/../../b",
+        "/%2e%2e/x",
+        "/%zz",
+    ] {
         let req = format!("GET {bad} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
         let out = raw(gw.addr, req.as_bytes(), Duration::from_secs(3)).await;
         assert!(out.starts_with("HTTP/1.1 400"), "{bad}: {out}");
@@ -188,12 +226,22 @@ auth = "public"
     );
     let gw = Gateway::start(&body).await;
     let c = client();
-    assert_eq!(code_of(c.get(gw.url("/dead")).send().await.unwrap()).await, (502, "upstream_unavailable".into()));
+    assert_eq!(
+        code_of(c.get(gw.url("/dead")).send().await.unwrap()).await,
+        (502, "upstream_unavailable".into())
+    );
     let t = Instant::now();
     let r = c.get(gw.url("/sleep/3000")).send().await.unwrap();
     assert_eq!(code_of(r).await, (504, "upstream_timeout".into()));
-    assert!(t.elapsed() < Duration::from_millis(2500), "504 came after {:?}", t.elapsed());
-    assert_eq!(c.get(gw.url("/sleep/10")).send().await.unwrap().status(), 200);
+    assert!(
+        t.elapsed() < Duration::from_millis(2500),
+        "504 came after {:?}",
+        t.elapsed()
+    );
+    assert_eq!(
+        c.get(gw.url("/sleep/10")).send().await.unwrap().status(),
+        200
+    );
 }
 
 #[tokio::test]
@@ -205,10 +253,17 @@ async fn body_over_the_limit_is_413() {
     };
     let gw = Gateway::start_with(o, &public_routes(&up)).await;
     let c = client();
-    let r = c.post(gw.url("/up")).body(vec![b'x'; 2048]).send().await.unwrap();
+    let r = c
+        .post(gw.url("/up"))
+        .body(vec![b'x'; 2048])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(code_of(r).await, (413, "payload_too_large".into()));
     // Without a Content-Length (chunked stream), the limit still holds.
-    let chunks = futures_util::stream::iter((0..8).map(|_| Ok::<_, std::io::Error>(Bytes::from(vec![b'y'; 512]))));
+    let chunks = futures_util::stream::iter(
+        (0..8).map(|_| Ok::<_, std::io::Error>(Bytes::from(vec![b'y'; 512]))),
+    );
     let h1 = client_h1();
     let r = h1
         .post(gw.url("/up"))
@@ -217,7 +272,12 @@ async fn body_over_the_limit_is_413() {
         .await
         .unwrap();
     assert_eq!(r.status(), 413);
-    let r = c.post(gw.url("/up")).body(vec![b'x'; 1000]).send().await.unwrap();
+    let r = c
+        .post(gw.url("/up"))
+        .body(vec![b'x'; 1000])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(up.last().body.len(), 1000);
 }
@@ -245,9 +305,9 @@ async fn request_bodies_stream_through_unbuffered() {
                         }
                     }
                 }
-                Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(Bytes::from(
-                    total.to_string(),
-                ))))
+                Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(
+                    Bytes::from(total.to_string()),
+                )))
             }
         });
         let _ = hyper::server::conn::http1::Builder::new()
@@ -259,13 +319,19 @@ async fn request_bodies_stream_through_unbuffered() {
     );
     let gw = Gateway::start(&body).await;
     let (btx, brx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
-    let stream = futures_util::stream::unfold(brx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) });
+    let stream =
+        futures_util::stream::unfold(
+            brx,
+            |mut rx| async move { rx.recv().await.map(|x| (x, rx)) },
+        );
     let req = client()
         .post(gw.url("/upload"))
         .body(reqwest::Body::wrap_stream(stream))
         .send();
     let sender = async move {
-        btx.send(Ok(Bytes::from_static(b"first chunk"))).await.unwrap();
+        btx.send(Ok(Bytes::from_static(b"first chunk")))
+            .await
+            .unwrap();
         // The upstream must see the first chunk while the client still holds the rest.
         tokio::time::timeout(Duration::from_secs(5), rx)
             .await
@@ -289,7 +355,9 @@ async fn header_read_timeout_closes_a_slow_client() {
     };
     let gw = Gateway::start_with(o, &public_routes(&up)).await;
     let mut s = TcpStream::connect(gw.addr).await.unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ").await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
+        .unwrap();
     let t = Instant::now();
     let mut buf = Vec::new();
     let n = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
@@ -310,7 +378,9 @@ async fn idle_keep_alive_connections_are_closed() {
     };
     let gw = Gateway::start_with(o, &public_routes(&up)).await;
     let mut s = TcpStream::connect(gw.addr).await.unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
     let mut buf = vec![0u8; 4096];
     let n = s.read(&mut buf).await.unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
@@ -329,7 +399,10 @@ async fn drain_finishes_in_flight_requests_and_refuses_new_ones() {
     let mut gw = Gateway::start(&public_routes(&up)).await;
     let c = client();
     let admin = gw.admin_url("/readyz");
-    assert_eq!(plain_client().get(&admin).send().await.unwrap().status(), 200);
+    assert_eq!(
+        plain_client().get(&admin).send().await.unwrap().status(),
+        200
+    );
     let url = gw.url("/sleep/800");
     let inflight = tokio::spawn({
         let c = c.clone();
@@ -339,17 +412,34 @@ async fn drain_finishes_in_flight_requests_and_refuses_new_ones() {
     let running = gw.take_running();
     running.begin_shutdown();
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let ready = plain_client().get(&admin).send().await.map(|r| r.status().as_u16());
-    assert!(matches!(ready, Ok(503) | Err(_)), "readyz while draining: {ready:?}");
-    assert_eq!(inflight.await.unwrap().unwrap(), 200, "in-flight request completed");
+    let ready = plain_client()
+        .get(&admin)
+        .send()
+        .await
+        .map(|r| r.status().as_u16());
+    assert!(
+        matches!(ready, Ok(503) | Err(_)),
+        "readyz while draining: {ready:?}"
+    );
+    assert_eq!(
+        inflight.await.unwrap().unwrap(),
+        200,
+        "in-flight request completed"
+    );
     running.wait().await;
-    assert!(client().get(gw.url("/")).send().await.is_err(), "no longer accepting");
+    assert!(
+        client().get(gw.url("/")).send().await.is_err(),
+        "no longer accepting"
+    );
 }
 
 #[tokio::test]
 async fn sigterm_drains_the_process() {
     let up = Upstream::start().await;
-    let dir = std::env::temp_dir().join(format!("iptgate-sig-{}", iptgate::pipeline::mint::random_id()));
+    let dir = std::env::temp_dir().join(format!(
+        "iptgate-sig-{}",
+        iptgate::pipeline::mint::random_id()
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -391,9 +481,16 @@ async fn sigterm_drains_the_process() {
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
     let pid = child.id().unwrap().to_string();
-    let st = std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let st = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
     assert!(st.success());
-    assert_eq!(slow.await.unwrap().unwrap(), 200, "in-flight request survived SIGTERM");
+    assert_eq!(
+        slow.await.unwrap().unwrap(),
+        200,
+        "in-flight request survived SIGTERM"
+    );
     let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
         .await
         .expect("process exited after draining")
@@ -424,12 +521,20 @@ async fn websocket_upgrade_passes_through() {
         "[upstreams.app]\nurl = \"http://{addr}\"\n\n[[routes]]\nname = \"all\"\nprefix = \"/\"\nauth = \"public\"\nupstream = \"app\"\n"
     );
     let gw = Gateway::start_with(plain(), &body).await;
-    let (mut ws, resp) = tokio_tungstenite::connect_async(format!("ws://{}/ws", gw.addr)).await.unwrap();
-    assert_eq!(resp.status(), 101);
-    ws.send(tokio_tungstenite::tungstenite::Message::text("hello through iptgate"))
+    let (mut ws, resp) = tokio_tungstenite::connect_async(format!("ws://{}/ws", gw.addr))
         .await
         .unwrap();
-    let echo = tokio::time::timeout(Duration::from_secs(5), ws.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!(resp.status(), 101);
+    ws.send(tokio_tungstenite::tungstenite::Message::text(
+        "hello through iptgate",
+    ))
+    .await
+    .unwrap();
+    let echo = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(echo.into_text().unwrap().as_str(), "hello through iptgate");
 }
 
@@ -453,10 +558,34 @@ async fn admin_health_and_redirect_listener() {
         &public_routes(&up),
     )
     .await;
-    assert_eq!(plain_client().get(gw.admin_url("/healthz")).send().await.unwrap().status(), 200);
-    assert_eq!(plain_client().get(gw.admin_url("/readyz")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        plain_client()
+            .get(gw.admin_url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        plain_client()
+            .get(gw.admin_url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     // The admin endpoints are not on the main listener.
-    assert_eq!(client().get(gw.url("/healthz")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        client()
+            .get(gw.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     assert_eq!(up.last().uri, "/healthz");
     let c = plain_client();
     let r = c

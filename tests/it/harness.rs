@@ -110,10 +110,8 @@ pub fn default_handler() -> Handler {
         }
         if path == "/login" || path.ends_with("/login") {
             let body = String::from_utf8_lossy(&s.body).to_string();
-            let kv: HashMap<&str, &str> = body
-                .split('&')
-                .filter_map(|p| p.split_once('='))
-                .collect();
+            let kv: HashMap<&str, &str> =
+                body.split('&').filter_map(|p| p.split_once('=')).collect();
             return match kv.get("user") {
                 Some(&"bad") | None => respond(401, &[], "bad credentials"),
                 Some(user) => {
@@ -141,7 +139,9 @@ impl Upstream {
         let seen2 = seen.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let seen = seen2.clone();
                 let handler = handler.clone();
                 tokio::spawn(async move {
@@ -150,7 +150,11 @@ impl Upstream {
                         let handler = handler.clone();
                         async move {
                             let (parts, body) = req.into_parts();
-                            let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                            let body = body
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
                             let s = Seen {
                                 method: parts.method.to_string(),
                                 uri: parts.uri.to_string(),
@@ -159,7 +163,8 @@ impl Upstream {
                             };
                             let path = s.uri.split('?').next().unwrap_or("").to_string();
                             if let Some(ms) = path.strip_prefix("/sleep/") {
-                                tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
+                                tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0)))
+                                    .await;
                             }
                             let resp = handler(&s);
                             seen.lock().unwrap().push(s);
@@ -184,7 +189,12 @@ impl Upstream {
     }
 
     pub fn last(&self) -> Seen {
-        self.seen.lock().unwrap().last().cloned().expect("the upstream saw no request")
+        self.seen
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("the upstream saw no request")
     }
 
     pub fn all(&self) -> Vec<Seen> {
@@ -202,7 +212,10 @@ pub struct Gateway {
 }
 
 fn temp_dir() -> PathBuf {
-    let d = std::env::temp_dir().join(format!("iptgate-it-{}", iptgate::pipeline::mint::random_id()));
+    let d = std::env::temp_dir().join(format!(
+        "iptgate-it-{}",
+        iptgate::pipeline::mint::random_id()
+    ));
     std::fs::create_dir_all(&d).unwrap();
     d
 }
@@ -257,7 +270,8 @@ impl Gateway {
     pub async fn start_text(dir: PathBuf, tls: bool, text: &str) -> Gateway {
         let path = dir.join("gateway.toml");
         std::fs::write(&path, text).unwrap();
-        let cfg = Config::load(&path).unwrap_or_else(|e| panic!("test config invalid: {e}\n{text}"));
+        let cfg =
+            Config::load(&path).unwrap_or_else(|e| panic!("test config invalid: {e}\n{text}"));
         let running = iptgate::server::start(cfg).await.expect("gateway starts");
         Gateway {
             addr: running.addr,
@@ -322,7 +336,10 @@ pub fn client_builder(local: Option<IpAddr>) -> reqwest::ClientBuilder {
 
 /// An HTTP/1.1-only client (ALPN offers http/1.1 alone).
 pub fn client_h1() -> reqwest::Client {
-    client_builder_alpn(None, &[b"http/1.1"]).http1_only().build().unwrap()
+    client_builder_alpn(None, &[b"http/1.1"])
+        .http1_only()
+        .build()
+        .unwrap()
 }
 
 /// A client for plain-HTTP endpoints (admin listener, plain gateways).
@@ -399,3 +416,63 @@ algorithm = "HS256"
 secret = { file = "secret" }
 forward_claims = { sub = "X-Auth-Subject", role = "X-Auth-Role" }
 "#;
+
+/// The token config a gateway started with `TOKEN` uses (same secret, same defaults).
+pub fn token_config(extra: &str) -> iptgate::config::TokenConfig {
+    let dir = temp_dir();
+    std::fs::write(dir.join("secret"), SECRET).unwrap();
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n{TOKEN}{extra}\n[upstreams.app]\nurl = \"http://127.0.0.1:9\"\n[[routes]]\nname = \"a\"\nprefix = \"/\"\nauth = \"token\"\nupstream = \"app\"\n"
+    );
+    let cfg = Config::from_toml(&text, &dir.join("gateway.toml")).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    cfg.token.unwrap()
+}
+
+/// A token as the gateway (configured with `TOKEN`) would mint it.
+pub fn mint(ip: &str, sub: &str, extra: serde_json::Value) -> String {
+    mint_with(&token_config(""), ip, sub, extra, Duration::from_secs(600))
+}
+
+pub fn mint_with(
+    tc: &iptgate::config::TokenConfig,
+    ip: &str,
+    sub: &str,
+    extra: serde_json::Value,
+    ttl: Duration,
+) -> String {
+    let keys = iptgate::token::Keys::new(tc).unwrap();
+    let extra = match extra {
+        serde_json::Value::Object(m) => m,
+        _ => serde_json::Map::new(),
+    };
+    keys.mint(
+        tc,
+        iptgate::token::MintRequest {
+            typ: iptgate::token::TokenType::Access,
+            ip: ip.parse().unwrap(),
+            sub: Some(sub.to_string()),
+            extra,
+            dev: None,
+            fam: None,
+            ttl,
+        },
+    )
+    .unwrap()
+    .token
+}
+
+/// Parse Prometheus text: the value of the series whose name and labels contain all `parts`.
+pub fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(name) && labels.iter().all(|p| l.contains(p)))
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .sum()
+}
+
+/// Find a free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}

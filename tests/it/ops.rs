@@ -1,0 +1,308 @@
+//! Operations: reload, metrics, access logs, dry run, explain, forward auth.
+
+use std::time::Duration;
+
+use crate::harness::*;
+
+fn routes(up: &Upstream, extra_route: &str) -> String {
+    format!(
+        r#"{TOKEN}
+[upstreams.app]
+url = "{}"
+
+[[routes]]
+name = "open"
+prefix = "/open"
+auth = "public"
+upstream = "app"
+{extra_route}
+[[routes]]
+name = "app"
+prefix = "/"
+auth = "token"
+upstream = "app"
+"#,
+        up.url()
+    )
+}
+
+const NEW_ROUTE: &str = r#"
+[[routes]]
+name = "fresh"
+prefix = "/fresh"
+auth = "public"
+upstream = "app"
+"#;
+
+#[tokio::test]
+async fn reload_under_load_loses_nothing_and_bad_configs_keep_the_old_one() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&routes(&up, "")).await;
+    let path = gw.config_path();
+    let base = std::fs::read_to_string(&path).unwrap();
+    let with_new = base.replace(
+        "\n[[routes]]\nname = \"app\"",
+        &format!("{NEW_ROUTE}\n[[routes]]\nname = \"app\""),
+    );
+    assert_ne!(base, with_new);
+    let c = client();
+    assert_eq!(
+        c.get(gw.url("/fresh/x")).send().await.unwrap().status(),
+        401,
+        "not yet routed: token route answers"
+    );
+
+    // A bounded client loop runs while the config is swapped 20 times.
+    let url = gw.url("/open/ping");
+    let load = tokio::spawn({
+        let c = c.clone();
+        async move {
+            let mut failed = 0;
+            for _ in 0..400 {
+                match c.get(&url).send().await {
+                    Ok(r) if r.status() == 200 => {}
+                    _ => failed += 1,
+                }
+            }
+            failed
+        }
+    });
+    let admin = plain_client();
+    for i in 0..20 {
+        std::fs::write(&path, if i % 2 == 0 { &with_new } else { &base }).unwrap();
+        let r = admin.post(gw.admin_url("/reload")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(load.await.unwrap(), 0, "requests failed during reloads");
+    // Last write (i = 19) was `base`; write the new one and reload once more.
+    std::fs::write(&path, &with_new).unwrap();
+    assert_eq!(
+        admin
+            .post(gw.admin_url("/reload"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        c.get(gw.url("/fresh/x")).send().await.unwrap().status(),
+        200
+    );
+
+    let before = metric(
+        &admin
+            .get(gw.admin_url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+        "iptgate_config_reloads_total",
+        &["failed"],
+    );
+    std::fs::write(
+        &path,
+        with_new.replace("auth = \"public\"", "auth = \"publik\""),
+    )
+    .unwrap();
+    let r = admin.post(gw.admin_url("/reload")).send().await.unwrap();
+    assert_eq!(r.status(), 422);
+    assert!(r.text().await.unwrap().contains("auth"));
+    assert_eq!(
+        c.get(gw.url("/fresh/x")).send().await.unwrap().status(),
+        200,
+        "old config still serving"
+    );
+    let after = metric(
+        &admin
+            .get(gw.admin_url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+        "iptgate_config_reloads_total",
+        &["failed"],
+    );
+    assert!(after >= before + 1.0, "failed reloads {before} -> {after}");
+}
+
+#[tokio::test]
+async fn metrics_count_refusals_by_route_and_code() {
+    let up = Upstream::start().await;
+    let body = routes(&up, "").replace("name = \"app\"", "name = \"metrics-app\"");
+    let gw = Gateway::start(&body).await;
+    let admin = plain_client();
+    let scrape = || async {
+        admin
+            .get(gw.admin_url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let c = client();
+    for _ in 0..3 {
+        assert_eq!(c.get(gw.url("/x")).send().await.unwrap().status(), 401);
+    }
+    let text = scrape().await;
+    assert!(
+        text.contains("# TYPE iptgate_requests_total counter"),
+        "{text}"
+    );
+    let n = metric(
+        &text,
+        "iptgate_requests_total",
+        &[
+            "route=\"metrics-app\"",
+            "code=\"token_missing\"",
+            "status=\"401\"",
+        ],
+    );
+    assert_eq!(n, 3.0, "{text}");
+    assert!(metric(&text, "iptgate_denials_total", &["code=\"token_missing\""]) >= 3.0);
+    assert!(text.contains("iptgate_request_duration_seconds_bucket"));
+    assert!(text.contains("iptgate_active_connections"));
+    // Never labelled by path or IP.
+    assert!(
+        !text.contains("127.0.0.1") && !text.contains("path="),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn dry_run_lets_a_refusal_through_and_records_it() {
+    let up = Upstream::start().await;
+    let body = routes(&up, "").replace(
+        "name = \"app\"\nprefix = \"/\"\nauth = \"token\"",
+        "name = \"dry\"\nprefix = \"/\"\nauth = \"token\"\ndry_run = true\nip = { allow = [\"10.0.0.0/8\"] }",
+    );
+    let gw = Gateway::start(&body).await;
+    let r = client()
+        .get(gw.url("/would-be-refused"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "dry run lets the request through");
+    assert_eq!(up.last().uri, "/would-be-refused");
+    let text = plain_client()
+        .get(gw.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metric(&text, "iptgate_dry_run_total", &["code=\"token_missing\""]) >= 1.0,
+        "{text}"
+    );
+    assert!(
+        metric(&text, "iptgate_dry_run_total", &["code=\"ip_denied\""]) >= 1.0,
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn access_log_is_json_with_the_fields_and_never_a_token() {
+    let up = Upstream::start().await;
+    let dir = std::env::temp_dir().join(format!(
+        "iptgate-log-{}",
+        iptgate::pipeline::mint::random_id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = free_port();
+    let text = Gateway::config_text(
+        &dir,
+        &Opts {
+            tls: false,
+            listen: &format!("127.0.0.1:{port}"),
+            server: "",
+        },
+        &routes(&up, ""),
+    )
+    .replace("admin_listen = \"127.0.0.1:0\"", "admin_listen = \"off\"");
+    std::fs::write(dir.join("gateway.toml"), text).unwrap();
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_iptgate"))
+        .args(["--log-format", "json", "run", "--config"])
+        .arg(dir.join("gateway.toml"))
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let c = plain_client();
+    for _ in 0..100 {
+        if c.get(format!("{base}/open/up")).send().await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let secret_query = "eyJhbGciOiJIUzI1NiJ9.c2VjcmV0LXF1ZXJ5.sig-in-query";
+    let secret_header = "eyJhbGciOiJIUzI1NiJ9.c2VjcmV0LWhlYWRlcg.sig-in-header";
+    let r = c
+        .get(format!("{base}/private/page?access_token={secret_query}"))
+        .header("Authorization", format!("Bearer {secret_header}"))
+        .header("Cookie", "ipt=cookie-secret-value")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let pid = child.id().unwrap().to_string();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !log.contains("sig-in-query")
+            && !log.contains("sig-in-header")
+            && !log.contains("cookie-secret"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("access_token"),
+        "query strings are never logged: {log}"
+    );
+    let line = log
+        .lines()
+        .find(|l| l.contains("\"target\":\"access\"") && l.contains("/private/page"))
+        .unwrap_or_else(|| panic!("no access line: {log}"));
+    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+    for field in [
+        "timestamp",
+        "client_ip",
+        "method",
+        "path",
+        "route",
+        "status",
+        "code",
+        "upstream_ms",
+        "total_ms",
+        "bytes",
+    ] {
+        assert!(v.get(field).is_some(), "missing {field}: {line}");
+    }
+    assert_eq!(v["client_ip"], "127.0.0.1");
+    assert_eq!(v["status"], 401);
+    assert_eq!(
+        v["code"], "token_invalid",
+        "two different tokens (header and cookie)"
+    );
+    assert_eq!(v["route"], "app");
+    assert!(log
+        .lines()
+        .any(|l| l.contains("\"target\":\"security\"") && l.contains("token_invalid")));
+    let _ = std::fs::remove_dir_all(&dir);
+}
