@@ -125,7 +125,7 @@ pub fn explain(active: &Active, a: &Args) -> Result<(String, Result<(), Reject>)
             }
         }
         // Rate limits: non-subject policies now, subject ones after the token (as live).
-        let mut rate = |sub: Option<&str>,
+        let rate = |sub: Option<&str>,
                         subject_phase: bool,
                         line: &mut dyn FnMut(String)|
          -> Result<(), Reject> {
