@@ -126,8 +126,8 @@ pub fn explain(active: &Active, a: &Args) -> Result<(String, Result<(), Reject>)
         }
         // Rate limits: non-subject policies now, subject ones after the token (as live).
         let rate = |sub: Option<&str>,
-                        subject_phase: bool,
-                        line: &mut dyn FnMut(String)|
+                    subject_phase: bool,
+                    line: &mut dyn FnMut(String)|
          -> Result<(), Reject> {
             for &pi in &rc.rate_limit {
                 let pol = active.limiters.policy(pi);
