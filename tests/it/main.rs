@@ -6,3 +6,6 @@ mod harness;
 mod config;
 mod core;
 mod ops;
+mod tokens;
+mod forward_auth;
+mod explain;
