@@ -229,9 +229,13 @@ async fn connection(
                     return;
                 }
             }
-        } else if crate::proxy_protocol::starts_with_proxy_signature(&stream)
-            .await
-            .unwrap_or(true)
+        } else if tokio::time::timeout(
+            handshake_timeout,
+            crate::proxy_protocol::starts_with_proxy_signature(&stream),
+        )
+        .await
+        .map(|r| r.unwrap_or(true))
+        .unwrap_or(false)
         {
             tracing::warn!(target: "security", peer = %peer.ip(), "PROXY header from an untrusted peer: connection closed");
             return;

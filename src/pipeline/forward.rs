@@ -310,7 +310,8 @@ pub async fn send(mut req: Request<Incoming>, f: Forward<'_>) -> Result<Response
         let doomed: Vec<HeaderName> = h
             .keys()
             .filter(|k| {
-                let k = k.as_str();
+                // Any spelling an app framework might read (`_` for `-`).
+                let k = k.as_str().replace('_', "-");
                 k.starts_with("x-forwarded-") || k == "forwarded" || k == "x-real-ip"
             })
             .cloned()
