@@ -310,9 +310,11 @@ pub async fn send(mut req: Request<Incoming>, f: Forward<'_>) -> Result<Response
         let doomed: Vec<HeaderName> = h
             .keys()
             .filter(|k| {
+                let k = k.as_str();
                 // Any spelling an app framework might read (`_` for `-`).
-                let k = k.as_str().replace('_', "-");
-                k.starts_with("x-forwarded-") || k == "forwarded" || k == "x-real-ip"
+                (k.len() > 12 && same_spelling(&k[..12], "x-forwarded-"))
+                    || same_spelling(k, "forwarded")
+                    || same_spelling(k, "x-real-ip")
             })
             .cloned()
             .collect();

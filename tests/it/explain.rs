@@ -13,7 +13,12 @@ fn explain(cfg: &std::path::Path, args: &[&str]) -> String {
         .args(args)
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -51,21 +56,52 @@ upstream = "app"
     let gw = Gateway::start(&body).await;
     let cfg = gw.config_path();
     let token = mint("127.0.0.1", "alice", json!({}));
-    let out = explain(&cfg, &["--method", "GET", "--path", "/feed", "--ip", "127.0.0.1", "--token", &token]);
-    assert!(out.contains("route     #1 `app`") && out.contains("token     valid"), "{out}");
+    let out = explain(
+        &cfg,
+        &[
+            "--method",
+            "GET",
+            "--path",
+            "/feed",
+            "--ip",
+            "127.0.0.1",
+            "--token",
+            &token,
+        ],
+    );
+    assert!(
+        out.contains("route     #1 `app`") && out.contains("token     valid"),
+        "{out}"
+    );
     assert!(out.contains("verdict   forwarded upstream"), "{out}");
 
     let out = explain(&cfg, &["--path", "/open/x", "--ip", "127.0.0.66"]);
-    assert!(out.contains("DENIED") && out.contains("verdict   403 ip_denied"), "{out}");
+    assert!(
+        out.contains("DENIED") && out.contains("verdict   403 ip_denied"),
+        "{out}"
+    );
 
-    let out = explain(&cfg, &["--path", "/open/x", "--ip", "127.0.0.1", "--repeat", "3"]);
+    let out = explain(
+        &cfg,
+        &["--path", "/open/x", "--ip", "127.0.0.1", "--repeat", "3"],
+    );
     assert!(out.contains("`tight`") && out.contains("REFUSED"), "{out}");
     assert!(out.contains("verdict   429 rate_limited"), "{out}");
 
-    let expired = mint_with(&token_config(""), "127.0.0.1", "alice", json!({}), Duration::from_secs(0));
+    let expired = mint_with(
+        &token_config(""),
+        "127.0.0.1",
+        "alice",
+        json!({}),
+        Duration::from_secs(0),
+    );
     // ttl 0 plus the default 30 s leeway is still valid; use a config without leeway.
-    let gw2 = Gateway::start(&body.replace("forward_claims", "leeway = \"0s\"\nforward_claims")).await;
+    let gw2 =
+        Gateway::start(&body.replace("forward_claims", "leeway = \"0s\"\nforward_claims")).await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let out = explain(&gw2.config_path(), &["--path", "/feed", "--ip", "127.0.0.1", "--token", &expired]);
+    let out = explain(
+        &gw2.config_path(),
+        &["--path", "/feed", "--ip", "127.0.0.1", "--token", &expired],
+    );
     assert!(out.contains("verdict   401 token_expired"), "{out}");
 }

@@ -53,17 +53,28 @@ async fn traefik_style_headers_are_judged_as_the_original_request() {
             .header("X-Forwarded-Host", "app.example.com")
             .header("X-Forwarded-For", xff)
     };
-    let r = ask("/open/page", "GET", "203.0.113.9").send().await.unwrap();
+    let r = ask("/open/page", "GET", "203.0.113.9")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let r = ask("/feed?x=1", "GET", "203.0.113.9").send().await.unwrap();
     assert_eq!(code_of(r).await, (401, "token_missing".into()));
     let token = mint("203.0.113.9", "alice", json!({"role": "admin"}));
-    let r = ask("/admin/x", "POST", "203.0.113.9").bearer_auth(&token).send().await.unwrap();
+    let r = ask("/admin/x", "POST", "203.0.113.9")
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-auth-subject"], "alice");
     assert_eq!(r.headers()["x-auth-role"], "admin");
     // The same token for a client at another address.
-    let r = ask("/admin/x", "GET", "203.0.113.10").bearer_auth(&token).send().await.unwrap();
+    let r = ask("/admin/x", "GET", "203.0.113.10")
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(code_of(r).await, (401, "ip_mismatch".into()));
     assert_eq!(up.count(), 0, "forward auth never forwards");
     // From an untrusted peer: refused.
@@ -79,7 +90,9 @@ async fn traefik_style_headers_are_judged_as_the_original_request() {
 /// A real nginx with `auth_request` in front of the upstream, asking the gateway.
 #[tokio::test]
 async fn nginx_auth_request_in_front_of_a_real_upstream() {
-    let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"].into_iter().find(|p| std::path::Path::new(p).exists());
+    let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists());
     let Some(nginx) = nginx else {
         if std::env::var("IPTGATE_SKIP_NGINX").is_ok() {
             return;
@@ -95,7 +108,10 @@ async fn nginx_auth_request_in_front_of_a_real_upstream() {
         &body(&up),
     )
     .await;
-    let dir = std::env::temp_dir().join(format!("iptgate-nginx-{}", iptgate::pipeline::mint::random_id()));
+    let dir = std::env::temp_dir().join(format!(
+        "iptgate-nginx-{}",
+        iptgate::pipeline::mint::random_id()
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     let port = free_port();
     let conf = format!(
@@ -156,19 +172,33 @@ http {{
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(ready, "nginx did not start: {}", std::fs::read_to_string(dir.join("error.log")).unwrap_or_default());
+    assert!(
+        ready,
+        "nginx did not start: {}",
+        std::fs::read_to_string(dir.join("error.log")).unwrap_or_default()
+    );
     let r = c.get(format!("{base}/open/x")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     let r = c.get(format!("{base}/private")).send().await.unwrap();
     assert_eq!(r.status(), 401, "nginx relays the gateway's refusal");
     let token = mint("127.0.0.1", "alice", json!({}));
-    let r = c.get(format!("{base}/private")).bearer_auth(&token).send().await.unwrap();
+    let r = c
+        .get(format!("{base}/private"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let seen = up.last();
     assert_eq!(seen.uri, "/private");
     assert_eq!(seen.header("x-auth-subject"), Some("alice"));
     let wrong_ip = mint("127.0.0.9", "alice", json!({}));
-    let r = c.get(format!("{base}/private")).bearer_auth(&wrong_ip).send().await.unwrap();
+    let r = c
+        .get(format!("{base}/private"))
+        .bearer_auth(&wrong_ip)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
     let _ = child.start_kill();
     let _ = child.wait().await;

@@ -5,7 +5,7 @@ mod harness;
 
 mod config;
 mod core;
+mod explain;
+mod forward_auth;
 mod ops;
 mod tokens;
-mod forward_auth;
-mod explain;

@@ -47,11 +47,17 @@ auth = "token"
 }
 
 async fn login(c: &reqwest::Client, gw: &Gateway, body: &str) -> reqwest::Response {
-    c.post(gw.url("/login")).body(body.to_string()).send().await.unwrap()
+    c.post(gw.url("/login"))
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap()
 }
 
 fn token_of(r: &reqwest::Response) -> Option<String> {
-    r.headers().get("iptoken").map(|v| v.to_str().unwrap().to_string())
+    r.headers()
+        .get("iptoken")
+        .map(|v| v.to_str().unwrap().to_string())
 }
 
 /// Sign arbitrary header/claims with HMAC-SHA256 over the test secret (an independent JWT
@@ -84,7 +90,10 @@ async fn login_mints_a_token_bound_to_the_client_ip() {
     let c = client();
     let r = login(&c, &gw, "user=alice&role=admin").await;
     assert_eq!(r.status(), 200);
-    assert!(r.headers().get("x-user-id").is_none(), "claim headers never reach the client");
+    assert!(
+        r.headers().get("x-user-id").is_none(),
+        "claim headers never reach the client"
+    );
     assert!(r.headers().get("x-user-role").is_none());
     let token = token_of(&r).expect("minted");
     assert_eq!(r.text().await.unwrap(), "welcome", "body untouched");
@@ -93,8 +102,12 @@ async fn login_mints_a_token_bound_to_the_client_ip() {
     let parts: Vec<&str> = token.split('.').collect();
     assert_eq!(parts.len(), 3);
     let k = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, SECRET.as_bytes());
-    aws_lc_rs::hmac::verify(&k, format!("{}.{}", parts[0], parts[1]).as_bytes(), &B64.decode(parts[2]).unwrap())
-        .expect("signature verifies with the secret alone");
+    aws_lc_rs::hmac::verify(
+        &k,
+        format!("{}.{}", parts[0], parts[1]).as_bytes(),
+        &B64.decode(parts[2]).unwrap(),
+    )
+    .expect("signature verifies with the secret alone");
     let header: serde_json::Value = serde_json::from_slice(&B64.decode(parts[0]).unwrap()).unwrap();
     assert_eq!(header["alg"], "HS256");
     let claims: serde_json::Value = serde_json::from_slice(&B64.decode(parts[1]).unwrap()).unwrap();
@@ -103,7 +116,10 @@ async fn login_mints_a_token_bound_to_the_client_ip() {
     assert_eq!(claims["role"], "admin");
     assert_eq!(claims["typ"], "access");
     assert_eq!(claims["iss"], "iptgate");
-    assert_eq!(B64.decode(claims["jti"].as_str().unwrap()).unwrap().len(), 16);
+    assert_eq!(
+        B64.decode(claims["jti"].as_str().unwrap()).unwrap().len(),
+        16
+    );
     assert!(claims["exp"].as_u64().unwrap() > claims["iat"].as_u64().unwrap());
 
     // The token works from this IP, for the admin route too; the upstream gets the claims.
@@ -121,13 +137,29 @@ async fn login_mints_a_token_bound_to_the_client_ip() {
     assert_eq!(seen.header("x-auth-subject"), Some("alice"));
     assert_eq!(seen.header("x-auth-role"), Some("admin"));
     assert_eq!(seen.headers.get_all("x-auth-subject").iter().count(), 1);
-    assert!(seen.header("x_auth_subject").is_none(), "underscore spelling removed");
-    assert!(seen.header("authorization").is_none(), "token stripped upstream");
+    assert!(
+        seen.header("x_auth_subject").is_none(),
+        "underscore spelling removed"
+    );
+    assert!(
+        seen.header("authorization").is_none(),
+        "token stripped upstream"
+    );
 
     // The IPToken header and the Token scheme are accepted too.
-    let r = c.get(gw.url("/feed")).header("IPToken", &token).send().await.unwrap();
+    let r = c
+        .get(gw.url("/feed"))
+        .header("IPToken", &token)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
-    let r = c.get(gw.url("/feed")).header("Authorization", format!("token {token}")).send().await.unwrap();
+    let r = c
+        .get(gw.url("/feed"))
+        .header("Authorization", format!("token {token}"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert!(up.last().header("iptoken").is_none());
 }
@@ -143,12 +175,25 @@ async fn mint_only_on_the_configured_status_route_and_method() {
     // 200 but the required claim header is missing: nothing minted.
     let r = login(&c, &gw, "nouser=1").await;
     assert!(token_of(&r).is_none());
-    let r = c.post(gw.url("/other/login")).body("user=alice").send().await.unwrap();
+    let r = c
+        .post(gw.url("/other/login"))
+        .body("user=alice")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert!(token_of(&r).is_none(), "not a mint route");
-    assert_eq!(r.headers()["x-user-id"], "alice", "public routes pass headers untouched");
+    assert_eq!(
+        r.headers()["x-user-id"],
+        "alice",
+        "public routes pass headers untouched"
+    );
     let r = c.get(gw.url("/login")).send().await.unwrap();
-    assert_eq!(r.status(), 401, "GET /login is not the mint route: the token catch-all answers");
+    assert_eq!(
+        r.status(),
+        401,
+        "GET /login is not the mint route: the token catch-all answers"
+    );
     assert!(token_of(&r).is_none());
 }
 
@@ -158,15 +203,28 @@ async fn a_token_from_another_ip_is_refused_and_subnet_mode_accepts_the_neighbou
     let gw = Gateway::start(&app(&up, "")).await;
     let token = token_of(&login(&client(), &gw, "user=alice").await).unwrap();
     let before = up.count();
-    let r = client_at(2).get(gw.url("/feed")).bearer_auth(&token).send().await.unwrap();
-    let www = r.headers().get("www-authenticate").map(|v| v.to_str().unwrap().to_string());
+    let r = client_at(2)
+        .get(gw.url("/feed"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    let www = r
+        .headers()
+        .get("www-authenticate")
+        .map(|v| v.to_str().unwrap().to_string());
     assert_eq!(code_of(r).await, (401, "ip_mismatch".into()));
     assert!(www.unwrap().contains("invalid_token"));
     assert_eq!(up.count(), before, "the upstream saw nothing");
 
     let gw2 = Gateway::start(&app(&up, "ip_binding = \"subnet\"\nsubnet_v4 = 24\n")).await;
     let token = token_of(&login(&client(), &gw2, "user=alice").await).unwrap();
-    let r = client_at(2).get(gw2.url("/feed")).bearer_auth(&token).send().await.unwrap();
+    let r = client_at(2)
+        .get(gw2.url("/feed"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
 }
 
@@ -179,62 +237,119 @@ async fn forged_and_broken_tokens_get_the_right_401_and_never_reach_the_upstream
     let key = SECRET.as_bytes();
     let hdr = json!({"alg": "HS256", "typ": "JWT"});
     let mut cases: Vec<(&str, String, &str)> = vec![
-        ("valid control", hs256(hdr.clone(), good_claims("127.0.0.1"), key), ""),
+        (
+            "valid control",
+            hs256(hdr.clone(), good_claims("127.0.0.1"), key),
+            "",
+        ),
         (
             "expired",
-            hs256(hdr.clone(), json!({"iss":"iptgate","sub":"a","typ":"access","ip":"127.0.0.1","iat":n-7200,"nbf":n-7200,"exp":n-3600}), key),
+            hs256(
+                hdr.clone(),
+                json!({"iss":"iptgate","sub":"a","typ":"access","ip":"127.0.0.1","iat":n-7200,"nbf":n-7200,"exp":n-3600}),
+                key,
+            ),
             "token_expired",
         ),
         (
             "not yet valid",
-            hs256(hdr.clone(), json!({"iss":"iptgate","sub":"a","typ":"access","ip":"127.0.0.1","iat":n,"nbf":n+3600,"exp":n+7200}), key),
+            hs256(
+                hdr.clone(),
+                json!({"iss":"iptgate","sub":"a","typ":"access","ip":"127.0.0.1","iat":n,"nbf":n+3600,"exp":n+7200}),
+                key,
+            ),
             "token_invalid",
         ),
-        ("bad signature", hs256(hdr.clone(), good_claims("127.0.0.1"), b"another-secret-0123456789-abcdefghijkl"), "token_invalid"),
+        (
+            "bad signature",
+            hs256(
+                hdr.clone(),
+                good_claims("127.0.0.1"),
+                b"another-secret-0123456789-abcdefghijkl",
+            ),
+            "token_invalid",
+        ),
         (
             "alg none",
-            format!("{}.{}.", B64.encode(json!({"alg":"none","typ":"JWT"}).to_string()), B64.encode(good_claims("127.0.0.1").to_string())),
+            format!(
+                "{}.{}.",
+                B64.encode(json!({"alg":"none","typ":"JWT"}).to_string()),
+                B64.encode(good_claims("127.0.0.1").to_string())
+            ),
             "token_invalid",
         ),
-        ("HS512 when HS256", {
-            let h = B64.encode(json!({"alg":"HS512","typ":"JWT"}).to_string());
-            let p = B64.encode(good_claims("127.0.0.1").to_string());
-            let k = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA512, key);
-            let s = aws_lc_rs::hmac::sign(&k, format!("{h}.{p}").as_bytes());
-            format!("{h}.{p}.{}", B64.encode(s.as_ref()))
-        }, "token_invalid"),
+        (
+            "HS512 when HS256",
+            {
+                let h = B64.encode(json!({"alg":"HS512","typ":"JWT"}).to_string());
+                let p = B64.encode(good_claims("127.0.0.1").to_string());
+                let k = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA512, key);
+                let s = aws_lc_rs::hmac::sign(&k, format!("{h}.{p}").as_bytes());
+                format!("{h}.{p}.{}", B64.encode(s.as_ref()))
+            },
+            "token_invalid",
+        ),
         (
             "refresh typ",
-            hs256(hdr.clone(), json!({"iss":"iptgate","sub":"a","typ":"refresh","fam":"f","ip":"127.0.0.1","iat":n,"nbf":n,"exp":n+600}), key),
+            hs256(
+                hdr.clone(),
+                json!({"iss":"iptgate","sub":"a","typ":"refresh","fam":"f","ip":"127.0.0.1","iat":n,"nbf":n,"exp":n+600}),
+                key,
+            ),
             "token_invalid",
         ),
         (
             "wrong iss",
-            hs256(hdr.clone(), json!({"iss":"evil","sub":"a","typ":"access","ip":"127.0.0.1","iat":n,"nbf":n,"exp":n+600}), key),
+            hs256(
+                hdr.clone(),
+                json!({"iss":"evil","sub":"a","typ":"access","ip":"127.0.0.1","iat":n,"nbf":n,"exp":n+600}),
+                key,
+            ),
             "token_invalid",
         ),
         (
             "no ip claim",
-            hs256(hdr.clone(), json!({"iss":"iptgate","sub":"a","typ":"access","iat":n,"nbf":n,"exp":n+600}), key),
+            hs256(
+                hdr.clone(),
+                json!({"iss":"iptgate","sub":"a","typ":"access","iat":n,"nbf":n,"exp":n+600}),
+                key,
+            ),
             "token_invalid",
         ),
         ("garbage", "not.a.jwt".to_string(), "token_invalid"),
-        ("oversized", format!("{}.{}.x", "a".repeat(6000), "b".repeat(6000)), "token_invalid"),
+        (
+            "oversized",
+            format!("{}.{}.x", "a".repeat(6000), "b".repeat(6000)),
+            "token_invalid",
+        ),
         (
             "crit header",
-            hs256(json!({"alg":"HS256","typ":"JWT","crit":["exp"]}), good_claims("127.0.0.1"), key),
+            hs256(
+                json!({"alg":"HS256","typ":"JWT","crit":["exp"]}),
+                good_claims("127.0.0.1"),
+                key,
+            ),
             "token_invalid",
         ),
     ];
     // RS256 header over HMAC keyed with some public-looking bytes: key confusion.
     cases.push((
         "RS256 header",
-        hs256(json!({"alg":"RS256","typ":"JWT"}), good_claims("127.0.0.1"), key),
+        hs256(
+            json!({"alg":"RS256","typ":"JWT"}),
+            good_claims("127.0.0.1"),
+            key,
+        ),
         "token_invalid",
     ));
     for (name, token, code) in cases {
         let before = up.count();
-        let r = c.get(gw.url("/feed")).bearer_auth(&token).send().await.unwrap();
+        let r = c
+            .get(gw.url("/feed"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
         if code.is_empty() {
             assert_eq!(r.status(), 200, "{name}");
             continue;
@@ -252,18 +367,32 @@ async fn forged_and_broken_tokens_get_the_right_401_and_never_reach_the_upstream
     }
     // No token at all: token_missing, and WWW-Authenticate without an error attribute.
     let r = c.get(gw.url("/feed")).send().await.unwrap();
-    let www = r.headers()["www-authenticate"].to_str().unwrap().to_string();
+    let www = r.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .to_string();
     assert_eq!(code_of(r).await, (401, "token_missing".into()));
     assert!(!www.contains("error="));
     // An Authorization scheme we do not accept counts as no token.
-    let r = c.get(gw.url("/feed")).header("Authorization", "Basic Zm9vOmJhcg==").send().await.unwrap();
+    let r = c
+        .get(gw.url("/feed"))
+        .header("Authorization", "Basic Zm9vOmJhcg==")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(code_of(r).await, (401, "token_missing".into()));
     // Two different tokens in one request.
     let a = hs256(hdr.clone(), good_claims("127.0.0.1"), key);
     let mut other = good_claims("127.0.0.1");
     other["jti"] = json!("j2");
     let b = hs256(hdr, other, key);
-    let r = c.get(gw.url("/feed")).bearer_auth(&a).header("IPToken", b).send().await.unwrap();
+    let r = c
+        .get(gw.url("/feed"))
+        .bearer_auth(&a)
+        .header("IPToken", b)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(code_of(r).await, (401, "token_invalid".into()));
 }
 
@@ -273,9 +402,22 @@ async fn require_rules_and_audience() {
     let gw = Gateway::start(&app(&up, "audience = \"my-app\"\n")).await;
     let c = client();
     let token = token_of(&login(&c, &gw, "user=bob&role=user").await).unwrap();
-    let r = c.get(gw.url("/admin/x")).bearer_auth(&token).send().await.unwrap();
+    let r = c
+        .get(gw.url("/admin/x"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(code_of(r).await, (403, "insufficient_claims".into()));
-    assert_eq!(c.get(gw.url("/x")).bearer_auth(&token).send().await.unwrap().status(), 200);
+    assert_eq!(
+        c.get(gw.url("/x"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     // A token for another audience.
     let n = now();
     let t = hs256(
@@ -300,46 +442,112 @@ async fn cookies_refresh_rotation_reuse_detection_and_logout() {
         .iter()
         .map(|v| v.to_str().unwrap().to_string())
         .collect();
-    assert!(cookies.iter().any(|c| c.starts_with("ipt=") && c.contains("HttpOnly") && c.contains("Secure") && c.contains("SameSite=Strict")), "{cookies:?}");
+    assert!(
+        cookies.iter().any(|c| c.starts_with("ipt=")
+            && c.contains("HttpOnly")
+            && c.contains("Secure")
+            && c.contains("SameSite=Strict")),
+        "{cookies:?}"
+    );
     let access = token_of(&r).unwrap();
     let refresh = r.headers()["iptoken-refresh"].to_str().unwrap().to_string();
     // The cookie alone authenticates.
-    let r = c.get(gw.url("/x")).header("Cookie", format!("ipt={access}; other=1")).send().await.unwrap();
+    let r = c
+        .get(gw.url("/x"))
+        .header("Cookie", format!("ipt={access}; other=1"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(up.last().header("cookie"), Some("other=1"), "our cookie stripped upstream");
+    assert_eq!(
+        up.last().header("cookie"),
+        Some("other=1"),
+        "our cookie stripped upstream"
+    );
     // A refresh token is not an access token.
-    let r = c.get(gw.url("/x")).bearer_auth(&refresh).send().await.unwrap();
+    let r = c
+        .get(gw.url("/x"))
+        .bearer_auth(&refresh)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(code_of(r).await, (401, "token_invalid".into()));
     // Rotate.
-    let r = c.post(gw.url("/auth/refresh")).header("IPToken-Refresh", &refresh).send().await.unwrap();
+    let r = c
+        .post(gw.url("/auth/refresh"))
+        .header("IPToken-Refresh", &refresh)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let access2 = token_of(&r).unwrap();
     let refresh2 = r.headers()["iptoken-refresh"].to_str().unwrap().to_string();
     assert_ne!(refresh, refresh2);
-    assert_eq!(c.get(gw.url("/x")).bearer_auth(&access2).send().await.unwrap().status(), 200);
+    assert_eq!(
+        c.get(gw.url("/x"))
+            .bearer_auth(&access2)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     // Reusing the spent refresh token revokes the whole family.
-    let r = c.post(gw.url("/auth/refresh")).header("IPToken-Refresh", &refresh).send().await.unwrap();
+    let r = c
+        .post(gw.url("/auth/refresh"))
+        .header("IPToken-Refresh", &refresh)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(code_of(r).await, (401, "token_revoked".into()));
-    let r = c.get(gw.url("/x")).bearer_auth(&access2).send().await.unwrap();
+    let r = c
+        .get(gw.url("/x"))
+        .bearer_auth(&access2)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(code_of(r).await, (401, "token_revoked".into()));
     // Logout revokes a fresh session's access token.
     let r = login(&c, &gw, "user=dave").await;
     let access3 = token_of(&r).unwrap();
-    let r = c.post(gw.url("/auth/logout")).bearer_auth(&access3).send().await.unwrap();
+    let r = c
+        .post(gw.url("/auth/logout"))
+        .bearer_auth(&access3)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 204);
-    let r = c.get(gw.url("/x")).bearer_auth(&access3).send().await.unwrap();
+    let r = c
+        .get(gw.url("/x"))
+        .bearer_auth(&access3)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(code_of(r).await, (401, "token_revoked".into()));
 }
 
 #[tokio::test]
 async fn an_upstream_set_cookie_for_our_cookie_is_dropped() {
     let up = Upstream::with(std::sync::Arc::new(|_s: &Seen| {
-        respond(200, &[("set-cookie", "ipt=forged; Path=/"), ("set-cookie", "app=1"), ("x-user-id", "eve")], "ok")
+        respond(
+            200,
+            &[
+                ("set-cookie", "ipt=forged; Path=/"),
+                ("set-cookie", "app=1"),
+                ("x-user-id", "eve"),
+            ],
+            "ok",
+        )
     }))
     .await;
     let gw = Gateway::start(&app(&up, "")).await;
     let r = client().post(gw.url("/login")).send().await.unwrap();
-    let cookies: Vec<&str> = r.headers().get_all("set-cookie").iter().map(|v| v.to_str().unwrap()).collect();
+    let cookies: Vec<&str> = r
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
     assert_eq!(cookies, vec!["app=1"]);
     assert!(token_of(&r).is_some());
 }
@@ -352,12 +560,30 @@ async fn token_cli_mints_and_verifies() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_iptgate"))
         .args(["token", "mint", "--config"])
         .arg(&cfg)
-        .args(["--ip", "127.0.0.1", "--sub", "ops", "--claim", "role=admin", "--ttl", "5m"])
+        .args([
+            "--ip",
+            "127.0.0.1",
+            "--sub",
+            "ops",
+            "--claim",
+            "role=admin",
+            "--ttl",
+            "5m",
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    let r = client().get(gw.url("/admin/x")).bearer_auth(&token).send().await.unwrap();
+    let r = client()
+        .get(gw.url("/admin/x"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let verify = |ip: &str| {
         std::process::Command::new(env!("CARGO_BIN_EXE_iptgate"))
