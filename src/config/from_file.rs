@@ -691,7 +691,7 @@ impl Validator {
             Some("") => None,
             Some(s) => Some(s.to_string()),
         };
-        Some(TokenConfig {
+        let tc = TokenConfig {
             algorithm,
             keys,
             ttl: self.duration("token.ttl", &t.ttl, Duration::from_secs(3600)),
@@ -710,7 +710,13 @@ impl Validator {
             forward_claims,
             forward_token: t.forward_token,
             device_binding,
-        })
+        };
+        // Parse the keys now, so a bad PEM is a config error with its key path.
+        if let Err(e) = crate::token::Keys::new(&tc) {
+            self.err("token", e);
+            return None;
+        }
+        Some(tc)
     }
 
     fn refresh(&mut self, r: Option<&RefreshFile>, has_token: bool) -> Option<RefreshConfig> {

@@ -1,11 +1,30 @@
 //! Tokens: claims, signing and verification keys, JWKS. No HTTP in here.
 //!
-//! INTERFACE (stub until implemented)
+//! Tokens are standard JWS compact JWTs. The algorithm is pinned by config: the header's
+//! `alg` must equal it (so `none`, a weaker HMAC or RS/HS key confusion never verify), a
+//! `crit` header is refused, and every registered claim is checked by us with the
+//! configured leeway — jsonwebtoken is used for the key handling and the signature
+//! primitives only, so none of its defaults (60 s leeway, unchecked `nbf`) apply.
+
+mod keys;
+#[cfg(test)]
+mod tests;
 
 use std::net::IpAddr;
 use std::time::Duration;
 
-use crate::config::TokenConfig;
+use base64::Engine;
+use serde_json::{Map, Value};
+use subtle::ConstantTimeEq;
+
+use crate::config::{IpBinding, TokenConfig};
+
+pub use keys::Keys;
+
+/// Tokens longer than this are refused before any parsing.
+pub const MAX_TOKEN_LEN: usize = 8 * 1024;
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TokenType {
@@ -13,10 +32,19 @@ pub enum TokenType {
     Refresh,
 }
 
+impl TokenType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenType::Access => "access",
+            TokenType::Refresh => "refresh",
+        }
+    }
+}
+
 /// Verified claims of a presented token.
 #[derive(Debug, Clone, Default)]
 pub struct Claims {
-    pub raw: serde_json::Map<String, serde_json::Value>,
+    pub raw: Map<String, Value>,
     pub sub: Option<String>,
     pub jti: Option<String>,
     pub exp: u64,
@@ -39,7 +67,7 @@ pub struct MintRequest {
     pub ip: IpAddr,
     pub sub: Option<String>,
     /// claims_from_headers and CLI --claim values (static claims are added by mint).
-    pub extra: serde_json::Map<String, serde_json::Value>,
+    pub extra: Map<String, Value>,
     /// Already hashed (see `device_hash`).
     pub dev: Option<String>,
     pub fam: Option<String>,
@@ -53,45 +81,210 @@ pub struct Minted {
     pub exp: u64,
 }
 
-pub struct Keys {}
+/// 128 random bits, unpadded base64url.
+pub fn random_id() -> String {
+    let bytes: [u8; 16] = rand::random();
+    B64.encode(bytes)
+}
 
-impl Keys {
-    pub fn new(_cfg: &TokenConfig) -> Result<Keys, String> {
-        Ok(Keys {})
+/// Unpadded base64url SHA-256 of a device id (the `dev` claim).
+pub fn device_hash(id: &str) -> String {
+    use sha2::Digest;
+    B64.encode(sha2::Sha256::digest(id.as_bytes()))
+}
+
+/// The claims a minted token carries (SPEC §4), the gateway's own always winning.
+pub(crate) fn build_claims(
+    cfg: &TokenConfig,
+    req: &MintRequest,
+    now: u64,
+    jti: &str,
+) -> Map<String, Value> {
+    let mut m = Map::new();
+    for (k, v) in cfg.claims.iter().chain(req.extra.iter()) {
+        m.insert(k.clone(), v.clone());
     }
-    pub fn can_mint(&self) -> bool {
-        false
+    if let Some(iss) = &cfg.issuer {
+        m.insert("iss".into(), Value::String(iss.clone()));
     }
-    pub fn mint(&self, _cfg: &TokenConfig, _req: MintRequest) -> Result<Minted, String> {
-        Err("not implemented".into())
+    match &req.sub {
+        Some(s) => {
+            m.insert("sub".into(), Value::String(s.clone()));
+        }
+        None => {
+            m.remove("sub");
+        }
     }
-    pub fn verify(
-        &self,
-        _cfg: &TokenConfig,
-        _token: &str,
-        _typ: TokenType,
-        _now: u64,
-    ) -> Result<Claims, TokenError> {
-        Err(TokenError::Invalid("not implemented"))
+    if let Some(aud) = &cfg.audience {
+        m.insert("aud".into(), Value::String(aud.clone()));
     }
-    pub fn jwks(&self) -> Option<String> {
-        None
+    m.insert("iat".into(), Value::from(now));
+    m.insert("nbf".into(), Value::from(now));
+    m.insert("exp".into(), Value::from(now + req.ttl.as_secs()));
+    m.insert("jti".into(), Value::String(jti.to_string()));
+    m.insert("typ".into(), Value::String(req.typ.as_str().into()));
+    m.insert(
+        "ip".into(),
+        Value::String(req.ip.to_canonical().to_string()),
+    );
+    for (k, v) in [("dev", &req.dev), ("fam", &req.fam)] {
+        match v {
+            Some(v) => {
+                m.insert(k.into(), Value::String(v.clone()));
+            }
+            None => {
+                m.remove(k);
+            }
+        }
+    }
+    m
+}
+
+fn num(v: Option<&Value>) -> Option<u64> {
+    match v? {
+        Value::Number(n) => n
+            .as_u64()
+            .or_else(|| n.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64)),
+        _ => None,
     }
 }
 
+fn string(m: &Map<String, Value>, k: &'static str) -> Result<Option<String>, TokenError> {
+    match m.get(k) {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(TokenError::Invalid("claim of the wrong type")),
+    }
+}
+
+/// Check the registered claims of a signature-verified payload.
+pub(crate) fn check_claims(
+    cfg: &TokenConfig,
+    raw: Map<String, Value>,
+    typ: TokenType,
+    now: u64,
+) -> Result<Claims, TokenError> {
+    let leeway = cfg.leeway.as_secs();
+    let exp = num(raw.get("exp")).ok_or(TokenError::Invalid("exp missing"))?;
+    if let Some(nbf) = raw.get("nbf") {
+        let nbf = num(Some(nbf)).ok_or(TokenError::Invalid("nbf malformed"))?;
+        if nbf > now + leeway {
+            return Err(TokenError::Invalid("not yet valid"));
+        }
+    }
+    if raw.get("typ").and_then(Value::as_str) != Some(typ.as_str()) {
+        return Err(TokenError::Invalid("wrong typ"));
+    }
+    if let Some(iss) = &cfg.issuer {
+        if raw.get("iss").and_then(Value::as_str) != Some(iss.as_str()) {
+            return Err(TokenError::Invalid("issuer"));
+        }
+    }
+    if let Some(aud) = &cfg.audience {
+        let ok = match raw.get("aud") {
+            Some(Value::String(a)) => a == aud,
+            Some(Value::Array(a)) => a.iter().any(|x| x.as_str() == Some(aud.as_str())),
+            _ => false,
+        };
+        if !ok {
+            return Err(TokenError::Invalid("audience"));
+        }
+    }
+    let ip = match raw.get("ip") {
+        None if cfg.ip_binding == IpBinding::Off => None,
+        None => return Err(TokenError::Invalid("ip claim missing")),
+        Some(Value::String(s)) => Some(
+            s.parse::<IpAddr>()
+                .map_err(|_| TokenError::Invalid("ip claim malformed"))?
+                .to_canonical(),
+        ),
+        Some(_) => return Err(TokenError::Invalid("ip claim malformed")),
+    };
+    // Expiry last among the checks, so a forged token never learns it merely expired.
+    if exp.saturating_add(leeway) < now {
+        return Err(TokenError::Expired);
+    }
+    Ok(Claims {
+        sub: string(&raw, "sub")?,
+        jti: string(&raw, "jti")?,
+        dev: string(&raw, "dev")?,
+        fam: string(&raw, "fam")?,
+        exp,
+        ip,
+        raw,
+    })
+}
+
+fn same_subnet(a: IpAddr, b: IpAddr, v4: u8, v6: u8) -> bool {
+    match (a, b) {
+        (IpAddr::V4(a), IpAddr::V4(b)) => {
+            let mask = if v4 == 0 {
+                0
+            } else {
+                u32::MAX << (32 - u32::from(v4.min(32)))
+            };
+            u32::from(a) & mask == u32::from(b) & mask
+        }
+        (IpAddr::V6(a), IpAddr::V6(b)) => {
+            let mask = if v6 == 0 {
+                0
+            } else {
+                u128::MAX << (128 - u32::from(v6.min(128)))
+            };
+            u128::from(a) & mask == u128::from(b) & mask
+        }
+        _ => false,
+    }
+}
+
+/// IP binding (exact / subnet / off) and device binding against the request.
 pub fn check_binding(
-    _cfg: &TokenConfig,
-    _claims: &Claims,
-    _ip: IpAddr,
-    _device_id: Option<&str>,
+    cfg: &TokenConfig,
+    claims: &Claims,
+    ip: IpAddr,
+    device_id: Option<&str>,
 ) -> Result<(), TokenError> {
-    Err(TokenError::IpMismatch)
+    let ip = ip.to_canonical();
+    match cfg.ip_binding {
+        IpBinding::Off => {}
+        IpBinding::Exact => {
+            if claims.ip != Some(ip) {
+                return Err(TokenError::IpMismatch);
+            }
+        }
+        IpBinding::Subnet => match claims.ip {
+            Some(bound) if same_subnet(bound, ip, cfg.subnet_v4, cfg.subnet_v6) => {}
+            _ => return Err(TokenError::IpMismatch),
+        },
+    }
+    if cfg.device_binding.is_some() {
+        let (Some(id), Some(dev)) = (device_id, claims.dev.as_deref()) else {
+            return Err(TokenError::DeviceMismatch);
+        };
+        let want = device_hash(id);
+        if !bool::from(want.as_bytes().ct_eq(dev.as_bytes())) {
+            return Err(TokenError::DeviceMismatch);
+        }
+    }
+    Ok(())
 }
 
-pub fn device_hash(_id: &str) -> String {
-    String::new()
+fn value_matches(v: &Value, accepted: &[String]) -> bool {
+    match v {
+        Value::String(s) => accepted.iter().any(|a| a == s),
+        Value::Array(items) => items.iter().any(|i| value_matches(i, accepted)),
+        Value::Number(n) => accepted.iter().any(|a| *a == n.to_string()),
+        Value::Bool(b) => accepted.iter().any(|a| *a == b.to_string()),
+        _ => false,
+    }
 }
 
-pub fn check_require(_claims: &Claims, require: &[(String, Vec<String>)]) -> bool {
-    require.is_empty()
+/// Each `require` rule must hold: the claim equals one of the values (arrays intersect).
+pub fn check_require(claims: &Claims, require: &[(String, Vec<String>)]) -> bool {
+    require.iter().all(|(claim, accepted)| {
+        claims
+            .raw
+            .get(claim)
+            .is_some_and(|v| value_matches(v, accepted))
+    })
 }

@@ -1,0 +1,378 @@
+use std::net::IpAddr;
+use std::time::Duration;
+
+use base64::Engine;
+use serde_json::{json, Map, Value};
+
+use super::*;
+use crate::config::{
+    Algorithm, CookieConfig, DeviceBinding, IpBinding, KeyMaterial, SameSite, TokenConfig,
+};
+
+const SECRET: &[u8] = b"unit-test-secret-0123456789-abcdefghij";
+
+fn cfg(algorithm: Algorithm, keys: KeyMaterial) -> TokenConfig {
+    TokenConfig {
+        algorithm,
+        keys,
+        ttl: Duration::from_secs(600),
+        issuer: Some("iptgate".into()),
+        audience: None,
+        leeway: Duration::from_secs(30),
+        claims: Map::new(),
+        ip_binding: IpBinding::Exact,
+        subnet_v4: 24,
+        subnet_v6: 64,
+        header: http::HeaderName::from_static("iptoken"),
+        cookie: CookieConfig {
+            name: "ipt".into(),
+            secure: true,
+            http_only: true,
+            same_site: SameSite::Strict,
+            path: "/".into(),
+            domain: None,
+        },
+        set_cookie: false,
+        accept: vec![],
+        schemes: vec!["bearer".into()],
+        forward_claims: vec![],
+        forward_token: false,
+        device_binding: None,
+    }
+}
+
+fn hs(alg: Algorithm) -> TokenConfig {
+    cfg(alg, KeyMaterial::Secret(SECRET.to_vec()))
+}
+
+fn req(ip: &str) -> MintRequest {
+    MintRequest {
+        typ: TokenType::Access,
+        ip: ip.parse().unwrap(),
+        sub: Some("alice".into()),
+        extra: Map::new(),
+        dev: None,
+        fam: None,
+        ttl: Duration::from_secs(600),
+    }
+}
+
+fn now() -> u64 {
+    crate::pipeline::auth::now()
+}
+
+/// A fresh PEM key pair for an asymmetric algorithm: (PKCS#8 private, SPKI public).
+fn pem_pair(alg: Algorithm) -> (Vec<u8>, Vec<u8>) {
+    let rc = match alg {
+        Algorithm::ES256 => &rcgen::PKCS_ECDSA_P256_SHA256,
+        Algorithm::ES384 => &rcgen::PKCS_ECDSA_P384_SHA384,
+        Algorithm::EdDSA => &rcgen::PKCS_ED25519,
+        _ => &rcgen::PKCS_RSA_SHA256,
+    };
+    let kp = rcgen::KeyPair::generate_for(rc).unwrap();
+    (
+        kp.serialize_pem().into_bytes(),
+        kp.public_key_pem().into_bytes(),
+    )
+}
+
+fn asym(alg: Algorithm, private: Option<Vec<u8>>, public: Vec<Vec<u8>>) -> TokenConfig {
+    cfg(
+        alg,
+        KeyMaterial::Pem {
+            private_key: private,
+            public_keys: public,
+        },
+    )
+}
+
+#[test]
+fn every_algorithm_round_trips() {
+    let rsa = pem_pair(Algorithm::RS256);
+    for (name, alg) in Algorithm::ALL {
+        let c = if alg.is_hmac() {
+            hs(alg)
+        } else if matches!(alg, Algorithm::ES256 | Algorithm::ES384 | Algorithm::EdDSA) {
+            asym(alg, Some(pem_pair(alg).0), vec![])
+        } else {
+            asym(alg, Some(rsa.0.clone()), vec![])
+        };
+        let keys = Keys::new(&c).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let m = keys.mint(&c, req("127.0.0.1")).unwrap();
+        let claims = keys
+            .verify(&c, &m.token, TokenType::Access, now())
+            .unwrap_or_else(|e| panic!("{name}: {e:?}"));
+        assert_eq!(claims.sub.as_deref(), Some("alice"), "{name}");
+        assert_eq!(claims.ip, Some("127.0.0.1".parse().unwrap()));
+        assert_eq!(claims.jti.as_deref(), Some(m.jti.as_str()));
+        let header: Value =
+            serde_json::from_slice(&B64.decode(m.token.split('.').next().unwrap()).unwrap())
+                .unwrap();
+        assert_eq!(header["alg"], name);
+        assert!(header["kid"].is_string());
+        assert_eq!(keys.jwks().is_some(), !alg.is_hmac(), "{name}");
+    }
+}
+
+#[test]
+fn minted_claims_follow_the_contract() {
+    let mut c = hs(Algorithm::HS256);
+    c.audience = Some("my-app".into());
+    c.claims.insert("tier".into(), json!("gold"));
+    c.claims.insert("ip".into(), json!("6.6.6.6"));
+    let keys = Keys::new(&c).unwrap();
+    let mut r = req("::ffff:10.1.2.3");
+    r.extra.insert("role".into(), json!("admin"));
+    r.extra.insert("typ".into(), json!("refresh"));
+    let m = keys.mint(&c, r).unwrap();
+    let payload: Value =
+        serde_json::from_slice(&B64.decode(m.token.split('.').nth(1).unwrap()).unwrap()).unwrap();
+    assert_eq!(
+        payload["ip"], "10.1.2.3",
+        "canonical, and the gateway's own claim wins"
+    );
+    assert_eq!(payload["typ"], "access");
+    assert_eq!(payload["iss"], "iptgate");
+    assert_eq!(payload["aud"], "my-app");
+    assert_eq!(payload["tier"], "gold");
+    assert_eq!(payload["role"], "admin");
+    assert_eq!(payload["nbf"], payload["iat"]);
+    assert_eq!(
+        payload["exp"].as_u64().unwrap(),
+        payload["iat"].as_u64().unwrap() + 600
+    );
+    assert_eq!(
+        B64.decode(payload["jti"].as_str().unwrap()).unwrap().len(),
+        16
+    );
+}
+
+#[test]
+fn the_hs_kid_is_not_the_secret() {
+    let keys = Keys::new(&hs(Algorithm::HS256)).unwrap();
+    let m = keys.mint(&hs(Algorithm::HS256), req("127.0.0.1")).unwrap();
+    let header: Value =
+        serde_json::from_slice(&B64.decode(m.token.split('.').next().unwrap()).unwrap()).unwrap();
+    let kid = header["kid"].as_str().unwrap();
+    assert!(!kid.contains(&B64.encode(SECRET)));
+    use sha2::Digest;
+    assert_ne!(kid, B64.encode(sha2::Sha256::digest(SECRET)));
+    assert_eq!(B64.decode(kid).unwrap().len(), 32);
+}
+
+fn sign_hs(alg_name: &str, header_extra: Value, claims: Value, key: &[u8]) -> String {
+    let mut h = json!({"alg": alg_name, "typ": "JWT"});
+    if let Value::Object(m) = header_extra {
+        for (k, v) in m {
+            h[k] = v;
+        }
+    }
+    let input = format!(
+        "{}.{}",
+        B64.encode(h.to_string()),
+        B64.encode(claims.to_string())
+    );
+    let algo = match alg_name {
+        "HS384" => aws_lc_rs::hmac::HMAC_SHA384,
+        "HS512" => aws_lc_rs::hmac::HMAC_SHA512,
+        _ => aws_lc_rs::hmac::HMAC_SHA256,
+    };
+    let sig = aws_lc_rs::hmac::sign(&aws_lc_rs::hmac::Key::new(algo, key), input.as_bytes());
+    format!("{input}.{}", B64.encode(sig.as_ref()))
+}
+
+fn claims(n: u64) -> Value {
+    json!({"iss":"iptgate","sub":"a","typ":"access","ip":"127.0.0.1","iat":n,"nbf":n,"exp":n+600})
+}
+
+#[test]
+fn forged_tokens_are_refused() {
+    let c = hs(Algorithm::HS256);
+    let keys = Keys::new(&c).unwrap();
+    let n = now();
+    let v = |t: &str| keys.verify(&c, t, TokenType::Access, n);
+    assert!(v(&sign_hs("HS256", json!({}), claims(n), SECRET)).is_ok());
+    let invalid = |t: &str| matches!(v(t), Err(TokenError::Invalid(_)));
+    assert!(invalid(&sign_hs(
+        "HS256",
+        json!({}),
+        claims(n),
+        b"wrong-secret-0123456789-abcdefghijklmn"
+    )));
+    assert!(
+        invalid(&sign_hs("HS512", json!({}), claims(n), SECRET)),
+        "HS512 when HS256"
+    );
+    assert!(invalid(&sign_hs(
+        "HS256",
+        json!({"crit": ["exp"]}),
+        claims(n),
+        SECRET
+    )));
+    assert!(
+        invalid(&sign_hs("HS256", json!({"kid": "nope"}), claims(n), SECRET)),
+        "unknown kid"
+    );
+    let none = format!(
+        "{}.{}.",
+        B64.encode(r#"{"alg":"none"}"#),
+        B64.encode(claims(n).to_string())
+    );
+    assert!(invalid(&none));
+    assert!(invalid("garbage"));
+    assert!(invalid(&"a.b.c".repeat(3000)));
+    let mut c2 = claims(n);
+    c2["typ"] = json!("refresh");
+    assert!(invalid(&sign_hs("HS256", json!({}), c2, SECRET)));
+    let mut c3 = claims(n);
+    c3["iss"] = json!("evil");
+    assert!(invalid(&sign_hs("HS256", json!({}), c3, SECRET)));
+    let mut c4 = claims(n);
+    c4["nbf"] = json!(n + 3600);
+    assert!(invalid(&sign_hs("HS256", json!({}), c4, SECRET)));
+    let mut c5 = claims(n);
+    c5["exp"] = json!(n - 31);
+    assert_eq!(
+        v(&sign_hs("HS256", json!({}), c5, SECRET)).unwrap_err(),
+        TokenError::Expired
+    );
+    let mut c6 = claims(n);
+    c6["exp"] = json!(n - 29);
+    assert!(
+        v(&sign_hs("HS256", json!({}), c6, SECRET)).is_ok(),
+        "within leeway"
+    );
+    let mut c7 = claims(n);
+    c7["ip"] = json!("not-an-ip");
+    assert!(invalid(&sign_hs("HS256", json!({}), c7, SECRET)));
+}
+
+#[test]
+fn rs256_public_key_as_hmac_secret_is_refused() {
+    let (private, public) = pem_pair(Algorithm::RS256);
+    let c = asym(Algorithm::RS256, Some(private), vec![]);
+    let keys = Keys::new(&c).unwrap();
+    let n = now();
+    let forged = sign_hs("HS256", json!({}), claims(n), &public);
+    assert!(matches!(
+        keys.verify(&c, &forged, TokenType::Access, n),
+        Err(TokenError::Invalid(_))
+    ));
+    let forged = sign_hs("RS256", json!({}), claims(n), &public);
+    assert!(matches!(
+        keys.verify(&c, &forged, TokenType::Access, n),
+        Err(TokenError::Invalid(_))
+    ));
+}
+
+#[test]
+fn rotated_keys_verify_by_kid_and_verify_only_gateways_cannot_mint() {
+    let old = pem_pair(Algorithm::ES256);
+    let new = pem_pair(Algorithm::ES256);
+    let stranger = pem_pair(Algorithm::ES256);
+    let old_cfg = asym(Algorithm::ES256, Some(old.0.clone()), vec![]);
+    let old_token = Keys::new(&old_cfg)
+        .unwrap()
+        .mint(&old_cfg, req("127.0.0.1"))
+        .unwrap()
+        .token;
+    let rotated = asym(Algorithm::ES256, Some(new.0.clone()), vec![old.1.clone()]);
+    let keys = Keys::new(&rotated).unwrap();
+    assert!(keys
+        .verify(&rotated, &old_token, TokenType::Access, now())
+        .is_ok());
+    let jwks: Value = serde_json::from_str(&keys.jwks().unwrap()).unwrap();
+    assert_eq!(jwks["keys"].as_array().unwrap().len(), 2);
+    assert!(jwks["keys"][0].get("d").is_none(), "no private material");
+    let s_cfg = asym(Algorithm::ES256, Some(stranger.0), vec![]);
+    let s_token = Keys::new(&s_cfg)
+        .unwrap()
+        .mint(&s_cfg, req("127.0.0.1"))
+        .unwrap()
+        .token;
+    assert!(keys
+        .verify(&rotated, &s_token, TokenType::Access, now())
+        .is_err());
+    let verify_only = asym(Algorithm::ES256, None, vec![old.1]);
+    let vk = Keys::new(&verify_only).unwrap();
+    assert!(!vk.can_mint());
+    assert!(vk.mint(&verify_only, req("127.0.0.1")).is_err());
+    assert!(vk
+        .verify(&verify_only, &old_token, TokenType::Access, now())
+        .is_ok());
+}
+
+#[test]
+fn a_key_of_the_wrong_type_is_a_config_error() {
+    let (ec_private, _) = pem_pair(Algorithm::ES256);
+    assert!(Keys::new(&asym(Algorithm::RS256, Some(ec_private.clone()), vec![])).is_err());
+    assert!(Keys::new(&asym(Algorithm::EdDSA, Some(ec_private), vec![])).is_err());
+    assert!(Keys::new(&asym(Algorithm::ES256, Some(b"not a pem".to_vec()), vec![])).is_err());
+}
+
+#[test]
+fn ip_and_device_binding() {
+    let mut c = hs(Algorithm::HS256);
+    let keys = Keys::new(&c).unwrap();
+    let t = keys.mint(&c, req("127.0.0.1")).unwrap().token;
+    let cl = keys.verify(&c, &t, TokenType::Access, now()).unwrap();
+    let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+    assert!(check_binding(&c, &cl, ip("127.0.0.1"), None).is_ok());
+    assert!(check_binding(&c, &cl, ip("::ffff:127.0.0.1"), None).is_ok());
+    assert_eq!(
+        check_binding(&c, &cl, ip("127.0.0.2"), None),
+        Err(TokenError::IpMismatch)
+    );
+    c.ip_binding = IpBinding::Subnet;
+    assert!(check_binding(&c, &cl, ip("127.0.0.2"), None).is_ok());
+    assert_eq!(
+        check_binding(&c, &cl, ip("127.0.1.2"), None),
+        Err(TokenError::IpMismatch)
+    );
+    assert_eq!(
+        check_binding(&c, &cl, ip("::1"), None),
+        Err(TokenError::IpMismatch)
+    );
+    c.ip_binding = IpBinding::Off;
+    assert!(check_binding(&c, &cl, ip("10.0.0.1"), None).is_ok());
+    c.device_binding = Some(DeviceBinding::Cookie("deviceID".into()));
+    assert_eq!(
+        check_binding(&c, &cl, ip("127.0.0.1"), Some("d1")),
+        Err(TokenError::DeviceMismatch)
+    );
+    let mut r = req("127.0.0.1");
+    r.dev = Some(device_hash("d1"));
+    let t = keys.mint(&c, r).unwrap().token;
+    let cl = keys.verify(&c, &t, TokenType::Access, now()).unwrap();
+    assert!(check_binding(&c, &cl, ip("127.0.0.1"), Some("d1")).is_ok());
+    assert_eq!(
+        check_binding(&c, &cl, ip("127.0.0.1"), Some("d2")),
+        Err(TokenError::DeviceMismatch)
+    );
+    assert_eq!(
+        check_binding(&c, &cl, ip("127.0.0.1"), None),
+        Err(TokenError::DeviceMismatch)
+    );
+}
+
+#[test]
+fn require_rules() {
+    let mut cl = Claims::default();
+    cl.raw.insert("role".into(), json!(["user", "admin"]));
+    cl.raw.insert("tier".into(), json!("gold"));
+    cl.raw.insert("level".into(), json!(3));
+    let r = |v: &[(&str, &[&str])]| -> Vec<(String, Vec<String>)> {
+        v.iter()
+            .map(|(k, vals)| (k.to_string(), vals.iter().map(|s| s.to_string()).collect()))
+            .collect()
+    };
+    assert!(check_require(&cl, &r(&[("role", &["admin"])])));
+    assert!(check_require(
+        &cl,
+        &r(&[("role", &["ops", "user"]), ("tier", &["gold"])])
+    ));
+    assert!(check_require(&cl, &r(&[("level", &["3"])])));
+    assert!(!check_require(&cl, &r(&[("role", &["root"])])));
+    assert!(!check_require(&cl, &r(&[("missing", &["x"])])));
+    assert!(check_require(&cl, &[]));
+}
