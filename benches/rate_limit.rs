@@ -89,5 +89,21 @@ fn checks(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, memory, checks);
+/// Baseline: a bare `DashMap<u64, u64>` read over 1M keys, i.e. the memory-latency floor of any
+/// 1M-entry hash table on this machine.
+fn baseline(c: &mut Criterion) {
+    let m: dashmap::DashMap<u64, u64> = dashmap::DashMap::new();
+    for i in 0..u64::from(KEYS) {
+        m.insert(i, i);
+    }
+    let mut i = 0u64;
+    c.bench_function("baseline/dashmap_get_1M_keys", |b| {
+        b.iter(|| {
+            i = (i + 1) % u64::from(KEYS);
+            black_box(m.get(&i).map(|v| *v))
+        })
+    });
+}
+
+criterion_group!(benches, memory, checks, baseline);
 criterion_main!(benches);
