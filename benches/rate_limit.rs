@@ -1,0 +1,109 @@
+//! Rate-limit check cost (one hot key; 1M distinct keys) and memory for 1M tracked IP keys.
+//!
+//! `cargo bench --bench rate_limit -- --warm-up-time 1 --measurement-time 3`
+
+use std::hint::black_box;
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use governor::clock::FakeRelativeClock;
+use http::HeaderMap;
+use iptgate::config::{LimitKey, RateLimitPolicy};
+use iptgate::pipeline::rate_limit::{KeyInput, Limiters};
+
+const KEYS: u32 = 1_000_000;
+
+fn policy() -> RateLimitPolicy {
+    RateLimitPolicy {
+        name: "per_ip".into(),
+        key: LimitKey::Ip,
+        count: 100,
+        per: Duration::from_secs(1),
+        burst: 200,
+        ipv6_prefix: 64,
+    }
+}
+
+fn nth_ip(i: u32) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::from_bits(0x0a00_0000 + i))
+}
+
+fn input(ip: IpAddr, headers: &HeaderMap) -> KeyInput<'_> {
+    KeyInput {
+        ip,
+        sub: None,
+        route: "app",
+        headers,
+    }
+}
+
+/// Resident set size in MiB, from /proc/self/statm (Linux).
+fn rss_mib() -> f64 {
+    let pages = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .unwrap_or(0);
+    (pages * 4096) as f64 / (1024.0 * 1024.0)
+}
+
+fn memory(_c: &mut Criterion) {
+    let clock = FakeRelativeClock::default();
+    let l = Limiters::with_clock(&[policy()], None, clock.clone());
+    let h = HeaderMap::new();
+    let before = rss_mib();
+    for i in 0..KEYS {
+        black_box(l.check(0, &input(nth_ip(i), &h)));
+    }
+    let full = rss_mib();
+    let tracked = l.tracked_keys(0);
+    clock.advance(Duration::from_secs(3));
+    l.prune();
+    let pruned = rss_mib();
+    println!(
+        "memory: {tracked} IP keys: RSS {before:.1} -> {full:.1} MiB (+{:.1} MiB); \
+         after prune {pruned:.1} MiB ({} keys left)",
+        full - before,
+        l.tracked_keys(0)
+    );
+}
+
+fn checks(c: &mut Criterion) {
+    let h = HeaderMap::new();
+    let l = Limiters::new(&[policy()], None);
+    let hot = input(nth_ip(1), &h);
+    c.bench_function("check/hot_key", |b| {
+        b.iter(|| black_box(l.check(0, black_box(&hot))))
+    });
+
+    let l = Limiters::new(&[policy()], None);
+    for i in 0..KEYS {
+        l.check(0, &input(nth_ip(i), &h));
+    }
+    let mut i = 0u32;
+    c.bench_function("check/1M_distinct_keys", |b| {
+        b.iter(|| {
+            i = (i + 1) % KEYS;
+            black_box(l.check(0, &input(nth_ip(i), &h)))
+        })
+    });
+}
+
+/// Baseline: a bare `DashMap<u64, u64>` read over 1M keys, i.e. the memory-latency floor of any
+/// 1M-entry hash table on this machine.
+fn baseline(c: &mut Criterion) {
+    let m: dashmap::DashMap<u64, u64> = dashmap::DashMap::new();
+    for i in 0..u64::from(KEYS) {
+        m.insert(i, i);
+    }
+    let mut i = 0u64;
+    c.bench_function("baseline/dashmap_get_1M_keys", |b| {
+        b.iter(|| {
+            i = (i + 1) % u64::from(KEYS);
+            black_box(m.get(&i).map(|v| *v))
+        })
+    });
+}
+
+criterion_group!(benches, memory, checks, baseline);
+criterion_main!(benches);
