@@ -3,9 +3,10 @@
 
 mod harness;
 
+mod client_ip;
 mod config;
 mod core;
+mod explain;
+mod forward_auth;
 mod ops;
 mod tokens;
-mod forward_auth;
-mod explain;
