@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod client_ip;
 mod config;
 mod core;
 mod explain;
