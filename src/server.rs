@@ -137,6 +137,7 @@ async fn prune_loop(state: Arc<State>, mut stop: watch::Receiver<bool>) {
         if let Some(g) = &active.login {
             g.prune();
         }
+        state.store.prune();
     }
 }
 

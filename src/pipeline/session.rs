@@ -117,8 +117,9 @@ pub async fn serve(
     let (Some(jti), Some(fam)) = (&claims.jti, &claims.fam) else {
         return Err(Reject::TokenInvalid("refresh token without jti/fam"));
     };
-    let left = Duration::from_secs(claims.exp.saturating_sub(now()) + tc.leeway.as_secs());
-    match store.spend(jti, fam, left).await {
+    // Every member of the family was minted at most `refresh.ttl` ago: a family revoked for
+    // that long outlives all of them.
+    match store.spend(jti, fam, refresh.ttl + tc.leeway).await {
         Ok(Spend::Fresh) => {}
         Ok(Spend::Reused) => {
             tracing::warn!(target: "security", client_ip = %ip, "spent refresh token presented again: family revoked");
