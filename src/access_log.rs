@@ -24,13 +24,10 @@ pub fn record(
         .map(|i| active.routes[i].cfg.name.as_str())
         .unwrap_or("");
     let status = resp.status().as_u16();
-    crate::metrics::request(
-        route,
-        status,
-        out.code,
-        total,
-        out.upstream_ms.map(|m| m / 1000.0),
-    );
+    out.route
+        .map(|i| &active.route_metrics[i])
+        .unwrap_or(&active.unrouted_metrics)
+        .request(status, out.code, total, out.upstream_ms.map(|m| m / 1000.0));
     let client_ip = out.client_ip.map(|i| i.to_string());
     let bytes = resp.body().size_hint().exact();
     tracing::info!(

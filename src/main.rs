@@ -7,6 +7,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use iptgate::config::Config;
 
+/// mimalloc: the proxy allocates per request (headers, bodies); glibc malloc showed up as
+/// ~9% of CPU under load.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "iptgate",

@@ -68,21 +68,70 @@ fn describe() {
     metrics::describe_counter!("iptgate_config_reloads_total", "Config reloads by result");
 }
 
-pub fn request(
-    route: &str,
-    status: u16,
-    code: Option<&'static str>,
-    secs: f64,
-    upstream: Option<f64>,
-) {
-    let status = status.to_string();
-    counter!("iptgate_requests_total", "route" => route.to_string(), "status" => status, "code" => code.unwrap_or("")).increment(1);
-    histogram!("iptgate_request_duration_seconds", "route" => route.to_string()).record(secs);
-    if let Some(u) = upstream {
-        histogram!("iptgate_upstream_duration_seconds", "route" => route.to_string()).record(u);
+/// Per-route metric handles, registered once per config generation so the hot path does no
+/// label formatting or registry lookups.
+pub struct RouteMetrics {
+    route: String,
+    duration: metrics::Histogram,
+    upstream: metrics::Histogram,
+    counters: dashmap::DashMap<(u16, &'static str), metrics::Counter>,
+}
+
+impl RouteMetrics {
+    pub fn new(route: &str) -> RouteMetrics {
+        RouteMetrics {
+            route: route.to_string(),
+            duration: histogram!("iptgate_request_duration_seconds", "route" => route.to_string()),
+            upstream: histogram!("iptgate_upstream_duration_seconds", "route" => route.to_string()),
+            counters: dashmap::DashMap::new(),
+        }
     }
-    if let Some(c) = code {
-        counter!("iptgate_denials_total", "code" => c).increment(1);
+
+    pub fn request(
+        &self,
+        status: u16,
+        code: Option<&'static str>,
+        secs: f64,
+        upstream: Option<f64>,
+    ) {
+        let key = (status, code.unwrap_or(""));
+        match self.counters.get(&key) {
+            Some(c) => c.increment(1),
+            None => {
+                let c = counter!("iptgate_requests_total", "route" => self.route.clone(), "status" => status.to_string(), "code" => key.1);
+                c.increment(1);
+                // Bounded: statuses and codes are a small closed set per route.
+                if self.counters.len() < 256 {
+                    self.counters.insert(key, c);
+                }
+            }
+        }
+        self.duration.record(secs);
+        if let Some(u) = upstream {
+            self.upstream.record(u);
+        }
+        if let Some(c) = code {
+            denial(c);
+        }
+    }
+}
+
+fn denial(code: &'static str) {
+    static DENIALS: OnceLock<dashmap::DashMap<&'static str, metrics::Counter>> = OnceLock::new();
+    let map = DENIALS.get_or_init(dashmap::DashMap::new);
+    if let Some(c) = map.get(code) {
+        c.increment(1);
+        return;
+    }
+    let c = counter!("iptgate_denials_total", "code" => code);
+    c.increment(1);
+    map.insert(code, c);
+}
+
+/// Fold recorded histogram samples into their buckets (keeps memory flat between scrapes).
+pub fn upkeep() {
+    if let Some(h) = install() {
+        h.run_upkeep();
     }
 }
 

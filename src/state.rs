@@ -52,6 +52,11 @@ pub struct Active {
     pub routes: Vec<Route>,
     pub upstreams: Vec<Upstream>,
     pub limiters: Limiters,
+    /// Per policy: its `RateLimit-Policy` header and its structured-field name.
+    pub ratelimit_headers: Vec<(http::HeaderValue, String)>,
+    /// Metric handles per route, and one for requests that matched no route.
+    pub route_metrics: Vec<crate::metrics::RouteMetrics>,
+    pub unrouted_metrics: crate::metrics::RouteMetrics,
     pub login: Option<Arc<LoginGuard>>,
     pub keys: Option<Keys>,
     pub tls: Option<Arc<rustls::ServerConfig>>,
@@ -175,7 +180,25 @@ fn build_active(
         })
         .unwrap_or_else(|| Arc::new(LoginGuard::new(lp)))
     });
+    let ratelimit_headers = config
+        .rate_limits
+        .iter()
+        .map(|p| {
+            (
+                crate::pipeline::rate_limit::policy_header(p),
+                crate::pipeline::rate_limit::sf_name(p),
+            )
+        })
+        .collect();
+    let route_metrics = config
+        .routes
+        .iter()
+        .map(|r| crate::metrics::RouteMetrics::new(&r.name))
+        .collect();
     Ok(Active {
+        route_metrics,
+        unrouted_metrics: crate::metrics::RouteMetrics::new(""),
+        ratelimit_headers,
         ip_policy: IpPolicy::new(&config.ip),
         routes,
         upstreams,

@@ -336,7 +336,8 @@ fn limits(
             },
         );
         if n == 0 {
-            out.ratelimit = Some(rate_limit::headers(policy, &d));
+            let (policy_hdr, name) = &active.ratelimit_headers[pi];
+            out.ratelimit = Some((policy_hdr.clone(), rate_limit::state_header(name, &d)));
         }
         if !d.allowed {
             crate::metrics::rate_limited(&policy.name);

@@ -330,17 +330,33 @@ fn sf_string(s: &str) -> String {
 /// `"name";q=<burst>;w=<seconds to refill the whole burst, rounded up>` and
 /// `"name";r=<remaining>;t=<seconds until full, rounded up>`.
 pub fn headers(p: &RateLimitPolicy, d: &Decision) -> (HeaderValue, HeaderValue) {
-    let name = sf_string(&p.name);
+    let name = sf_name(p);
+    (policy_header(p), state_header(&name, d))
+}
+
+/// The policy name as a structured-field string (`"per_ip"`), computed once per generation.
+pub fn sf_name(p: &RateLimitPolicy) -> String {
+    sf_string(&p.name)
+}
+
+/// `RateLimit-Policy` for a policy: constant per generation.
+pub fn policy_header(p: &RateLimitPolicy) -> HeaderValue {
     let refill = p.interval().checked_mul(p.burst).unwrap_or(Duration::MAX);
     let w = crate::error::ceil_secs(refill);
-    let pol = format!("{name};q={};w={w}", p.burst);
-    let now = format!(
-        "{name};r={};t={}",
+    let pol = format!("{};q={};w={w}", sf_name(p), p.burst);
+    HeaderValue::from_str(&pol).unwrap_or(HeaderValue::from_static(""))
+}
+
+/// `RateLimit` for one decision, given the policy's precomputed `sf_name`.
+pub fn state_header(sf_name: &str, d: &Decision) -> HeaderValue {
+    use std::fmt::Write;
+    let mut now = String::with_capacity(sf_name.len() + 24);
+    now.push_str(sf_name);
+    let _ = write!(
+        now,
+        ";r={};t={}",
         d.remaining,
         crate::error::ceil_secs(d.reset)
     );
-    (
-        HeaderValue::from_str(&pol).unwrap_or(HeaderValue::from_static("")),
-        HeaderValue::from_str(&now).unwrap_or(HeaderValue::from_static("")),
-    )
+    HeaderValue::from_str(&now).unwrap_or(HeaderValue::from_static(""))
 }
