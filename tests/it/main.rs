@@ -6,6 +6,7 @@ mod harness;
 mod client_ip;
 mod config;
 mod core;
+mod demo;
 mod explain;
 mod forward_auth;
 mod ops;
