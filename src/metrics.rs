@@ -140,7 +140,16 @@ pub fn minted(kind: &'static str) {
 }
 
 pub fn verified(refused: Option<&'static str>) {
-    counter!("iptgate_tokens_verified_total", "result" => refused.unwrap_or("ok")).increment(1);
+    static VERIFIED: OnceLock<dashmap::DashMap<&'static str, metrics::Counter>> = OnceLock::new();
+    let result = refused.unwrap_or("ok");
+    let map = VERIFIED.get_or_init(dashmap::DashMap::new);
+    if let Some(c) = map.get(result) {
+        c.increment(1);
+        return;
+    }
+    let c = counter!("iptgate_tokens_verified_total", "result" => result);
+    c.increment(1);
+    map.insert(result, c);
 }
 
 pub fn revoked() {

@@ -53,6 +53,27 @@ fn family(a: Algorithm) -> Family {
 struct Verifier {
     kid: String,
     key: DecodingKey,
+    /// HS*: the HMAC key, prepared once (verification is constant-time in aws-lc).
+    hmac: Option<aws_lc_rs::hmac::Key>,
+}
+
+/// The JOSE header fields we read; everything else is ignored except `crit`.
+#[derive(serde::Deserialize)]
+struct JoseHeader<'a> {
+    #[serde(borrow)]
+    alg: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    kid: Option<std::borrow::Cow<'a, str>>,
+    crit: Option<serde::de::IgnoredAny>,
+}
+
+fn hmac_alg(a: Algorithm) -> Option<aws_lc_rs::hmac::Algorithm> {
+    match a {
+        Algorithm::HS256 => Some(aws_lc_rs::hmac::HMAC_SHA256),
+        Algorithm::HS384 => Some(aws_lc_rs::hmac::HMAC_SHA384),
+        Algorithm::HS512 => Some(aws_lc_rs::hmac::HMAC_SHA512),
+        _ => None,
+    }
 }
 
 /// Keys of one config generation, built once; `verify` and `mint` allocate no keys.
@@ -126,6 +147,7 @@ impl Keys {
                 verifiers.push(Verifier {
                     kid,
                     key: DecodingKey::from_secret(secret),
+                    hmac: hmac_alg(alg).map(|h| aws_lc_rs::hmac::Key::new(h, secret)),
                 });
             }
             KeyMaterial::Pem {
@@ -169,6 +191,7 @@ impl Keys {
                     verifiers.push(Verifier {
                         kid: kid.clone(),
                         key: dk,
+                        hmac: None,
                     });
                     signer = Some((ek, kid));
                 }
@@ -187,7 +210,11 @@ impl Keys {
                     jwk.common.public_key_use = Some(PublicKeyUse::Signature);
                     if !verifiers.iter().any(|v| v.kid == kid) {
                         set.push(jwk);
-                        verifiers.push(Verifier { kid, key: dk });
+                        verifiers.push(Verifier {
+                            kid,
+                            key: dk,
+                            hmac: None,
+                        });
                     }
                 }
                 if verifiers.is_empty() {
@@ -261,27 +288,33 @@ impl Keys {
         let header_bytes = B64
             .decode(h)
             .map_err(|_| TokenError::Invalid("header not base64url"))?;
-        let header: Map<String, Value> = serde_json::from_slice(&header_bytes)
-            .map_err(|_| TokenError::Invalid("header not JSON"))?;
-        if header.get("alg").and_then(Value::as_str) != Some(self.alg.name()) {
+        let header: JoseHeader<'_> = serde_json::from_slice(&header_bytes)
+            .map_err(|_| TokenError::Invalid("header not a JSON object"))?;
+        if header.alg.as_deref() != Some(self.alg.name()) {
             return Err(TokenError::Invalid("wrong alg"));
         }
-        if header.contains_key("crit") {
+        if header.crit.is_some() {
             return Err(TokenError::Invalid("crit header"));
         }
-        let key = match header.get("kid") {
+        let key = match header.kid.as_deref() {
             None => &self.verifiers[0],
-            Some(Value::String(kid)) => self
+            Some(kid) => self
                 .verifiers
                 .iter()
-                .find(|v| v.kid == *kid)
+                .find(|v| v.kid == kid)
                 .ok_or(TokenError::Invalid("unknown kid"))?,
-            Some(_) => return Err(TokenError::Invalid("kid malformed")),
         };
         let signed = &token[..h.len() + 1 + p.len()];
-        match jsonwebtoken::crypto::verify(s, signed.as_bytes(), &key.key, self.jwt) {
-            Ok(true) => {}
-            _ => return Err(TokenError::Invalid("bad signature")),
+        let valid = match &key.hmac {
+            Some(k) => B64
+                .decode(s)
+                .ok()
+                .is_some_and(|sig| aws_lc_rs::hmac::verify(k, signed.as_bytes(), &sig).is_ok()),
+            None => jsonwebtoken::crypto::verify(s, signed.as_bytes(), &key.key, self.jwt)
+                .unwrap_or(false),
+        };
+        if !valid {
+            return Err(TokenError::Invalid("bad signature"));
         }
         let payload = B64
             .decode(p)
