@@ -152,9 +152,9 @@ fn http_builder(cfg: &Config) -> auto::Builder<TokioExecutor> {
     b.http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(256)
-        .max_header_list_size(64 * 1024)
-        .keep_alive_interval(Some(Duration::from_secs(30)))
-        .keep_alive_timeout(Duration::from_secs(20));
+        .max_header_list_size(64 * 1024);
+    // No HTTP/2 keep-alive pings: they would count as traffic and keep idle connections
+    // open past `idle_timeout`, which already closes dead or idle peers.
     b
 }
 
