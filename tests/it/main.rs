@@ -9,4 +9,6 @@ mod core;
 mod explain;
 mod forward_auth;
 mod ops;
+mod rate_limit;
+mod store;
 mod tokens;
