@@ -10,4 +10,6 @@ mod demo;
 mod explain;
 mod forward_auth;
 mod ops;
+mod rate_limit;
+mod store;
 mod tokens;
