@@ -159,6 +159,8 @@ http {{
         .arg(&dir)
         .arg("-c")
         .arg(dir.join("nginx.conf"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
@@ -200,7 +202,11 @@ http {{
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
-    let _ = child.start_kill();
-    let _ = child.wait().await;
+    // SIGTERM lets the nginx master stop its workers too (SIGKILL would orphan them).
+    let pid = child.id().unwrap().to_string();
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status();
+    let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
