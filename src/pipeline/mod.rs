@@ -24,6 +24,7 @@ pub mod path;
 pub mod rate_limit;
 pub mod route;
 pub mod session;
+pub mod shared;
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
@@ -203,13 +204,7 @@ async fn run(
                 },
             )?;
             let status = resp.status().as_u16();
-            if let Some(guard) = &active.login {
-                if minted == mint::Minted::Yes {
-                    guard.success(ip);
-                } else if guard.is_failure(status) {
-                    guard.failure(ip);
-                }
-            }
+            shared::login_outcome(active, state, ip, minted == mint::Minted::Yes, status).await;
             if minted == mint::Minted::Yes {
                 out.minted = true;
                 crate::metrics::minted("access");
@@ -270,9 +265,9 @@ pub async fn judge(
     }
 
     // 4. rate limits (subject-keyed policies wait for a verified subject after phase 5)
-    limits(a, active, idx, None, false, out)?;
-    if let (AuthMode::Mint(_), Some(guard)) = (&rc.auth, &active.login) {
-        if let Some(left) = guard.locked(ip) {
+    limits(a, active, state, idx, None, false, out).await?;
+    if let AuthMode::Mint(_) = rc.auth {
+        if let Some(left) = shared::login_locked(active, state, ip).await? {
             enforce(
                 Err(Reject::LoginLocked { retry_after: left }),
                 rc.dry_run,
@@ -306,15 +301,16 @@ pub async fn judge(
             Err(e) => enforce(Err(e), rc.dry_run, out)?,
         }
         let sub = claims.as_ref().and_then(|c| c.sub.as_deref());
-        limits(a, active, idx, sub, true, out)?;
+        limits(a, active, state, idx, sub, true, out).await?;
     }
     Ok(Judged { route: idx, claims })
 }
 
 /// Check the route's rate-limit policies of one kind (subject-keyed or not).
-fn limits(
+async fn limits(
     a: &Ask<'_>,
     active: &Active,
+    state: &State,
     idx: usize,
     sub: Option<&str>,
     subject_phase: bool,
@@ -326,15 +322,23 @@ fn limits(
         if (policy.key == LimitKey::Subject) != subject_phase {
             continue;
         }
-        let d = active.limiters.check(
-            pi,
-            &rate_limit::KeyInput {
-                ip: a.ip,
-                sub,
-                route: &rc.name,
-                headers: a.headers,
-            },
-        );
+        let shared = if policy.key == LimitKey::Global {
+            shared::global(active, state, policy).await?
+        } else {
+            None
+        };
+        let d = match shared {
+            Some(d) => d,
+            None => active.limiters.check(
+                pi,
+                &rate_limit::KeyInput {
+                    ip: a.ip,
+                    sub,
+                    route: &rc.name,
+                    headers: a.headers,
+                },
+            ),
+        };
         if n == 0 {
             let (policy_hdr, name) = &active.ratelimit_headers[pi];
             out.ratelimit = Some((policy_hdr.clone(), rate_limit::state_header(name, &d)));

@@ -132,6 +132,15 @@ impl Store {
         }
     }
 
+    /// The Redis backend when one is configured: login lock-outs and `global` rate limits are
+    /// then shared by every gateway using it.
+    pub fn shared(&self) -> Option<&RedisStore> {
+        match &self.backend {
+            Backend::Memory(_) => None,
+            Backend::Redis(r) => Some(r),
+        }
+    }
+
     /// Drops expired entries (memory; Redis expires keys itself). Called by a background task.
     pub fn prune(&self) {
         if let Backend::Memory(m) = &self.backend {

@@ -32,6 +32,37 @@ end
 return 1
 ";
 
+/// A login failure for KEYS[1] (counter) within ARGV[1] ms; at ARGV[2] failures, lock KEYS[2]
+/// for ARGV[3] ms and return 1.
+const LOGIN_FAILURE: &str = r"
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+if n >= tonumber(ARGV[2]) then
+  redis.call('SET', KEYS[2], '1', 'PX', ARGV[3])
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0
+";
+
+/// GCRA on KEYS[1] with the server's clock: ARGV[1] = emission interval (ms, may be
+/// fractional), ARGV[2] = burst. Returns {allowed, remaining, reset_ms, retry_ms}.
+const GCRA: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local T = tonumber(ARGV[1])
+local tau = T * tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local new_tat = tat + T
+local allow_at = new_tat - tau
+if allow_at > now then
+  return {0, 0, math.ceil(tat - now), math.ceil(allow_at - now)}
+end
+redis.call('SET', KEYS[1], tostring(new_tat), 'PX', math.max(1, math.ceil(new_tat - now)))
+return {1, math.floor((tau - (new_tat - now)) / T), math.ceil(new_tat - now), 0}
+";
+
 /// TTL in milliseconds for `PX`: rounded up, at least 1, at most 100 years.
 fn px(ttl: Duration) -> u64 {
     const MAX_MS: u64 = 100 * 365 * 24 * 3600 * 1000;
@@ -47,6 +78,8 @@ pub struct RedisStore {
     conn: ConnectionManager,
     revoke: Script,
     spend: Script,
+    login_failure: Script,
+    gcra: Script,
 }
 
 async fn timed<T>(
@@ -81,6 +114,8 @@ impl RedisStore {
             conn,
             revoke: Script::new(REVOKE),
             spend: Script::new(SPEND),
+            login_failure: Script::new(LOGIN_FAILURE),
+            gcra: Script::new(GCRA),
         };
         store.ping().await?;
         Ok(store)
@@ -128,5 +163,67 @@ impl RedisStore {
         } else {
             Spend::Fresh
         })
+    }
+
+    /// Remaining lock-out of a login key, if locked.
+    pub async fn login_locked(&self, key: &str) -> Result<Option<Duration>, StoreError> {
+        let mut c = self.conn.clone();
+        let ms: i64 = timed(
+            redis::cmd("PTTL")
+                .arg(format!("iptgate:lock:{key}"))
+                .query_async(&mut c),
+        )
+        .await?;
+        Ok((ms > 0).then(|| Duration::from_millis(ms as u64)))
+    }
+
+    /// Count a failed login; `true` when this failure locked the key.
+    pub async fn login_failure(
+        &self,
+        key: &str,
+        window: Duration,
+        max: u32,
+        lockout: Duration,
+    ) -> Result<bool, StoreError> {
+        let mut c = self.conn.clone();
+        let mut inv = self.login_failure.key(format!("iptgate:fail:{key}"));
+        inv.key(format!("iptgate:lock:{key}"))
+            .arg(px(window))
+            .arg(max)
+            .arg(px(lockout));
+        let locked: i64 = timed(inv.invoke_async(&mut c)).await?;
+        Ok(locked == 1)
+    }
+
+    /// A successful login resets the failure count.
+    pub async fn login_success(&self, key: &str) -> Result<(), StoreError> {
+        let mut c = self.conn.clone();
+        let _: i64 = timed(
+            redis::cmd("DEL")
+                .arg(format!("iptgate:fail:{key}"))
+                .query_async(&mut c),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// One GCRA decision on a shared bucket: (allowed, remaining, reset, retry_after).
+    pub async fn gcra(
+        &self,
+        key: &str,
+        interval: Duration,
+        burst: u32,
+    ) -> Result<(bool, u32, Duration, Duration), StoreError> {
+        let mut c = self.conn.clone();
+        let mut inv = self.gcra.key(format!("iptgate:rl:{key}"));
+        inv.arg(interval.as_secs_f64() * 1000.0).arg(burst);
+        let r: Vec<i64> = timed(inv.invoke_async(&mut c)).await?;
+        let get = |i: usize| r.get(i).copied().unwrap_or(0).max(0) as u64;
+        Ok((
+            get(0) == 1,
+            get(1) as u32,
+            Duration::from_millis(get(2)),
+            Duration::from_millis(get(3)),
+        ))
     }
 }

@@ -348,13 +348,11 @@ async fn a_redis_backed_gateway_does_not_start_without_redis() {
     assert!(started.elapsed() < Duration::from_secs(5));
 }
 
-/// SPEC (intro): global rate limits and login lock-outs live in the store, shared by instances.
-/// Both are kept in process memory whatever `[store] backend` says, so N instances allow N
-/// times the configured failures and the configured global rate.
-const NOT_SHARED: &str = "login lock-outs and global rate limits are not kept in redis yet";
+/// SPEC (intro): global rate limits and login lock-outs live in the store, shared by instances;
+/// otherwise N instances would allow N times the configured failures and global rate.
+const NOT_SHARED: &str = "login lock-outs and global rate limits must be shared through redis";
 
 #[tokio::test]
-#[ignore = "login lock-outs and global rate limits are not kept in redis yet"]
 async fn login_failures_on_two_gateways_add_up_through_redis() {
     let Some(redis) = Redis::start() else { return };
     let up = Upstream::start().await;
@@ -384,7 +382,6 @@ async fn login_failures_on_two_gateways_add_up_through_redis() {
 }
 
 #[tokio::test]
-#[ignore = "login lock-outs and global rate limits are not kept in redis yet"]
 async fn a_global_rate_limit_is_shared_by_two_gateways_through_redis() {
     let Some(redis) = Redis::start() else { return };
     let up = Upstream::start().await;
