@@ -114,19 +114,10 @@ fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
 }
 
 fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    let workers = if workers == 0 { cores } else { workers };
-    // One worker: a current-thread runtime polls IO and tasks on one thread with no
-    // cross-thread wake-ups (the common case when pinned to one core).
-    let mut b = if workers == 1 && std::env::var_os("IPTGATE_MULTI_THREAD").is_none() {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        let mut b = tokio::runtime::Builder::new_multi_thread();
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if workers > 0 {
         b.worker_threads(workers);
-        b
-    };
+    }
     b.enable_all().build()
 }
 
