@@ -118,11 +118,6 @@ impl Reject {
         }
     }
 
-    /// Who failed: the client (4xx), the upstream or a store (5xx), or the gateway.
-    pub fn is_client_error(&self) -> bool {
-        self.status().is_client_error()
-    }
-
     pub fn to_response(&self) -> Response<Body> {
         let status = self.status();
         let title = status.canonical_reason().unwrap_or("Error");

@@ -1096,7 +1096,7 @@ impl Validator {
         }
         let host = r.host.as_ref().map(|h| {
             let h = h.trim().to_ascii_lowercase();
-            strip_port(&h).to_string()
+            crate::pipeline::route::host_of(&h).to_string()
         });
         Some(RouteConfig {
             name,
@@ -1186,19 +1186,6 @@ fn is_reserved_header(h: &HeaderName) -> bool {
             | "authorization"
             | "cookie"
     )
-}
-
-fn strip_port(h: &str) -> &str {
-    if h.starts_with('[') {
-        return h
-            .split_once(']')
-            .map(|(a, _)| &h[..a.len() + 1])
-            .unwrap_or(h);
-    }
-    match h.rsplit_once(':') {
-        Some((a, p)) if p.bytes().all(|b| b.is_ascii_digit()) => a,
-        _ => h,
-    }
 }
 
 /// "10.0.0.0/8", "192.0.2.7", "::1", "::ffff:10.0.0.0/104" (IPv4-mapped: stored as IPv4).

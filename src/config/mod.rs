@@ -14,6 +14,7 @@ use http::{HeaderName, Method, Uri};
 use ipnet::IpNet;
 
 pub use file::*;
+pub use from_file::RESERVED_CLAIMS;
 
 /// One validation problem, named by its key path (`routes[2].upstream`).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -193,9 +193,4 @@ pub fn apply(resp: &mut Response<Body>, m: &MintCtx<'_>) -> Result<Minted, Rejec
     Ok(Minted::Yes)
 }
 
-/// 128 random bits, unpadded base64url (family ids).
-pub fn random_id() -> String {
-    use base64::Engine;
-    let bytes: [u8; 16] = rand::random();
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-}
+pub use crate::token::random_id;

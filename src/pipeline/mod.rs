@@ -108,11 +108,6 @@ pub async fn handle(
     Ok(resp)
 }
 
-/// Seconds since the Unix epoch.
-pub fn unix_now() -> u64 {
-    auth::now()
-}
-
 async fn run(
     req: Request<Incoming>,
     conn: &Conn,

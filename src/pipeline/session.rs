@@ -10,17 +10,13 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use crate::body::{empty, full, Body};
-use crate::config::TokenConfig;
+use crate::config::{TokenConfig, RESERVED_CLAIMS};
 use crate::error::Reject;
 use crate::pipeline::auth::{check_revoked, cookie, device_id, extract, map_token_error, now};
 use crate::pipeline::mint::set_cookie;
 use crate::state::{Active, State};
 use crate::store::Spend;
 use crate::token::{check_binding, Claims, MintRequest, TokenType};
-
-const RESERVED: &[&str] = &[
-    "iss", "sub", "aud", "iat", "nbf", "exp", "jti", "typ", "ip", "dev", "fam",
-];
 
 /// Is this one of the paths the gateway answers itself?
 pub fn is_served(path: &str, active: &Active) -> bool {
@@ -180,7 +176,7 @@ pub async fn serve(
 fn carried_claims(c: &Claims) -> serde_json::Map<String, serde_json::Value> {
     c.raw
         .iter()
-        .filter(|(k, _)| !RESERVED.contains(&k.as_str()))
+        .filter(|(k, _)| !RESERVED_CLAIMS.contains(&k.as_str()))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect()
 }
