@@ -52,12 +52,12 @@ pub async fn answer(
     out.client_ip = Some(cip.ip);
     out.ip_source = Some(cip.source);
     let host = first(h, &["x-forwarded-host"])
-        .map(|v| crate::pipeline::route::host_of(v).to_ascii_lowercase())
+        .map(crate::pipeline::route::host_of)
         .or_else(|| request_host(h, req.uri()));
     let judged = judge(
         &Ask {
             method: &method,
-            host: host.as_deref(),
+            host,
             path: &original_path,
             headers: h,
             ip: cip.ip,

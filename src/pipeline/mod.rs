@@ -142,7 +142,7 @@ async fn run(
     let judged = judge(
         &Ask {
             method: req.method(),
-            host: host.as_deref(),
+            host,
             path: &path,
             headers: req.headers(),
             ip,
@@ -214,7 +214,7 @@ async fn run(
 /// A request as phases 2–5 see it (also built by forward auth and `explain`).
 pub struct Ask<'a> {
     pub method: &'a Method,
-    /// Lower-cased, without port.
+    /// Without port; compared case-insensitively.
     pub host: Option<&'a str>,
     /// Normalized.
     pub path: &'a str,
@@ -353,11 +353,12 @@ async fn limits(
     Ok(())
 }
 
-/// Host for route matching: `Host`, else the URI authority (HTTP/2), without port.
-pub fn request_host(headers: &HeaderMap, uri: &http::Uri) -> Option<String> {
+/// Host for route matching: `Host`, else the URI authority (HTTP/2), without port. Borrowed:
+/// route matching compares hosts case-insensitively, so nothing is lower-cased per request.
+pub fn request_host<'a>(headers: &'a HeaderMap, uri: &'a http::Uri) -> Option<&'a str> {
     let raw = headers
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())
         .or_else(|| uri.authority().map(|a| a.as_str()))?;
-    Some(route::host_of(raw).to_ascii_lowercase())
+    Some(route::host_of(raw))
 }
