@@ -12,6 +12,10 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use iptgate::config::{Algorithm, CookieConfig, IpBinding, KeyMaterial, SameSite, TokenConfig};
 use iptgate::token::{check_binding, Keys, MintRequest, TokenType};
 
+/// The allocator the gateway binary runs with (src/main.rs), so the figures are the gateway's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn cfg(algorithm: Algorithm, keys: KeyMaterial) -> TokenConfig {
     TokenConfig {
         algorithm,

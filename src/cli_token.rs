@@ -94,7 +94,8 @@ pub fn verify(cfg: &Config, ip: &str, token: &str) -> ExitCode {
         Ok(c) => {
             println!(
                 "{}",
-                serde_json::to_string_pretty(&serde_json::Value::Object(c.raw)).unwrap_or_default()
+                serde_json::to_string_pretty(&serde_json::Value::Object(c.to_map()))
+                    .unwrap_or_default()
             );
             ExitCode::SUCCESS
         }

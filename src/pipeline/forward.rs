@@ -351,8 +351,8 @@ pub async fn send(mut req: Request<Incoming>, f: Forward<'_>) -> Result<Response
         }
         if let Some(claims) = f.claims {
             for (claim, name) in &tc.forward_claims {
-                if let Some(v) = claims.raw.get(claim) {
-                    match claim_header_value(v) {
+                if let Some(v) = claims.get(claim) {
+                    match claim_header_value(&v) {
                         Some(hv) => {
                             h.insert(name.clone(), hv);
                         }

@@ -70,8 +70,8 @@ pub async fn answer(
     let mut resp = Response::new(full(Bytes::from_static(b"")));
     if let (Some(tc), Some(claims)) = (&cfg.token, &judged.claims) {
         for (claim, name) in &tc.forward_claims {
-            if let Some(v) = claims.raw.get(claim) {
-                let hv = forward::claim_header_value(v)
+            if let Some(v) = claims.get(claim) {
+                let hv = forward::claim_header_value(&v)
                     .ok_or(Reject::TokenInvalid("claim is not a valid header value"))?;
                 resp.headers_mut().insert(name.clone(), hv);
             }

@@ -174,11 +174,9 @@ pub async fn serve(
 
 /// Claims a rotated token keeps: everything the gateway does not set itself.
 fn carried_claims(c: &Claims) -> serde_json::Map<String, serde_json::Value> {
-    c.raw
-        .iter()
-        .filter(|(k, _)| !RESERVED_CLAIMS.contains(&k.as_str()))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect()
+    let mut m = c.to_map();
+    m.retain(|k, _| !RESERVED_CLAIMS.contains(&k.as_str()));
+    m
 }
 
 fn clear_cookies(r: &mut Response<Body>, tc: &TokenConfig) {

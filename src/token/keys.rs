@@ -52,6 +52,8 @@ fn family(a: Algorithm) -> Family {
 
 struct Verifier {
     kid: String,
+    /// The header segment this gateway mints with this key (alg, typ, kid).
+    header_b64: String,
     key: DecodingKey,
     /// HS*: the HMAC key, prepared once (verification is constant-time in aws-lc).
     hmac: Option<aws_lc_rs::hmac::Key>,
@@ -125,6 +127,15 @@ fn ed25519_public(pem: &[u8]) -> Result<DecodingKey, String> {
         .map_err(|e| format!("private_key: {e}"))
 }
 
+/// The base64url JOSE header of a token minted with key `kid`.
+fn header_b64(alg: Algorithm, kid: &str) -> String {
+    let mut header = Map::new();
+    header.insert("alg".into(), Value::String(alg.name().into()));
+    header.insert("typ".into(), Value::String("JWT".into()));
+    header.insert("kid".into(), Value::String(kid.into()));
+    B64.encode(Value::Object(header).to_string())
+}
+
 impl Keys {
     pub fn new(cfg: &TokenConfig) -> Result<Keys, String> {
         let alg = cfg.algorithm;
@@ -145,6 +156,7 @@ impl Keys {
                 let kid = B64.encode(sha2::Sha256::digest(canonical.as_bytes()));
                 signer = Some((EncodingKey::from_secret(secret), kid.clone()));
                 verifiers.push(Verifier {
+                    header_b64: String::new(),
                     kid,
                     key: DecodingKey::from_secret(secret),
                     hmac: hmac_alg(alg).map(|h| aws_lc_rs::hmac::Key::new(h, secret)),
@@ -189,6 +201,7 @@ impl Keys {
                     }
                     set.push(jwk);
                     verifiers.push(Verifier {
+                        header_b64: String::new(),
                         kid: kid.clone(),
                         key: dk,
                         hmac: None,
@@ -211,6 +224,7 @@ impl Keys {
                     if !verifiers.iter().any(|v| v.kid == kid) {
                         set.push(jwk);
                         verifiers.push(Verifier {
+                            header_b64: String::new(),
                             kid,
                             key: dk,
                             hmac: None,
@@ -224,14 +238,13 @@ impl Keys {
                     Some(serde_json::to_string(&JwkSet { keys: set }).map_err(|e| e.to_string())?);
             }
         }
-        let kid = signer.as_ref().map(|(_, k)| k.clone());
-        let mut header = Map::new();
-        header.insert("alg".into(), Value::String(alg.name().into()));
-        header.insert("typ".into(), Value::String("JWT".into()));
-        if let Some(k) = kid {
-            header.insert("kid".into(), Value::String(k));
+        for v in &mut verifiers {
+            v.header_b64 = header_b64(alg, &v.kid);
         }
-        let header_b64 = B64.encode(Value::Object(header).to_string());
+        let header_b64 = signer
+            .as_ref()
+            .map(|(_, kid)| header_b64(alg, kid))
+            .unwrap_or_default();
         Ok(Keys {
             alg,
             jwt,
@@ -285,6 +298,34 @@ impl Keys {
         if s.is_empty() || s.contains('.') {
             return Err(TokenError::Invalid("malformed signature"));
         }
+        let key = match self.verifiers.iter().find(|v| v.header_b64 == h) {
+            // The exact header this gateway mints for that key: alg and kid are known.
+            Some(v) => v,
+            None => self.verifier_for(h)?,
+        };
+        let signed = &token[..h.len() + 1 + p.len()];
+        let valid = match &key.hmac {
+            Some(k) => {
+                let mut sig = [0u8; 64];
+                B64.decode_slice(s, &mut sig)
+                    .is_ok_and(|n| aws_lc_rs::hmac::verify(k, signed.as_bytes(), &sig[..n]).is_ok())
+            }
+            None => jsonwebtoken::crypto::verify(s, signed.as_bytes(), &key.key, self.jwt)
+                .unwrap_or(false),
+        };
+        if !valid {
+            return Err(TokenError::Invalid("bad signature"));
+        }
+        let payload = B64
+            .decode(p)
+            .map_err(|_| TokenError::Invalid("payload not base64url"))?;
+        let payload =
+            String::from_utf8(payload).map_err(|_| TokenError::Invalid("payload not UTF-8"))?;
+        check_claims(cfg, Claims::parse(payload)?, typ, now)
+    }
+
+    /// The verifier a header names, from its decoded `alg` and `kid`.
+    fn verifier_for(&self, h: &str) -> Result<&Verifier, TokenError> {
         let header_bytes = B64
             .decode(h)
             .map_err(|_| TokenError::Invalid("header not base64url"))?;
@@ -296,32 +337,14 @@ impl Keys {
         if header.crit.is_some() {
             return Err(TokenError::Invalid("crit header"));
         }
-        let key = match header.kid.as_deref() {
-            None => &self.verifiers[0],
+        match header.kid.as_deref() {
+            None => Ok(&self.verifiers[0]),
             Some(kid) => self
                 .verifiers
                 .iter()
                 .find(|v| v.kid == kid)
-                .ok_or(TokenError::Invalid("unknown kid"))?,
-        };
-        let signed = &token[..h.len() + 1 + p.len()];
-        let valid = match &key.hmac {
-            Some(k) => B64
-                .decode(s)
-                .ok()
-                .is_some_and(|sig| aws_lc_rs::hmac::verify(k, signed.as_bytes(), &sig).is_ok()),
-            None => jsonwebtoken::crypto::verify(s, signed.as_bytes(), &key.key, self.jwt)
-                .unwrap_or(false),
-        };
-        if !valid {
-            return Err(TokenError::Invalid("bad signature"));
+                .ok_or(TokenError::Invalid("unknown kid")),
         }
-        let payload = B64
-            .decode(p)
-            .map_err(|_| TokenError::Invalid("payload not base64url"))?;
-        let raw: Map<String, Value> = serde_json::from_slice(&payload)
-            .map_err(|_| TokenError::Invalid("payload not a JSON object"))?;
-        check_claims(cfg, raw, typ, now)
     }
 
     /// The public keys as a JWKS document (asymmetric algorithms only).

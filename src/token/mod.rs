@@ -6,6 +6,7 @@
 //! configured leeway — jsonwebtoken is used for the key handling and the signature
 //! primitives only, so none of its defaults (60 s leeway, unchecked `nbf`) apply.
 
+mod claims;
 mod keys;
 #[cfg(test)]
 mod tests;
@@ -19,6 +20,7 @@ use subtle::ConstantTimeEq;
 
 use crate::config::{IpBinding, TokenConfig};
 
+pub use claims::Claims;
 pub use keys::Keys;
 
 /// Tokens longer than this are refused before any parsing.
@@ -39,18 +41,6 @@ impl TokenType {
             TokenType::Refresh => "refresh",
         }
     }
-}
-
-/// Verified claims of a presented token.
-#[derive(Debug, Clone, Default)]
-pub struct Claims {
-    pub raw: Map<String, Value>,
-    pub sub: Option<String>,
-    pub jti: Option<String>,
-    pub exp: u64,
-    pub ip: Option<IpAddr>,
-    pub dev: Option<String>,
-    pub fam: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,49 +130,33 @@ pub(crate) fn build_claims(
     m
 }
 
-fn num(v: Option<&Value>) -> Option<u64> {
-    match v? {
-        Value::Number(n) => n
-            .as_u64()
-            .or_else(|| n.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64)),
-        _ => None,
-    }
-}
-
-fn string(m: &Map<String, Value>, k: &'static str) -> Result<Option<String>, TokenError> {
-    match m.get(k) {
-        None => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(_) => Err(TokenError::Invalid("claim of the wrong type")),
-    }
-}
-
 /// Check the registered claims of a signature-verified payload.
 pub(crate) fn check_claims(
     cfg: &TokenConfig,
-    raw: Map<String, Value>,
+    mut c: Claims,
     typ: TokenType,
     now: u64,
 ) -> Result<Claims, TokenError> {
     let leeway = cfg.leeway.as_secs();
-    let exp = num(raw.get("exp")).ok_or(TokenError::Invalid("exp missing"))?;
-    if let Some(nbf) = raw.get("nbf") {
-        let nbf = num(Some(nbf)).ok_or(TokenError::Invalid("nbf malformed"))?;
+    let exp = c
+        .numeric_date("exp")?
+        .ok_or(TokenError::Invalid("exp missing"))?;
+    if let Some(nbf) = c.numeric_date("nbf")? {
         if nbf > now + leeway {
             return Err(TokenError::Invalid("not yet valid"));
         }
     }
-    if raw.get("typ").and_then(Value::as_str) != Some(typ.as_str()) {
+    if c.str("typ").ok().flatten().as_deref() != Some(typ.as_str()) {
         return Err(TokenError::Invalid("wrong typ"));
     }
     if let Some(iss) = &cfg.issuer {
-        if raw.get("iss").and_then(Value::as_str) != Some(iss.as_str()) {
+        if c.str("iss").ok().flatten().as_deref() != Some(iss.as_str()) {
             return Err(TokenError::Invalid("issuer"));
         }
     }
     if let Some(aud) = &cfg.audience {
-        let ok = match raw.get("aud") {
-            Some(Value::String(a)) => a == aud,
+        let ok = match c.get("aud") {
+            Some(Value::String(a)) => a == *aud,
             Some(Value::Array(a)) => a.iter().any(|x| x.as_str() == Some(aud.as_str())),
             _ => false,
         };
@@ -190,29 +164,28 @@ pub(crate) fn check_claims(
             return Err(TokenError::Invalid("audience"));
         }
     }
-    let ip = match raw.get("ip") {
-        None if cfg.ip_binding == IpBinding::Off => None,
-        None => return Err(TokenError::Invalid("ip claim missing")),
-        Some(Value::String(s)) => Some(
+    let ip = match c.str("ip") {
+        Ok(None) if cfg.ip_binding == IpBinding::Off => None,
+        Ok(None) => return Err(TokenError::Invalid("ip claim missing")),
+        Ok(Some(s)) => Some(
             s.parse::<IpAddr>()
                 .map_err(|_| TokenError::Invalid("ip claim malformed"))?
                 .to_canonical(),
         ),
-        Some(_) => return Err(TokenError::Invalid("ip claim malformed")),
+        Err(_) => return Err(TokenError::Invalid("ip claim malformed")),
     };
     // Expiry last among the checks, so a forged token never learns it merely expired.
     if exp.saturating_add(leeway) < now {
         return Err(TokenError::Expired);
     }
-    Ok(Claims {
-        sub: string(&raw, "sub")?,
-        jti: string(&raw, "jti")?,
-        dev: string(&raw, "dev")?,
-        fam: string(&raw, "fam")?,
-        exp,
-        ip,
-        raw,
-    })
+    let owned = |v: Option<std::borrow::Cow<'_, str>>| v.map(|s| s.into_owned());
+    c.sub = owned(c.str("sub")?);
+    c.jti = owned(c.str("jti")?);
+    c.dev = owned(c.str("dev")?);
+    c.fam = owned(c.str("fam")?);
+    c.exp = exp;
+    c.ip = ip;
+    Ok(c)
 }
 
 fn same_subnet(a: IpAddr, b: IpAddr, v4: u8, v6: u8) -> bool {
@@ -283,8 +256,7 @@ fn value_matches(v: &Value, accepted: &[String]) -> bool {
 pub fn check_require(claims: &Claims, require: &[(String, Vec<String>)]) -> bool {
     require.iter().all(|(claim, accepted)| {
         claims
-            .raw
             .get(claim)
-            .is_some_and(|v| value_matches(v, accepted))
+            .is_some_and(|v| value_matches(&v, accepted))
     })
 }

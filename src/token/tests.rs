@@ -245,6 +245,17 @@ fn forged_tokens_are_refused() {
     let mut c7 = claims(n);
     c7["ip"] = json!("not-an-ip");
     assert!(invalid(&sign_hs("HS256", json!({}), c7, SECRET)));
+    // Duplicate claim names (RFC 7519 §4): refused, never "last one wins".
+    let body = claims(n).to_string();
+    let dup = format!("{{\"sub\":\"admin\",{}", &body[1..]);
+    let input = format!(
+        "{}.{}",
+        B64.encode(r#"{"alg":"HS256","typ":"JWT"}"#),
+        B64.encode(&dup)
+    );
+    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, SECRET);
+    let sig = aws_lc_rs::hmac::sign(&key, input.as_bytes());
+    assert!(invalid(&format!("{input}.{}", B64.encode(sig.as_ref()))));
 }
 
 #[test]
@@ -357,10 +368,11 @@ fn ip_and_device_binding() {
 
 #[test]
 fn require_rules() {
-    let mut cl = Claims::default();
-    cl.raw.insert("role".into(), json!(["user", "admin"]));
-    cl.raw.insert("tier".into(), json!("gold"));
-    cl.raw.insert("level".into(), json!(3));
+    let cl = Claims::from_map(
+        json!({"role": ["user", "admin"], "tier": "gold", "level": 3})
+            .as_object()
+            .unwrap(),
+    );
     let r = |v: &[(&str, &[&str])]| -> Vec<(String, Vec<String>)> {
         v.iter()
             .map(|(k, vals)| (k.to_string(), vals.iter().map(|s| s.to_string()).collect()))
