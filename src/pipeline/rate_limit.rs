@@ -8,7 +8,7 @@
 //! [`RateLimitPolicy`] value, name included) shares that generation's state, so a reload does
 //! not hand every client a fresh burst. A changed policy starts empty.
 //!
-//! Keys are a `u64` per policy (16 bytes per tracked key with its state, ~34 MiB for 1M keys
+//! Keys are a `u64` per policy (16 bytes per tracked key with its state, ~35 MiB for 1M keys
 //! including the hash table's slack):
 //! - `ip`: IPv4 exactly (`0xFFFF_FFFF_0000_0000 | addr`, a value no IPv6 source can produce:
 //!   `ffff:ffff::/32` is multicast); IPv6 masked to `ipv6_prefix` bits — for prefixes up to 64
@@ -298,7 +298,6 @@ impl<C: Clock> Limiters<C> {
     pub fn prune(&self) {
         for slot in &self.slots {
             slot.gcra.retain_recent();
-            slot.gcra.shrink_to_fit();
             let (len, max) = (slot.gcra.len(), slot.gcra.max_keys());
             if len >= max / 10 * 9 {
                 tracing::warn!(policy = %slot.policy.name, keys = len, max, "rate-limit key table near its cap");

@@ -2,22 +2,37 @@
 //!
 //! The arithmetic is governor's GCRA (`governor::Quota` supplies the parameters,
 //! `governor::clock::Clock` the time, so tests inject `FakeRelativeClock`): per key one
-//! theoretical arrival time (TAT, nanoseconds since the limiter's start, `0` = untracked) in an
-//! `AtomicU64`, updated with a compare-and-swap loop. It is implemented here rather than through
-//! `governor::RateLimiter` because the gateway needs two things that limiter does not expose:
-//! the TAT after a decision (for an exact `reset`) and a decision point at which a *new* key can
-//! be refused without inserting it (the cap), both in a single map lookup.
-//! `tests::matches_governor` checks decisions against `governor::RateLimiter`.
+//! theoretical arrival time (TAT, nanoseconds since the limiter's start, `0` = untracked). It is
+//! implemented here rather than through `governor::RateLimiter` because the gateway needs two
+//! things that limiter does not expose: the TAT after a decision (for an exact `reset`) and a
+//! decision point at which a *new* key can be refused without inserting it (the cap), both in a
+//! single lookup. `tests::matches_governor` checks decisions against `governor::RateLimiter`.
+//!
+//! # The table
+//! With a million tracked keys a check costs what its cache misses cost, so the table is laid
+//! out for one miss per check: [`SHARDS`] small open-addressing tables (linear probing over
+//! 16-byte `(key, TAT)` slots, at most 3/4 full), each behind its own mutex. The shard locks
+//! themselves stay in cache (40 KiB for all of them), a key's slot is usually the only line
+//! fetched, and two threads only wait for each other on the same shard. A shard grows by
+//! doubling when it passes 3/4; keys leave only when [`KeyedGcra::retain_recent`] rebuilds a
+//! shard from its live keys (so there are no tombstones and lookups stop at the first empty
+//! slot). A general-purpose concurrent map (DashMap, i.e. hashbrown under sharded locks) costs
+//! two misses per lookup: the control bytes, then the bucket.
 
 use std::hash::{BuildHasher, Hasher, RandomState};
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use dashmap::mapref::entry::Entry;
-use dashmap::DashMap;
 use governor::clock::{Clock, Reference};
 use governor::Quota;
+
+/// Number of shards (a power of two); keys pick one by the top bits of their hash.
+const SHARD_BITS: u32 = 10;
+const SHARDS: usize = 1 << SHARD_BITS;
+/// Slots a shard starts with when it gets its first key.
+const MIN_SLOTS: usize = 8;
 
 /// Folded multiply: the 128-bit product's halves xored (foldhash's mixing step).
 fn fold(a: u64, b: u64) -> u64 {
@@ -94,6 +109,61 @@ pub(crate) enum Outcome {
     Full,
 }
 
+#[derive(Debug, Clone, Copy, Default)]
+struct Slot {
+    key: u64,
+    /// 0: empty.
+    tat: u64,
+}
+
+#[derive(Default)]
+struct Shard {
+    /// Empty, or a power of two long.
+    slots: Vec<Slot>,
+    len: usize,
+}
+
+impl Shard {
+    /// The index of `key`'s slot, or of the empty slot where it would go.
+    fn find(&self, key: u64, hash: u64) -> usize {
+        let mask = self.slots.len() - 1;
+        let mut i = hash as usize & mask;
+        loop {
+            let s = self.slots[i];
+            if s.tat == 0 || s.key == key {
+                return i;
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    /// A table of `slots` slots holding the given entries.
+    fn rebuild(&mut self, slots: usize, hasher: &KeyHasher, keep: impl Fn(&Slot) -> bool) {
+        let old = std::mem::take(&mut self.slots);
+        let mut new = Shard {
+            slots: vec![Slot::default(); slots],
+            len: 0,
+        };
+        for s in old.into_iter().filter(|s| s.tat != 0 && keep(s)) {
+            let i = new.find(s.key, hasher.hash_one(s.key));
+            new.slots[i] = s;
+            new.len += 1;
+        }
+        *self = new;
+    }
+}
+
+/// Slots for `len` keys at most 3/4 full (at least [`MIN_SLOTS`]), or none for no keys.
+fn slots_for(len: usize) -> usize {
+    if len == 0 {
+        0
+    } else {
+        (len.saturating_mul(4) / 3 + 1)
+            .next_power_of_two()
+            .max(MIN_SLOTS)
+    }
+}
+
 pub(crate) struct KeyedGcra<C: Clock> {
     /// Emission interval: time to earn one request back.
     t: u64,
@@ -101,8 +171,9 @@ pub(crate) struct KeyedGcra<C: Clock> {
     tau: u64,
     clock: C,
     start: C::Instant,
-    map: DashMap<u64, AtomicU64, KeyHasher>,
-    /// Number of entries in `map`, kept exact under the shard locks.
+    hasher: KeyHasher,
+    shards: Box<[Mutex<Shard>]>,
+    /// Number of tracked keys over all shards.
     len: AtomicUsize,
     max_keys: usize,
 }
@@ -127,7 +198,8 @@ impl<C: Clock> KeyedGcra<C> {
             tau,
             clock,
             start,
-            map: DashMap::with_hasher(KeyHasher::new()),
+            hasher: KeyHasher::new(),
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             len: AtomicUsize::new(0),
             max_keys,
         }
@@ -137,70 +209,81 @@ impl<C: Clock> KeyedGcra<C> {
         self.clock.now().duration_since(self.start).as_u64()
     }
 
-    pub(crate) fn check(&self, key: u64) -> Outcome {
-        let now = self.now();
-        if let Some(cell) = self.map.get(&key) {
-            return self.gcra(&cell, now);
-        }
-        match self.map.entry(key) {
-            Entry::Occupied(o) => self.gcra(o.get(), now),
-            Entry::Vacant(v) => {
-                if self.len.fetch_add(1, Ordering::Relaxed) >= self.max_keys {
-                    self.len.fetch_sub(1, Ordering::Relaxed);
-                    return Outcome::Full;
-                }
-                let cell = AtomicU64::new(0);
-                let out = self.gcra(&cell, now);
-                v.insert(cell);
-                out
-            }
-        }
+    fn shard(&self, hash: u64) -> MutexGuard<'_, Shard> {
+        // A panic while holding a shard lock cannot leave a slot half-written (slots are
+        // plain copies), so a poisoned lock is still a consistent table.
+        self.shards[(hash >> (64 - SHARD_BITS)) as usize]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn gcra(&self, cell: &AtomicU64, now: u64) -> Outcome {
-        let mut prev = cell.load(Ordering::Acquire);
-        loop {
-            let tat = if prev == 0 { now } else { prev };
-            let earliest = tat.saturating_sub(self.tau);
-            if now < earliest {
-                return Outcome::Refused {
-                    retry_after: earliest - now,
-                    reset: tat - now,
-                };
+    pub(crate) fn check(&self, key: u64) -> Outcome {
+        let now = self.now();
+        let hash = self.hasher.hash_one(key);
+        let mut shard = self.shard(hash);
+        if !shard.slots.is_empty() {
+            let i = shard.find(key, hash);
+            let slot = &mut shard.slots[i];
+            if slot.tat != 0 {
+                return self.gcra(&mut slot.tat, now);
             }
-            // Never 0 (t >= 1), so a stored TAT is never mistaken for "untracked".
-            let next = tat.max(now).saturating_add(self.t);
-            match cell.compare_exchange_weak(prev, next, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => {
-                    let full = self.tau.saturating_add(self.t);
-                    let room = now.saturating_add(full).saturating_sub(next).min(full);
-                    return Outcome::Allowed {
-                        remaining: u32::try_from(room / self.t).unwrap_or(u32::MAX),
-                        reset: next - now,
-                    };
-                }
-                Err(p) => prev = p,
-            }
+        }
+        if self.len.fetch_add(1, Ordering::Relaxed) >= self.max_keys {
+            self.len.fetch_sub(1, Ordering::Relaxed);
+            return Outcome::Full;
+        }
+        let mut tat = 0;
+        let out = self.gcra(&mut tat, now);
+        if tat == 0 {
+            // Refused without a state change (a fresh key never is): nothing to track.
+            self.len.fetch_sub(1, Ordering::Relaxed);
+            return out;
+        }
+        if (shard.len + 1) * 4 > shard.slots.len() * 3 {
+            let slots = slots_for(shard.len + 1);
+            shard.rebuild(slots, &self.hasher, |_| true);
+        }
+        let i = shard.find(key, hash);
+        shard.slots[i] = Slot { key, tat };
+        shard.len += 1;
+        out
+    }
+
+    fn gcra(&self, cell: &mut u64, now: u64) -> Outcome {
+        let tat = if *cell == 0 { now } else { *cell };
+        let earliest = tat.saturating_sub(self.tau);
+        if now < earliest {
+            return Outcome::Refused {
+                retry_after: earliest - now,
+                reset: tat - now,
+            };
+        }
+        // Never 0 (t >= 1), so a stored TAT is never mistaken for "untracked".
+        let next = tat.max(now).saturating_add(self.t);
+        *cell = next;
+        let full = self.tau.saturating_add(self.t);
+        let room = now.saturating_add(full).saturating_sub(next).min(full);
+        Outcome::Allowed {
+            remaining: u32::try_from(room / self.t).unwrap_or(u32::MAX),
+            reset: next - now,
         }
     }
 
     /// Drops every key whose state is indistinguishable from a fresh one (TAT not after now):
-    /// forgetting it changes no future decision.
+    /// forgetting it changes no future decision. Shards are rebuilt at the size their live
+    /// keys need, so memory follows the number of live keys down as well as up.
     pub(crate) fn retain_recent(&self) {
         let now = self.now();
-        let mut removed = 0usize;
-        self.map.retain(|_, cell| {
-            let keep = cell.load(Ordering::Relaxed) > now;
-            if !keep {
-                removed += 1;
+        for lock in self.shards.iter() {
+            let mut shard = lock.lock().unwrap_or_else(PoisonError::into_inner);
+            let live = shard.slots.iter().filter(|s| s.tat > now).count();
+            let removed = shard.len - live;
+            if removed == 0 && shard.slots.len() == slots_for(live) {
+                continue;
             }
-            keep
-        });
-        self.len.fetch_sub(removed, Ordering::Relaxed);
-    }
-
-    pub(crate) fn shrink_to_fit(&self) {
-        self.map.shrink_to_fit();
+            shard.rebuild(slots_for(live), &self.hasher, |s| s.tat > now);
+            self.len.fetch_sub(removed, Ordering::Relaxed);
+        }
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -209,7 +292,10 @@ impl<C: Clock> KeyedGcra<C> {
 
     #[cfg(test)]
     pub(crate) fn capacity(&self) -> usize {
-        self.map.capacity()
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).slots.len())
+            .sum()
     }
 
     pub(crate) fn max_keys(&self) -> usize {
