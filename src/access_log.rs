@@ -28,23 +28,30 @@ pub fn record(
         .map(|i| &active.route_metrics[i])
         .unwrap_or(&active.unrouted_metrics)
         .request(status, out.code, total, out.upstream_ms.map(|m| m / 1000.0));
+    let access = tracing::enabled!(target: "access", tracing::Level::INFO);
+    if !access && out.code.is_none() {
+        // Nothing to log: skip formatting the line's fields.
+        return;
+    }
     let client_ip = out.client_ip.map(|i| i.to_string());
-    let bytes = resp.body().size_hint().exact();
-    tracing::info!(
-        target: "access",
-        client_ip = client_ip.as_deref().unwrap_or(""),
-        method = method.as_str(),
-        path = out.path.as_deref().unwrap_or(""),
-        route,
-        status,
-        code = out.code.unwrap_or(""),
-        sub = out.sub.as_deref().unwrap_or(""),
-        upstream_ms = out.upstream_ms.unwrap_or(0.0),
-        total_ms = total * 1000.0,
-        bytes = bytes.unwrap_or(0),
-        minted = out.minted,
-        dry_run = out.dry_run.join(",").as_str(),
-    );
+    if access {
+        let bytes = resp.body().size_hint().exact();
+        tracing::info!(
+            target: "access",
+            client_ip = client_ip.as_deref().unwrap_or(""),
+            method = method.as_str(),
+            path = out.path.as_deref().unwrap_or(""),
+            route,
+            status,
+            code = out.code.unwrap_or(""),
+            sub = out.sub.as_deref().unwrap_or(""),
+            upstream_ms = out.upstream_ms.unwrap_or(0.0),
+            total_ms = total * 1000.0,
+            bytes = bytes.unwrap_or(0),
+            minted = out.minted,
+            dry_run = out.dry_run.join(",").as_str(),
+        );
+    }
     if let Some(code) = out.code {
         tracing::warn!(
             target: "security",

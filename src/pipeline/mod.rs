@@ -47,6 +47,25 @@ pub struct Conn {
     /// Source announced by a PROXY-protocol header from a trusted proxy.
     pub proxied: Option<IpAddr>,
     pub tls: bool,
+    /// The address that connected to us (`proxied`, else `peer`), canonical, and the same
+    /// formatted once for `X-Forwarded-For`.
+    pub hop: IpAddr,
+    pub hop_header: HeaderValue,
+}
+
+impl Conn {
+    pub fn new(peer: SocketAddr, proxied: Option<IpAddr>, tls: bool) -> Conn {
+        let hop = proxied.unwrap_or(peer.ip()).to_canonical();
+        let hop_header = HeaderValue::from_str(&hop.to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static(""));
+        Conn {
+            peer,
+            proxied,
+            tls,
+            hop,
+            hop_header,
+        }
+    }
 }
 
 /// What the access log and metrics record about one request.
@@ -163,13 +182,14 @@ async fn run(
         (AuthMode::Mint(_), Some(tc)) => auth::device_id(req.headers(), tc).map(str::to_string),
         _ => None,
     };
-    let peer = conn.proxied.unwrap_or(conn.peer.ip()).to_canonical();
+    let peer = conn.hop;
     let sent = Instant::now();
     let mut resp = forward::send(
         req,
         forward::Forward {
             client_ip: ip,
             peer,
+            peer_header: &conn.hop_header,
             peer_trusted: client_ip::is_trusted(peer, &cfg.client_ip),
             tls: conn.tls,
             upstream,
