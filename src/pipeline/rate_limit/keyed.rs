@@ -218,16 +218,18 @@ impl<C: Clock> KeyedGcra<C> {
     }
 
     pub(crate) fn check(&self, key: u64) -> Outcome {
-        let now = self.now();
         let hash = self.hasher.hash_one(key);
         let mut shard = self.shard(hash);
+        // The clock is read after the slot lookup has been issued, so the two overlap.
         if !shard.slots.is_empty() {
             let i = shard.find(key, hash);
+            let now = self.now();
             let slot = &mut shard.slots[i];
             if slot.tat != 0 {
                 return self.gcra(&mut slot.tat, now);
             }
         }
+        let now = self.now();
         if self.len.fetch_add(1, Ordering::Relaxed) >= self.max_keys {
             self.len.fetch_sub(1, Ordering::Relaxed);
             return Outcome::Full;
