@@ -335,6 +335,18 @@ async fn limits(
     for (n, &pi) in rc.rate_limit.iter().enumerate() {
         let policy = active.limiters.policy(pi);
         if (policy.key == LimitKey::Subject) != subject_phase {
+            if n == 0 && !subject_phase {
+                // The first policy waits for a verified subject: until then (and on a refusal
+                // before it) the headers report its whole quota, since nothing was counted.
+                let (policy_hdr, name) = &active.ratelimit_headers[pi];
+                let full = rate_limit::Decision {
+                    allowed: true,
+                    remaining: policy.burst,
+                    reset: std::time::Duration::ZERO,
+                    retry_after: std::time::Duration::ZERO,
+                };
+                out.ratelimit = Some((policy_hdr.clone(), rate_limit::state_header(name, &full)));
+            }
             continue;
         }
         let shared = if policy.key == LimitKey::Global {

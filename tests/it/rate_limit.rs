@@ -167,7 +167,15 @@ async fn subject_policy_gives_each_verified_user_its_own_bucket() {
         Some("\"per_user\";r=2;t=3600")
     );
     // A request without a valid token is refused by auth and spends no subject's budget.
-    let (status, code) = code_of(c.get(gw.url("/data")).send().await.unwrap()).await;
+    let r = c.get(gw.url("/data")).send().await.unwrap();
+    // Refused before the subject is known: the headers still name the route's first policy,
+    // with its whole quota (nothing was counted).
+    assert!(header(&r, "ratelimit-policy").is_some_and(|v| v.starts_with("\"per_user\";q=3")));
+    assert_eq!(
+        header(&r, "ratelimit").as_deref(),
+        Some("\"per_user\";r=3;t=0")
+    );
+    let (status, code) = code_of(r).await;
     assert_eq!((status, code.as_str()), (401, "token_missing"));
     assert_eq!(as_user(&bob).await.unwrap().status(), 200);
     assert_eq!(as_user(&bob).await.unwrap().status(), 200);
