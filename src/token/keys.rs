@@ -1,9 +1,24 @@
 //! Signing and verification keys for the configured algorithm, their `kid` (RFC 7638 JWK
 //! thumbprints) and the JWKS document.
+//!
+//! Every key is parsed once, at load, into an aws-lc-rs object (HMAC key, RSA / ECDSA /
+//! Ed25519 key pair, parsed public key): a mint or a verify does no key parsing, which is
+//! most of the cost of an RSA signature or an ECDSA / Ed25519 verification when the key
+//! DER is re-read per call. jsonwebtoken still reads the PEM public keys and builds the JWKs
+//! and their thumbprints, so published keys and kids are the ones it computes.
 
+use aws_lc_rs::error::Unspecified;
+use aws_lc_rs::hmac;
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{
+    self, EcdsaKeyPair, EcdsaSigningAlgorithm, Ed25519KeyPair, KeyPair, ParsedPublicKey,
+    RsaEncoding, RsaKeyPair, VerificationAlgorithm,
+};
 use base64::Engine;
 use jsonwebtoken::jwk::{Jwk, JwkSet, PublicKeyUse, ThumbprintHash};
-use jsonwebtoken::{Algorithm as JwtAlg, DecodingKey, EncodingKey};
+use jsonwebtoken::{Algorithm as JwtAlg, DecodingKey};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::PrivateKeyDer;
 use serde_json::{Map, Value};
 
 use super::{
@@ -50,13 +65,81 @@ fn family(a: Algorithm) -> Family {
     }
 }
 
+/// Longest signature accepted: RSA-8192 (the largest key the RSA verifiers take).
+const MAX_SIG_LEN: usize = 1024;
+
+/// The signing key, parsed once at load.
+enum Signer {
+    /// Boxed: an HMAC key is ~1.2 KB, the other variants are handles.
+    Hmac(Box<hmac::Key>),
+    Rsa(RsaKeyPair, &'static dyn RsaEncoding),
+    Ecdsa(EcdsaKeyPair),
+    Ed25519(Ed25519KeyPair),
+}
+
+impl Signer {
+    /// Appends the base64url JWS signature of `msg` to `out` (for ECDSA the fixed-size
+    /// `r || s` form JWS uses, not DER).
+    fn sign_b64(&self, msg: &[u8], out: &mut String) -> Result<(), Unspecified> {
+        match self {
+            Signer::Hmac(k) => B64.encode_string(hmac::sign(k, msg), out),
+            Signer::Rsa(kp, encoding) => {
+                let mut sig = vec![0; kp.public_modulus_len()];
+                kp.sign(*encoding, &SystemRandom::new(), msg, &mut sig)?;
+                B64.encode_string(&sig, out);
+            }
+            Signer::Ecdsa(kp) => B64.encode_string(kp.sign(&SystemRandom::new(), msg)?, out),
+            Signer::Ed25519(kp) => B64.encode_string(kp.sign(msg), out),
+        }
+        Ok(())
+    }
+
+    /// The public half, in the raw form jsonwebtoken builds a JWK from (PKCS#1 DER for RSA,
+    /// the uncompressed point for ECDSA, the 32 key bytes for Ed25519); `None` for HMAC.
+    fn public_key(&self) -> Option<DecodingKey> {
+        match self {
+            Signer::Hmac(_) => None,
+            Signer::Rsa(kp, _) => Some(DecodingKey::from_rsa_der(kp.public_key().as_ref())),
+            Signer::Ecdsa(kp) => Some(DecodingKey::from_ec_der(kp.public_key().as_ref())),
+            Signer::Ed25519(kp) => Some(DecodingKey::from_ed_der(kp.public_key().as_ref())),
+        }
+    }
+}
+
+/// How one verifier checks a signature: its key, prepared once and bound to the
+/// configured algorithm (the token header never chooses it).
+enum Check {
+    /// HS*: the HMAC key (the tag comparison is constant-time in aws-lc), boxed like the
+    /// signer's.
+    Hmac(Box<hmac::Key>),
+    /// RS*, PS*, ES*, EdDSA: the public key, parsed once.
+    Public(ParsedPublicKey),
+}
+
+impl Check {
+    /// Whether `sig_b64` (base64url) is a valid signature of `msg`.
+    fn verify_b64(&self, msg: &[u8], sig_b64: &str) -> bool {
+        match self {
+            Check::Hmac(k) => {
+                let mut sig = [0u8; 64];
+                B64.decode_slice(sig_b64, &mut sig)
+                    .is_ok_and(|n| hmac::verify(k, msg, &sig[..n]).is_ok())
+            }
+            Check::Public(k) => {
+                // Room for base64 decoding's length estimate, which may exceed the result by 2.
+                let mut sig = [0u8; MAX_SIG_LEN + 2];
+                B64.decode_slice(sig_b64, &mut sig)
+                    .is_ok_and(|n| k.verify_sig(msg, &sig[..n]).is_ok())
+            }
+        }
+    }
+}
+
 struct Verifier {
     kid: String,
     /// The header segment this gateway mints with this key (alg, typ, kid).
     header_b64: String,
-    key: DecodingKey,
-    /// HS*: the HMAC key, prepared once (verification is constant-time in aws-lc).
-    hmac: Option<aws_lc_rs::hmac::Key>,
+    check: Check,
 }
 
 /// The JOSE header fields we read; everything else is ignored except `crit`.
@@ -69,26 +152,68 @@ struct JoseHeader<'a> {
     crit: Option<serde::de::IgnoredAny>,
 }
 
-fn hmac_alg(a: Algorithm) -> Option<aws_lc_rs::hmac::Algorithm> {
+fn hmac_alg(a: Algorithm) -> Option<hmac::Algorithm> {
     match a {
-        Algorithm::HS256 => Some(aws_lc_rs::hmac::HMAC_SHA256),
-        Algorithm::HS384 => Some(aws_lc_rs::hmac::HMAC_SHA384),
-        Algorithm::HS512 => Some(aws_lc_rs::hmac::HMAC_SHA512),
+        Algorithm::HS256 => Some(hmac::HMAC_SHA256),
+        Algorithm::HS384 => Some(hmac::HMAC_SHA384),
+        Algorithm::HS512 => Some(hmac::HMAC_SHA512),
         _ => None,
+    }
+}
+
+/// The verification algorithm of an asymmetric `a`: the same ones jsonwebtoken verifies
+/// with (RSA keys of 2048 to 8192 bits, fixed-size ECDSA signatures).
+fn verification_alg(a: Algorithm) -> Option<&'static dyn VerificationAlgorithm> {
+    Some(match a {
+        Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => return None,
+        Algorithm::RS256 => &signature::RSA_PKCS1_2048_8192_SHA256,
+        Algorithm::RS384 => &signature::RSA_PKCS1_2048_8192_SHA384,
+        Algorithm::RS512 => &signature::RSA_PKCS1_2048_8192_SHA512,
+        Algorithm::PS256 => &signature::RSA_PSS_2048_8192_SHA256,
+        Algorithm::PS384 => &signature::RSA_PSS_2048_8192_SHA384,
+        Algorithm::PS512 => &signature::RSA_PSS_2048_8192_SHA512,
+        Algorithm::ES256 => &signature::ECDSA_P256_SHA256_FIXED,
+        Algorithm::ES384 => &signature::ECDSA_P384_SHA384_FIXED,
+        Algorithm::EdDSA => &signature::ED25519,
+    })
+}
+
+fn rsa_encoding(a: Algorithm) -> &'static dyn RsaEncoding {
+    match a {
+        Algorithm::RS384 => &signature::RSA_PKCS1_SHA384,
+        Algorithm::RS512 => &signature::RSA_PKCS1_SHA512,
+        Algorithm::PS256 => &signature::RSA_PSS_SHA256,
+        Algorithm::PS384 => &signature::RSA_PSS_SHA384,
+        Algorithm::PS512 => &signature::RSA_PSS_SHA512,
+        _ => &signature::RSA_PKCS1_SHA256,
+    }
+}
+
+fn ecdsa_signing(a: Algorithm) -> &'static EcdsaSigningAlgorithm {
+    if a == Algorithm::ES384 {
+        &signature::ECDSA_P384_SHA384_FIXED_SIGNING
+    } else {
+        &signature::ECDSA_P256_SHA256_FIXED_SIGNING
     }
 }
 
 /// Keys of one config generation, built once; `verify` and `mint` allocate no keys.
 pub struct Keys {
     alg: Algorithm,
-    jwt: JwtAlg,
     /// The signing key and its kid (absent: a verify-only gateway).
-    signer: Option<(EncodingKey, String)>,
+    signer: Option<(Signer, String)>,
     /// Primary first, then rotation keys.
     verifiers: Vec<Verifier>,
     jwks: Option<String>,
     /// The pre-encoded header segment of minted tokens.
     header_b64: String,
+}
+
+/// What the key material loads into, before the minted headers are encoded.
+struct Loaded {
+    signer: Option<(Signer, String)>,
+    verifiers: Vec<Verifier>,
+    jwks: Option<String>,
 }
 
 fn thumbprint(jwk: &Jwk) -> Result<String, String> {
@@ -105,26 +230,68 @@ fn decoding_from_pem(f: &Family, pem: &[u8]) -> jsonwebtoken::errors::Result<Dec
     }
 }
 
-fn encoding_from_pem(f: &Family, pem: &[u8]) -> jsonwebtoken::errors::Result<EncodingKey> {
-    match f {
-        Family::Rsa => EncodingKey::from_rsa_pem(pem),
-        Family::Ec => EncodingKey::from_ec_pem(pem),
-        Family::Ed => EncodingKey::from_ed_pem(pem),
-        Family::Hmac => Ok(EncodingKey::from_secret(pem)),
+/// The signing key of a PEM private key: PKCS#8 ("PRIVATE KEY") for every family, also
+/// PKCS#1 ("RSA PRIVATE KEY") for RSA and SEC1 ("EC PRIVATE KEY") for ECDSA. The key must
+/// fit the configured algorithm (type and curve).
+fn signer_from_pem(alg: Algorithm, pem: &[u8]) -> Result<Signer, String> {
+    let not = |why: &dyn std::fmt::Display| {
+        format!("private_key: not a {} PEM private key ({why})", alg.name())
+    };
+    let der = PrivateKeyDer::from_pem_slice(pem).map_err(|e| not(&e))?;
+    let wrong_kind = || not(&"unsupported PEM key kind for this algorithm");
+    match (family(alg), &der) {
+        (Family::Rsa, PrivateKeyDer::Pkcs8(k)) => RsaKeyPair::from_pkcs8(k.secret_pkcs8_der())
+            .map(|kp| Signer::Rsa(kp, rsa_encoding(alg)))
+            .map_err(|e| not(&e)),
+        (Family::Rsa, PrivateKeyDer::Pkcs1(k)) => RsaKeyPair::from_der(k.secret_pkcs1_der())
+            .map(|kp| Signer::Rsa(kp, rsa_encoding(alg)))
+            .map_err(|e| not(&e)),
+        (Family::Ec, PrivateKeyDer::Pkcs8(_) | PrivateKeyDer::Sec1(_)) => {
+            EcdsaKeyPair::from_private_key_der(ecdsa_signing(alg), der.secret_der())
+                .map(Signer::Ecdsa)
+                .map_err(|e| not(&e))
+        }
+        // PKCS#8 v2 Ed25519 keys (with the public key inside) are common: accept v1 and v2.
+        (Family::Ed, PrivateKeyDer::Pkcs8(k)) => {
+            Ed25519KeyPair::from_pkcs8_maybe_unchecked(k.secret_pkcs8_der())
+                .map(Signer::Ed25519)
+                .map_err(|e| not(&e))
+        }
+        _ => Err(wrong_kind()),
     }
 }
 
-/// The public key of a PEM Ed25519 private key (PKCS#8 v1 or v2).
-fn ed25519_public(pem: &[u8]) -> Result<DecodingKey, String> {
-    use aws_lc_rs::signature::KeyPair;
-    use rustls_pki_types::pem::PemObject;
-    let der = rustls_pki_types::PrivatePkcs8KeyDer::from_pem_slice(pem)
-        .map_err(|e| format!("private_key: not a PKCS#8 PEM Ed25519 key ({e})"))?;
-    let kp =
-        aws_lc_rs::signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(der.secret_pkcs8_der())
-            .map_err(|e| format!("private_key: not an Ed25519 key ({e})"))?;
-    DecodingKey::from_ed_components(&B64.encode(kp.public_key().as_ref()))
-        .map_err(|e| format!("private_key: {e}"))
+/// The verifier of an asymmetric public key, prepared once for the configured algorithm
+/// (a key of the wrong type or curve is refused here).
+fn prepare_public(alg: Algorithm, key: &DecodingKey) -> Result<Check, String> {
+    let verification = verification_alg(alg).ok_or("an HMAC algorithm has no public key")?;
+    let bytes = key.try_get_as_bytes().map_err(|e| e.to_string())?;
+    ParsedPublicKey::new(verification, bytes)
+        .map(Check::Public)
+        .map_err(|e| e.to_string())
+}
+
+/// The key's public JWK (with `use: sig`) and its kid, the JWK's RFC 7638 thumbprint.
+fn public_jwk(key: &DecodingKey, jwt: JwtAlg) -> Result<(Jwk, String), String> {
+    let mut jwk = Jwk::from_decoding_key(key, Some(jwt)).map_err(|e| e.to_string())?;
+    let kid = thumbprint(&jwk)?;
+    jwk.common.key_id = Some(kid.clone());
+    jwk.common.public_key_use = Some(PublicKeyUse::Signature);
+    Ok((jwk, kid))
+}
+
+/// Proves a private key signs and verifies under the configured algorithm before serving
+/// (e.g. an RSA key below 2048 bits signs but never verifies).
+fn self_test(alg: Algorithm, signer: &Signer, check: &Check) -> Result<(), String> {
+    const MSG: &[u8] = b"iptgate-self-test";
+    let mut sig = String::new();
+    signer
+        .sign_b64(MSG, &mut sig)
+        .map_err(|e| format!("private_key: cannot sign with {} ({e})", alg.name()))?;
+    if !check.verify_b64(MSG, &sig) {
+        return Err(format!("private_key: does not verify under {}", alg.name()));
+    }
+    Ok(())
 }
 
 /// The base64url JOSE header of a token minted with key `kid`.
@@ -139,105 +306,17 @@ fn header_b64(alg: Algorithm, kid: &str) -> String {
 impl Keys {
     pub fn new(cfg: &TokenConfig) -> Result<Keys, String> {
         let alg = cfg.algorithm;
-        let jwt = jwt_alg(alg);
-        let fam = family(alg);
-        let mut signer = None;
-        let mut verifiers = Vec::new();
-        let mut jwks = None;
-        match &cfg.keys {
-            KeyMaterial::Secret(secret) => {
-                if !matches!(fam, Family::Hmac) {
-                    return Err(format!("{} needs a PEM key, not a secret", alg.name()));
-                }
-                // The kid never derives from the raw secret: thumbprint of SHA-256(secret).
-                use sha2::Digest;
-                let digest = sha2::Sha256::digest(secret);
-                let canonical = format!("{{\"k\":\"{}\",\"kty\":\"oct\"}}", B64.encode(digest));
-                let kid = B64.encode(sha2::Sha256::digest(canonical.as_bytes()));
-                signer = Some((EncodingKey::from_secret(secret), kid.clone()));
-                verifiers.push(Verifier {
-                    header_b64: String::new(),
-                    kid,
-                    key: DecodingKey::from_secret(secret),
-                    hmac: hmac_alg(alg).map(|h| aws_lc_rs::hmac::Key::new(h, secret)),
-                });
-            }
+        let Loaded {
+            signer,
+            mut verifiers,
+            jwks,
+        } = match &cfg.keys {
+            KeyMaterial::Secret(secret) => Self::hmac(alg, secret)?,
             KeyMaterial::Pem {
                 private_key,
                 public_keys,
-            } => {
-                let mut set = Vec::new();
-                if let Some(pem) = private_key {
-                    let ek = encoding_from_pem(&fam, pem).map_err(|e| {
-                        format!("private_key: not a {} PEM private key ({e})", alg.name())
-                    })?;
-                    let (mut jwk, dk) = if matches!(fam, Family::Ed) {
-                        // PKCS#8 v2 Ed25519 keys (with the public key inside) are common;
-                        // derive the public half with aws-lc-rs for both versions.
-                        let dk = ed25519_public(pem)?;
-                        let jwk = Jwk::from_decoding_key(&dk, Some(jwt))
-                            .map_err(|e| format!("private_key: not usable for EdDSA ({e})"))?;
-                        (jwk, dk)
-                    } else {
-                        let jwk = Jwk::from_encoding_key(&ek, jwt).map_err(|e| {
-                            format!("private_key: not usable for {} ({e})", alg.name())
-                        })?;
-                        let dk = DecodingKey::from_jwk(&jwk).map_err(|e| {
-                            format!("private_key: cannot derive its public key ({e})")
-                        })?;
-                        (jwk, dk)
-                    };
-                    let kid = thumbprint(&jwk)?;
-                    jwk.common.key_id = Some(kid.clone());
-                    jwk.common.public_key_use = Some(PublicKeyUse::Signature);
-                    // Prove the pair signs and verifies under this algorithm before serving.
-                    let sig = jsonwebtoken::crypto::sign(b"iptgate-self-test", &ek, jwt).map_err(
-                        |e| format!("private_key: cannot sign with {} ({e})", alg.name()),
-                    )?;
-                    if !jsonwebtoken::crypto::verify(&sig, b"iptgate-self-test", &dk, jwt)
-                        .unwrap_or(false)
-                    {
-                        return Err(format!("private_key: does not verify under {}", alg.name()));
-                    }
-                    set.push(jwk);
-                    verifiers.push(Verifier {
-                        header_b64: String::new(),
-                        kid: kid.clone(),
-                        key: dk,
-                        hmac: None,
-                    });
-                    signer = Some((ek, kid));
-                }
-                for (i, pem) in public_keys.iter().enumerate() {
-                    let dk = decoding_from_pem(&fam, pem).map_err(|e| {
-                        format!(
-                            "public_keys[{i}]: not a {} PEM public key ({e})",
-                            alg.name()
-                        )
-                    })?;
-                    let mut jwk = Jwk::from_decoding_key(&dk, Some(jwt)).map_err(|e| {
-                        format!("public_keys[{i}]: not usable for {} ({e})", alg.name())
-                    })?;
-                    let kid = thumbprint(&jwk)?;
-                    jwk.common.key_id = Some(kid.clone());
-                    jwk.common.public_key_use = Some(PublicKeyUse::Signature);
-                    if !verifiers.iter().any(|v| v.kid == kid) {
-                        set.push(jwk);
-                        verifiers.push(Verifier {
-                            header_b64: String::new(),
-                            kid,
-                            key: dk,
-                            hmac: None,
-                        });
-                    }
-                }
-                if verifiers.is_empty() {
-                    return Err("no key to verify tokens with".into());
-                }
-                jwks =
-                    Some(serde_json::to_string(&JwkSet { keys: set }).map_err(|e| e.to_string())?);
-            }
-        }
+            } => Self::pem(alg, private_key.as_deref(), public_keys)?,
+        };
         for v in &mut verifiers {
             v.header_b64 = header_b64(alg, &v.kid);
         }
@@ -247,7 +326,6 @@ impl Keys {
             .unwrap_or_default();
         Ok(Keys {
             alg,
-            jwt,
             signer,
             verifiers,
             jwks,
@@ -255,12 +333,109 @@ impl Keys {
         })
     }
 
+    /// HS*: one prepared HMAC key signs and verifies.
+    fn hmac(alg: Algorithm, secret: &[u8]) -> Result<Loaded, String> {
+        let Some(h) = hmac_alg(alg) else {
+            return Err(format!("{} needs a PEM key, not a secret", alg.name()));
+        };
+        // The kid never derives from the raw secret: thumbprint of SHA-256(secret).
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(secret);
+        let canonical = format!("{{\"k\":\"{}\",\"kty\":\"oct\"}}", B64.encode(digest));
+        let kid = B64.encode(sha2::Sha256::digest(canonical.as_bytes()));
+        let verifier = Verifier {
+            header_b64: String::new(),
+            kid: kid.clone(),
+            check: Check::Hmac(Box::new(hmac::Key::new(h, secret))),
+        };
+        Ok(Loaded {
+            signer: Some((Signer::Hmac(Box::new(hmac::Key::new(h, secret))), kid)),
+            verifiers: vec![verifier],
+            jwks: None,
+        })
+    }
+
+    /// RS*, PS*, ES*, EdDSA: the signing key (if any) and its public half first, then the
+    /// rotation keys, with the JWKS of all of them.
+    fn pem(
+        alg: Algorithm,
+        private_key: Option<&[u8]>,
+        public_keys: &[Vec<u8>],
+    ) -> Result<Loaded, String> {
+        if matches!(family(alg), Family::Hmac) {
+            return Err(format!("{} needs a secret, not PEM keys", alg.name()));
+        }
+        let mut set = Vec::new();
+        let mut verifiers = Vec::new();
+        let mut signer = None;
+        if let Some(pem) = private_key {
+            let (s, jwk, verifier) = Self::private(alg, pem)?;
+            set.push(jwk);
+            signer = Some((s, verifier.kid.clone()));
+            verifiers.push(verifier);
+        }
+        for (i, pem) in public_keys.iter().enumerate() {
+            let (jwk, verifier) =
+                Self::public(alg, pem).map_err(|e| format!("public_keys[{i}]: {e}"))?;
+            if !verifiers.iter().any(|v| v.kid == verifier.kid) {
+                set.push(jwk);
+                verifiers.push(verifier);
+            }
+        }
+        if verifiers.is_empty() {
+            return Err("no key to verify tokens with".into());
+        }
+        let jwks = serde_json::to_string(&JwkSet { keys: set }).map_err(|e| e.to_string())?;
+        Ok(Loaded {
+            signer,
+            verifiers,
+            jwks: Some(jwks),
+        })
+    }
+
+    /// A PEM private key: its signer, the JWK of its public half and that half's verifier,
+    /// after a self-test of the pair.
+    fn private(alg: Algorithm, pem: &[u8]) -> Result<(Signer, Jwk, Verifier), String> {
+        let signer = signer_from_pem(alg, pem)?;
+        let public = signer
+            .public_key()
+            .ok_or("private_key: an HMAC key has no public key")?;
+        let (jwk, kid) = public_jwk(&public, jwt_alg(alg))
+            .map_err(|e| format!("private_key: not usable for {} ({e})", alg.name()))?;
+        let check = prepare_public(alg, &public)
+            .map_err(|e| format!("private_key: cannot derive its public key ({e})"))?;
+        self_test(alg, &signer, &check)?;
+        let verifier = Verifier {
+            header_b64: String::new(),
+            kid,
+            check,
+        };
+        Ok((signer, jwk, verifier))
+    }
+
+    /// A PEM public key (rotation): its JWK and its verifier. The caller adds the
+    /// `public_keys[i]: ` prefix to errors.
+    fn public(alg: Algorithm, pem: &[u8]) -> Result<(Jwk, Verifier), String> {
+        let key = decoding_from_pem(&family(alg), pem)
+            .map_err(|e| format!("not a {} PEM public key ({e})", alg.name()))?;
+        let (jwk, kid) = public_jwk(&key, jwt_alg(alg))
+            .map_err(|e| format!("not usable for {} ({e})", alg.name()))?;
+        let check = prepare_public(alg, &key)
+            .map_err(|e| format!("not usable for {} ({e})", alg.name()))?;
+        let verifier = Verifier {
+            header_b64: String::new(),
+            kid,
+            check,
+        };
+        Ok((jwk, verifier))
+    }
+
     pub fn can_mint(&self) -> bool {
         self.signer.is_some()
     }
 
     pub fn mint(&self, cfg: &TokenConfig, req: MintRequest) -> Result<Minted, String> {
-        let (key, _) = self
+        let (signer, _) = self
             .signer
             .as_ref()
             .ok_or("no private_key configured: this gateway only verifies tokens")?;
@@ -273,7 +448,9 @@ impl Keys {
         token.push_str(&self.header_b64);
         token.push('.');
         token.push_str(&payload);
-        let sig = jsonwebtoken::crypto::sign(token.as_bytes(), key, self.jwt)
+        let mut sig = String::new();
+        signer
+            .sign_b64(token.as_bytes(), &mut sig)
             .map_err(|e| format!("signing failed: {e}"))?;
         token.push('.');
         token.push_str(&sig);
@@ -304,16 +481,7 @@ impl Keys {
             None => self.verifier_for(h)?,
         };
         let signed = &token[..h.len() + 1 + p.len()];
-        let valid = match &key.hmac {
-            Some(k) => {
-                let mut sig = [0u8; 64];
-                B64.decode_slice(s, &mut sig)
-                    .is_ok_and(|n| aws_lc_rs::hmac::verify(k, signed.as_bytes(), &sig[..n]).is_ok())
-            }
-            None => jsonwebtoken::crypto::verify(s, signed.as_bytes(), &key.key, self.jwt)
-                .unwrap_or(false),
-        };
-        if !valid {
+        if !key.check.verify_b64(signed.as_bytes(), s) {
             return Err(TokenError::Invalid("bad signature"));
         }
         let payload = B64

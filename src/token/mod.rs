@@ -3,8 +3,9 @@
 //! Tokens are standard JWS compact JWTs. The algorithm is pinned by config: the header's
 //! `alg` must equal it (so `none`, a weaker HMAC or RS/HS key confusion never verify), a
 //! `crit` header is refused, and every registered claim is checked by us with the
-//! configured leeway — jsonwebtoken is used for the key handling and the signature
-//! primitives only, so none of its defaults (60 s leeway, unchecked `nbf`) apply.
+//! configured leeway. Signatures are made and checked by aws-lc-rs with keys prepared once
+//! at load; jsonwebtoken only reads PEM public keys and builds the JWKs, so none of its
+//! validation defaults (60 s leeway, unchecked `nbf`) apply.
 
 mod claims;
 mod keys;

@@ -388,3 +388,229 @@ fn require_rules() {
     assert!(!check_require(&cl, &r(&[("missing", &["x"])])));
     assert!(check_require(&cl, &[]));
 }
+
+/// `jsonwebtoken`'s algorithm and PEM key constructors for `alg`: the standard JWT library
+/// the gateway's tokens must interoperate with.
+fn jwt_keys(
+    alg: Algorithm,
+    private: &[u8],
+    public: &[u8],
+) -> (
+    jsonwebtoken::Algorithm,
+    jsonwebtoken::EncodingKey,
+    jsonwebtoken::DecodingKey,
+) {
+    use jsonwebtoken::{DecodingKey, EncodingKey};
+    let jwt: jsonwebtoken::Algorithm = alg.name().parse().unwrap();
+    let (ek, dk) = match alg {
+        Algorithm::ES256 | Algorithm::ES384 => (
+            EncodingKey::from_ec_pem(private),
+            DecodingKey::from_ec_pem(public),
+        ),
+        Algorithm::EdDSA => (
+            EncodingKey::from_ed_pem(private),
+            DecodingKey::from_ed_pem(public),
+        ),
+        _ => (
+            EncodingKey::from_rsa_pem(private),
+            DecodingKey::from_rsa_pem(public),
+        ),
+    };
+    (jwt, ek.unwrap(), dk.unwrap())
+}
+
+fn asymmetric_algorithms() -> impl Iterator<Item = (&'static str, Algorithm)> {
+    Algorithm::ALL.into_iter().filter(|(_, a)| !a.is_hmac())
+}
+
+fn first_kid(keys: &Keys) -> String {
+    let jwks: Value = serde_json::from_str(&keys.jwks().unwrap()).unwrap();
+    jwks["keys"][0]["kid"].as_str().unwrap().to_owned()
+}
+
+/// Both ways with a standard JWT library: a token signed by `jsonwebtoken::crypto::sign` with
+/// an `EncodingKey` from the same PEM (how tokens were minted before keys were prepared
+/// once) verifies here, and a token minted here verifies with `jsonwebtoken::crypto::verify`.
+#[test]
+fn asymmetric_tokens_interoperate_with_jsonwebtoken() {
+    let rsa = pem_pair(Algorithm::RS256);
+    let n = now();
+    for (name, alg) in asymmetric_algorithms() {
+        let (private, public) = match alg {
+            Algorithm::ES256 | Algorithm::ES384 | Algorithm::EdDSA => pem_pair(alg),
+            _ => rsa.clone(),
+        };
+        let c = asym(alg, Some(private.clone()), vec![]);
+        let keys = Keys::new(&c).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let (jwt, ek, dk) = jwt_keys(alg, &private, &public);
+        let kid = first_kid(&keys);
+        let headers = [
+            json!({"alg": name, "typ": "JWT", "kid": kid}),
+            json!({"kid": kid, "alg": name}),
+            json!({"alg": name}),
+        ];
+        for header in headers {
+            let input = format!(
+                "{}.{}",
+                B64.encode(header.to_string()),
+                B64.encode(claims(n).to_string())
+            );
+            let sig = jsonwebtoken::crypto::sign(input.as_bytes(), &ek, jwt).unwrap();
+            let token = format!("{input}.{sig}");
+            assert!(
+                keys.verify(&c, &token, TokenType::Access, n).is_ok(),
+                "{name}: jsonwebtoken's token, header {header}"
+            );
+            let mut tampered = claims(n);
+            tampered["sub"] = json!("mallory");
+            let forged = format!(
+                "{}.{}.{sig}",
+                B64.encode(header.to_string()),
+                B64.encode(tampered.to_string())
+            );
+            assert_eq!(
+                keys.verify(&c, &forged, TokenType::Access, n).err(),
+                Some(TokenError::Invalid("bad signature")),
+                "{name}"
+            );
+        }
+        let minted = keys.mint(&c, req("127.0.0.1")).unwrap().token;
+        let (signed, sig) = minted.rsplit_once('.').unwrap();
+        assert!(
+            jsonwebtoken::crypto::verify(sig, signed.as_bytes(), &dk, jwt).unwrap(),
+            "{name}: jsonwebtoken verifies our token"
+        );
+    }
+}
+
+/// A private key's kid is the thumbprint jsonwebtoken computes from the key (and from its
+/// public PEM), so tokens minted before keys were prepared once keep verifying by kid.
+#[test]
+fn kids_are_jsonwebtoken_thumbprints() {
+    use jsonwebtoken::jwk::{Jwk, ThumbprintHash};
+    let rsa = pem_pair(Algorithm::RS256);
+    for (name, alg) in asymmetric_algorithms() {
+        let (private, public) = match alg {
+            Algorithm::ES256 | Algorithm::ES384 | Algorithm::EdDSA => pem_pair(alg),
+            _ => rsa.clone(),
+        };
+        let (jwt, ek, dk) = jwt_keys(alg, &private, &public);
+        let kid = first_kid(&Keys::new(&asym(alg, Some(private), vec![])).unwrap());
+        let from_public = Jwk::from_decoding_key(&dk, Some(jwt)).unwrap();
+        assert_eq!(
+            kid,
+            from_public.thumbprint(ThumbprintHash::SHA256).unwrap(),
+            "{name}"
+        );
+        if alg != Algorithm::EdDSA {
+            let from_private = Jwk::from_encoding_key(&ek, jwt).unwrap();
+            assert_eq!(
+                kid,
+                from_private.thumbprint(ThumbprintHash::SHA256).unwrap(),
+                "{name}"
+            );
+        }
+        let verify_only = Keys::new(&asym(alg, None, vec![public])).unwrap();
+        assert_eq!(first_kid(&verify_only), kid, "{name}");
+    }
+}
+
+/// A DER document as PEM with `label` (64-character lines).
+fn to_pem(label: &str, der: &[u8]) -> Vec<u8> {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(line).unwrap());
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out.into_bytes()
+}
+
+/// A token minted with `private` verifies under the same key given as PKCS#8 and under its
+/// public key, with the same kid.
+fn assert_same_key(alg: Algorithm, private: Vec<u8>, pkcs8: Vec<u8>, public: Vec<u8>) {
+    let c = asym(alg, Some(private), vec![]);
+    let keys = Keys::new(&c).unwrap_or_else(|e| panic!("{}: {e}", alg.name()));
+    let token = keys.mint(&c, req("127.0.0.1")).unwrap().token;
+    let same = asym(alg, Some(pkcs8), vec![]);
+    let same_keys = Keys::new(&same).unwrap();
+    assert_eq!(first_kid(&keys), first_kid(&same_keys));
+    assert!(same_keys
+        .verify(&same, &token, TokenType::Access, now())
+        .is_ok());
+    let verify_only = asym(alg, None, vec![public]);
+    assert!(Keys::new(&verify_only)
+        .unwrap()
+        .verify(&verify_only, &token, TokenType::Access, now())
+        .is_ok());
+}
+
+#[test]
+fn sec1_ec_private_keys_load() {
+    use aws_lc_rs::encoding::AsDer;
+    use aws_lc_rs::signature::{self, EcdsaKeyPair};
+    let cases = [
+        (
+            Algorithm::ES256,
+            &rcgen::PKCS_ECDSA_P256_SHA256,
+            &signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+        ),
+        (
+            Algorithm::ES384,
+            &rcgen::PKCS_ECDSA_P384_SHA384,
+            &signature::ECDSA_P384_SHA384_FIXED_SIGNING,
+        ),
+    ];
+    for (alg, rc, signing) in cases {
+        let kp = rcgen::KeyPair::generate_for(rc).unwrap();
+        let ec = EcdsaKeyPair::from_pkcs8(signing, &kp.serialize_der()).unwrap();
+        let sec1 = to_pem(
+            "EC PRIVATE KEY",
+            ec.private_key().as_der().unwrap().as_ref(),
+        );
+        assert!(String::from_utf8_lossy(&sec1).starts_with("-----BEGIN EC PRIVATE KEY-----"));
+        assert_same_key(
+            alg,
+            sec1.clone(),
+            kp.serialize_pem().into_bytes(),
+            kp.public_key_pem().into_bytes(),
+        );
+        assert!(Keys::new(&asym(Algorithm::RS256, Some(sec1.clone()), vec![])).is_err());
+        assert!(Keys::new(&asym(Algorithm::EdDSA, Some(sec1), vec![])).is_err());
+    }
+}
+
+#[test]
+fn pkcs1_rsa_private_and_public_keys_load() {
+    let (pkcs8, spki) = pem_pair(Algorithm::RS256);
+    // jsonwebtoken keeps the PKCS#1 RSAPrivateKey embedded in a PKCS#8 RSA key.
+    let pkcs1_der = jsonwebtoken::EncodingKey::from_rsa_pem(&pkcs8).unwrap();
+    let pkcs1 = to_pem("RSA PRIVATE KEY", pkcs1_der.as_bytes());
+    let kp = aws_lc_rs::signature::RsaKeyPair::from_der(pkcs1_der.as_bytes()).unwrap();
+    let pkcs1_public = to_pem(
+        "RSA PUBLIC KEY",
+        aws_lc_rs::signature::KeyPair::public_key(&kp).as_ref(),
+    );
+    for alg in [Algorithm::RS256, Algorithm::PS512] {
+        assert_same_key(alg, pkcs1.clone(), pkcs8.clone(), spki.clone());
+        assert_same_key(alg, pkcs1.clone(), pkcs8.clone(), pkcs1_public.clone());
+    }
+    assert!(Keys::new(&asym(Algorithm::ES256, Some(pkcs1.clone()), vec![])).is_err());
+    assert!(Keys::new(&asym(Algorithm::EdDSA, Some(pkcs1), vec![])).is_err());
+}
+
+#[test]
+fn a_key_on_the_wrong_curve_is_a_config_error() {
+    let (p256_private, p256_public) = pem_pair(Algorithm::ES256);
+    assert!(Keys::new(&asym(Algorithm::ES384, Some(p256_private), vec![])).is_err());
+    let (p384_private, _) = pem_pair(Algorithm::ES384);
+    let err = Keys::new(&asym(
+        Algorithm::ES384,
+        Some(p384_private),
+        vec![p256_public],
+    ))
+    .err()
+    .unwrap();
+    assert!(err.starts_with("public_keys[0]: "), "{err}");
+}
