@@ -339,12 +339,7 @@ async fn limits(
                 // The first policy waits for a verified subject: until then (and on a refusal
                 // before it) the headers report its whole quota, since nothing was counted.
                 let (policy_hdr, name) = &active.ratelimit_headers[pi];
-                let full = rate_limit::Decision {
-                    allowed: true,
-                    remaining: policy.burst,
-                    reset: std::time::Duration::ZERO,
-                    retry_after: std::time::Duration::ZERO,
-                };
+                let full = rate_limit::Decision::untouched(policy.burst);
                 out.ratelimit = Some((policy_hdr.clone(), rate_limit::state_header(name, &full)));
             }
             continue;

@@ -95,6 +95,18 @@ pub struct Decision {
     pub retry_after: Duration,
 }
 
+impl Decision {
+    /// A bucket nothing was counted against: the whole burst left.
+    pub fn untouched(burst: u32) -> Decision {
+        Decision {
+            allowed: true,
+            remaining: burst,
+            reset: Duration::ZERO,
+            retry_after: Duration::ZERO,
+        }
+    }
+}
+
 /// One policy's limiter, shared between generations while the policy is unchanged.
 struct PolicyLimiter<C: Clock> {
     policy: RateLimitPolicy,
@@ -280,12 +292,7 @@ impl<C: Clock> Limiters<C> {
         let slot = &self.slots[idx];
         match slot.key(input) {
             Some(key) => slot.check(key),
-            None => Decision {
-                allowed: true,
-                remaining: slot.policy.burst,
-                reset: Duration::ZERO,
-                retry_after: Duration::ZERO,
-            },
+            None => Decision::untouched(slot.policy.burst),
         }
     }
 

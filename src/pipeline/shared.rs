@@ -105,14 +105,8 @@ pub async fn global(
             reset,
             retry_after,
         })),
-        Err(e) => store_failed(active.config.store.on_error, &e).map(|_| {
-            Some(Decision {
-                allowed: true,
-                remaining: policy.burst,
-                reset: Duration::ZERO,
-                retry_after: Duration::ZERO,
-            })
-        }),
+        Err(e) => store_failed(active.config.store.on_error, &e)
+            .map(|_| Some(Decision::untouched(policy.burst))),
     }
 }
 
