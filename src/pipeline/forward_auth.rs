@@ -4,6 +4,8 @@
 //! `X-Original-Method`/`X-Original-URI` (nginx); phases 1–5 run on it; the answer is 200
 //! with the claim headers, or the refusal itself. Only trusted proxies may ask.
 
+use std::time::Instant;
+
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, Uri};
 use hyper::body::Incoming;
@@ -26,6 +28,7 @@ pub async fn answer(
     conn: &Conn,
     active: &Active,
     state: &State,
+    started: Instant,
     out: &mut Outcome,
 ) -> Result<Response<Body>, Reject> {
     let cfg = &active.config;
@@ -61,6 +64,7 @@ pub async fn answer(
             path: &original_path,
             headers: h,
             ip: cip.ip,
+            started,
         },
         active,
         state,

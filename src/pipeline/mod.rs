@@ -108,7 +108,7 @@ pub async fn handle(
     let active = state.active.load_full();
     let method = req.method().clone();
     let mut out = Outcome::default();
-    let mut resp = match run(req, &conn, &active, &state, &mut out).await {
+    let mut resp = match run(req, &conn, &active, &state, started, &mut out).await {
         Ok(r) => r,
         Err(rej) => {
             out.code = Some(rej.code());
@@ -132,6 +132,7 @@ async fn run(
     conn: &Conn,
     active: &Active,
     state: &State,
+    started: Instant,
     out: &mut Outcome,
 ) -> Result<Response<Body>, Reject> {
     let cfg = &active.config;
@@ -139,7 +140,7 @@ async fn run(
     out.path = Some(path.clone());
 
     if cfg.forward_auth.as_deref() == Some(path.as_str()) {
-        return forward_auth::answer(&req, conn, active, state, out).await;
+        return forward_auth::answer(&req, conn, active, state, started, out).await;
     }
 
     // 1. client IP
@@ -165,6 +166,7 @@ async fn run(
             path: &path,
             headers: req.headers(),
             ip,
+            started,
         },
         active,
         state,
@@ -241,6 +243,8 @@ pub struct Ask<'a> {
     pub headers: &'a HeaderMap,
     /// The resolved client IP (phase 1).
     pub ip: IpAddr,
+    /// When the request arrived: the time its rate-limit checks count it at.
+    pub started: Instant,
 }
 
 /// The verdict of phases 2–5.
@@ -351,7 +355,7 @@ async fn limits(
         };
         let d = match shared {
             Some(d) => d,
-            None => active.limiters.check(
+            None => active.limiters.check_at(
                 pi,
                 &rate_limit::KeyInput {
                     ip: a.ip,
@@ -359,6 +363,7 @@ async fn limits(
                     route: &rc.name,
                     headers: a.headers,
                 },
+                a.started,
             ),
         };
         if n == 0 {

@@ -51,7 +51,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use governor::clock::{Clock, DefaultClock};
+use governor::clock::{Clock, MonotonicClock};
 use http::{HeaderMap, HeaderValue};
 
 use crate::config::{LimitKey, RateLimitPolicy};
@@ -142,10 +142,10 @@ impl<C: Clock> PolicyLimiter<C> {
         })
     }
 
-    fn check(&self, key: u64) -> Decision {
-        let mut out = self.gcra.check(key);
+    fn check(&self, key: u64, now: C::Instant) -> Decision {
+        let mut out = self.gcra.check_at(key, now);
         if out == Outcome::Full && self.cap_prune() {
-            out = self.gcra.check(key);
+            out = self.gcra.check_at(key, now);
         }
         match out {
             Outcome::Allowed { remaining, reset } => Decision {
@@ -219,14 +219,15 @@ fn ip_key(ip: IpAddr, ipv6_prefix: u8, hasher: &RandomState) -> u64 {
 /// One generation's limiters; state carries over from `previous` for unchanged policies.
 ///
 /// Generic over governor's [`Clock`] so tests can use `FakeRelativeClock`; the default is
-/// governor's default (quanta) clock.
-pub struct Limiters<C: Clock = DefaultClock> {
+/// `std::time::Instant`, the clock the pipeline stamps each request with, so a request's
+/// arrival time serves every check it meets ([`Limiters::check_at`]).
+pub struct Limiters<C: Clock = MonotonicClock> {
     slots: Vec<Arc<PolicyLimiter<C>>>,
 }
 
 impl Limiters {
     pub fn new(policies: &[RateLimitPolicy], previous: Option<&Limiters>) -> Limiters {
-        Limiters::with_clock(policies, previous, DefaultClock::default())
+        Limiters::with_clock(policies, previous, MonotonicClock)
     }
 }
 
@@ -287,11 +288,17 @@ impl<C: Clock> Limiters<C> {
         self.slots[idx].key(input)
     }
 
-    /// Counts one request against policy `idx`.
+    /// Counts one request against policy `idx`, now.
     pub fn check(&self, idx: usize, input: &KeyInput<'_>) -> Decision {
+        self.check_at(idx, input, self.slots[idx].gcra.clock_now())
+    }
+
+    /// Counts one request against policy `idx` at `now`, a time the caller has already read
+    /// (the request's arrival): one clock read per request, however many policies it meets.
+    pub fn check_at(&self, idx: usize, input: &KeyInput<'_>, now: C::Instant) -> Decision {
         let slot = &self.slots[idx];
         match slot.key(input) {
-            Some(key) => slot.check(key),
+            Some(key) => slot.check(key, now),
             None => Decision::untouched(slot.policy.burst),
         }
     }
