@@ -30,3 +30,4 @@ pub mod state;
 pub mod store;
 pub mod tls;
 pub mod token;
+pub mod upstream;

@@ -138,6 +138,7 @@ async fn prune_loop(state: Arc<State>, mut stop: watch::Receiver<bool>) {
             g.prune();
         }
         state.store.prune();
+        state.pools.sweep();
         crate::metrics::upkeep();
     }
 }

@@ -4,25 +4,17 @@
 //! drain flag. [`Active`] is one config generation — the validated config plus everything
 //! compiled from it (IP tables, routes, limiters, keys, TLS) — swapped atomically on reload.
 
-use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use crate::body::Body;
 use crate::config::{Config, RouteConfig, Target, UpstreamConfig};
 use crate::pipeline::ip_policy::IpPolicy;
 use crate::pipeline::rate_limit::{Limiters, LoginGuard};
 use crate::store::Store;
 use crate::token::Keys;
-
-pub type Client = hyper_util::client::legacy::Client<HttpsConnector<HttpConnector>, Body>;
+use crate::upstream::{Pool, Pools};
 
 /// A route compiled for the hot path.
 pub struct Route {
@@ -32,16 +24,17 @@ pub struct Route {
 
 pub struct Upstream {
     pub cfg: UpstreamConfig,
-    pub client: Client,
+    /// One per target, in the order of `cfg.targets`.
+    pools: Vec<Arc<Pool>>,
     next: AtomicUsize,
 }
 
 impl Upstream {
-    /// Round robin over the targets.
-    pub fn pick(&self) -> &Target {
+    /// Round robin over the targets: the target and its connection pool.
+    pub fn pick(&self) -> (&Target, &Arc<Pool>) {
         let n = self.cfg.targets.len().max(1);
         let i = self.next.fetch_add(1, Ordering::Relaxed) % n;
-        &self.cfg.targets[i]
+        (&self.cfg.targets[i], &self.pools[i])
     }
 }
 
@@ -76,7 +69,7 @@ pub struct State {
     pub draining: AtomicBool,
     pub connections: AtomicUsize,
     generation: AtomicU64,
-    clients: Mutex<HashMap<(Duration, Option<PathBuf>), Client>>,
+    pub pools: Pools,
 }
 
 impl State {
@@ -85,15 +78,15 @@ impl State {
         let store = Store::connect(&config.store)
             .await
             .map_err(|e| e.to_string())?;
-        let clients = Mutex::new(HashMap::new());
-        let active = build_active(config, None, &clients, 1)?;
+        let pools = Pools::default();
+        let active = build_active(config, None, &pools, 1)?;
         Ok(Arc::new(State {
             active: ArcSwap::from_pointee(active),
             store,
             draining: AtomicBool::new(false),
             connections: AtomicUsize::new(0),
             generation: AtomicU64::new(1),
-            clients,
+            pools,
         }))
     }
 
@@ -102,48 +95,16 @@ impl State {
     pub fn swap(&self, config: Config) -> Result<u64, String> {
         let prev = self.active.load_full();
         let gen = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
-        let next = build_active(config, Some(&prev), &self.clients, gen)?;
+        let next = build_active(config, Some(&prev), &self.pools, gen)?;
         self.active.store(Arc::new(next));
         Ok(gen)
     }
 }
 
-fn client_for(
-    cache: &Mutex<HashMap<(Duration, Option<PathBuf>), Client>>,
-    u: &UpstreamConfig,
-) -> Result<Client, String> {
-    let key = (u.connect_timeout, u.ca.clone());
-    let mut map = cache
-        .lock()
-        .map_err(|_| "client cache poisoned".to_string())?;
-    if let Some(c) = map.get(&key) {
-        return Ok(c.clone());
-    }
-    let tls = crate::tls::client_config(u.ca.as_deref())
-        .map_err(|e| format!("upstreams.{}: {e}", u.name))?;
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_connect_timeout(Some(u.connect_timeout));
-    http.set_nodelay(true);
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http);
-    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(30))
-        .pool_max_idle_per_host(256)
-        .timer(TokioTimer::new())
-        .build(https);
-    map.insert(key, client.clone());
-    Ok(client)
-}
-
 fn build_active(
     config: Config,
     prev: Option<&Active>,
-    clients: &Mutex<HashMap<(Duration, Option<PathBuf>), Client>>,
+    pools: &Pools,
     generation: u64,
 ) -> Result<Active, String> {
     let tls = match &config.server.tls {
@@ -156,9 +117,14 @@ fn build_active(
     };
     let mut upstreams = Vec::with_capacity(config.upstreams.len());
     for u in &config.upstreams {
+        let pools = u
+            .targets
+            .iter()
+            .map(|t| pools.get(t, u))
+            .collect::<Result<Vec<_>, _>>()?;
         upstreams.push(Upstream {
             cfg: u.clone(),
-            client: client_for(clients, u)?,
+            pools,
             next: AtomicUsize::new(0),
         });
     }

@@ -384,7 +384,7 @@ pub async fn send(mut req: Request<Incoming>, f: Forward<'_>) -> Result<Response
         }
     }
 
-    let target = f.upstream.pick();
+    let (target, pool) = f.upstream.pick();
     let mut pq = String::with_capacity(target.base_path.len() + f.path.len() + 1);
     pq.push_str(&target.base_path);
     pq.push_str(f.path);
@@ -392,9 +392,8 @@ pub async fn send(mut req: Request<Incoming>, f: Forward<'_>) -> Result<Response
         pq.push('?');
         pq.push_str(q);
     }
+    // Origin form: the connection already goes to the target.
     parts.uri = Uri::builder()
-        .scheme(if target.https { "https" } else { "http" })
-        .authority(target.authority.clone())
         .path_and_query(pq)
         .build()
         .map_err(|_| Reject::BadRequest("unbuildable upstream uri"))?;
@@ -407,7 +406,7 @@ pub async fn send(mut req: Request<Incoming>, f: Forward<'_>) -> Result<Response
     .boxed();
     let up_req = Request::from_parts(parts, body);
     let timeout: Duration = f.upstream.cfg.timeout;
-    let mut resp = match tokio::time::timeout(timeout, f.upstream.client.request(up_req)).await {
+    let mut resp = match tokio::time::timeout(timeout, pool.send(up_req)).await {
         Err(_) => return Err(Reject::UpstreamTimeout),
         Ok(Err(e)) => {
             if caused_by_too_large(&e) {
@@ -436,7 +435,7 @@ pub async fn send(mut req: Request<Incoming>, f: Forward<'_>) -> Result<Response
         ));
     }
     strip_hop_by_hop(resp.headers_mut(), &[]);
-    Ok(resp.map(|b| b.map_err(|e| -> BoxError { Box::new(e) }).boxed()))
+    Ok(resp.map(BodyExt::boxed))
 }
 
 #[cfg(test)]

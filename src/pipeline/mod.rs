@@ -140,7 +140,12 @@ async fn run(
     out.path = Some(path.clone());
 
     if cfg.forward_auth.as_deref() == Some(path.as_str()) {
-        return forward_auth::answer(&req, conn, active, state, started, out).await;
+        // Boxed, as the other rarely taken branches below: an inline sub-future would grow
+        // every request's future, which is copied as it is created and moved into place.
+        return Box::pin(forward_auth::answer(
+            &req, conn, active, state, started, out,
+        ))
+        .await;
     }
 
     // 1. client IP
@@ -152,7 +157,7 @@ async fn run(
     // Gateway-served paths come before routes (after the global IP policy).
     if session::is_served(&path, active) {
         active.ip_policy.check(ip)?;
-        if let Some(resp) = session::serve(&req, &path, ip, active, state).await? {
+        if let Some(resp) = Box::pin(session::serve(&req, &path, ip, active, state)).await? {
             return Ok(resp);
         }
     }
@@ -221,7 +226,14 @@ async fn run(
                 },
             )?;
             let status = resp.status().as_u16();
-            shared::login_outcome(active, state, ip, minted == mint::Minted::Yes, status).await;
+            Box::pin(shared::login_outcome(
+                active,
+                state,
+                ip,
+                minted == mint::Minted::Yes,
+                status,
+            ))
+            .await;
             if minted == mint::Minted::Yes {
                 out.minted = true;
                 crate::metrics::minted("access");
@@ -349,7 +361,7 @@ async fn limits(
             continue;
         }
         let shared = if policy.key == LimitKey::Global {
-            shared::global(active, state, policy).await?
+            Box::pin(shared::global(active, state, policy)).await?
         } else {
             None
         };

@@ -13,3 +13,4 @@ mod ops;
 mod rate_limit;
 mod store;
 mod tokens;
+mod upstream;

@@ -1,0 +1,180 @@
+//! The upstream side: connection reuse, upstreams that close idle connections, https
+//! upstreams with a private CA.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use crate::harness::*;
+
+/// A plain HTTP/1.1 upstream counting its connections. It answers every request with a
+/// keep-alive `200 ok` and closes a connection that stays idle for `keep_alive`, as a
+/// server's keep-alive timeout does.
+async fn counting_upstream(keep_alive: Duration) -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let conns = Arc::new(AtomicUsize::new(0));
+    let counter = conns.clone();
+    tokio::spawn(async move {
+        for _ in 0..64 {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                for _ in 0..1000 {
+                    let Ok(Ok(n)) = tokio::time::timeout(keep_alive, stream.read(&mut chunk)).await
+                    else {
+                        return; // idle too long: close
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        let resp = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        if stream.write_all(resp).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, conns)
+}
+
+/// An https upstream with the test PKI's certificate (localhost, 127.0.0.1).
+async fn tls_upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let p = pki();
+    let certs = rustls_pemfile_certs(&p.cert_pem);
+    let key = PrivateKeyDer::from_pem_slice(p.key_pem.as_bytes()).unwrap();
+    let cfg = rustls::ServerConfig::builder_with_provider(iptgate::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    tokio::spawn(async move {
+        for _ in 0..16 {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(s) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let svc = service_fn(|_req: Request<Incoming>| async {
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+fn rustls_pemfile_certs(pem: &str) -> Vec<CertificateDer<'static>> {
+    CertificateDer::pem_slice_iter(pem.as_bytes())
+        .map(Result::unwrap)
+        .collect()
+}
+
+fn route_to(url: &str, extra: &str) -> String {
+    format!(
+        r#"
+[upstreams.app]
+url = "{url}"
+{extra}
+
+[[routes]]
+name = "all"
+prefix = "/"
+auth = "public"
+upstream = "app"
+"#
+    )
+}
+
+#[tokio::test]
+async fn sequential_requests_reuse_one_upstream_connection() {
+    let (addr, conns) = counting_upstream(Duration::from_secs(30)).await;
+    let gw = Gateway::start(&route_to(&format!("http://{addr}"), "")).await;
+    let c = client();
+    for _ in 0..5 {
+        let r = c.get(gw.url("/x")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.text().await.unwrap(), "ok");
+    }
+    assert_eq!(
+        conns.load(Ordering::SeqCst),
+        1,
+        "one pooled connection for all five"
+    );
+}
+
+#[tokio::test]
+async fn upstream_closing_idle_connections_is_not_a_502() {
+    let (addr, conns) = counting_upstream(Duration::from_millis(100)).await;
+    let gw = Gateway::start(&route_to(&format!("http://{addr}"), "")).await;
+    let c = client();
+    for i in 0..4 {
+        let r = c.get(gw.url("/x")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "request {i}");
+        // Longer than the upstream's keep-alive: the pooled connection is gone by the next.
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(
+        conns.load(Ordering::SeqCst),
+        4,
+        "a fresh connection after each close"
+    );
+}
+
+#[tokio::test]
+async fn https_upstream_with_a_private_ca() {
+    let addr = tls_upstream().await;
+    let ca = std::env::temp_dir().join(format!(
+        "iptgate-it-ca-{}.pem",
+        iptgate::pipeline::mint::random_id()
+    ));
+    std::fs::write(&ca, &pki().ca_pem).unwrap();
+    let url = format!("https://localhost:{}", addr.port());
+
+    let trusted = Gateway::start(&route_to(
+        &url,
+        &format!("ca = {:?}", ca.display().to_string()),
+    ))
+    .await;
+    let r = client().get(trusted.url("/x")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "ok");
+
+    // Without the CA the upstream's certificate is not trusted (public roots only).
+    let untrusted = Gateway::start(&route_to(&url, "")).await;
+    let r = client().get(untrusted.url("/x")).send().await.unwrap();
+    assert_eq!(code_of(r).await, (502, "upstream_unavailable".to_string()));
+    let _ = std::fs::remove_file(ca);
+}
