@@ -75,6 +75,8 @@ pub struct RouteMetrics {
     duration: metrics::Histogram,
     upstream: metrics::Histogram,
     counters: dashmap::DashMap<(u16, &'static str), metrics::Counter>,
+    /// `status="200", code=""`, made on first use.
+    ok: OnceLock<metrics::Counter>,
 }
 
 impl RouteMetrics {
@@ -84,6 +86,7 @@ impl RouteMetrics {
             duration: histogram!("iptgate_request_duration_seconds", "route" => route.to_string()),
             upstream: histogram!("iptgate_upstream_duration_seconds", "route" => route.to_string()),
             counters: dashmap::DashMap::new(),
+            ok: OnceLock::new(),
         }
     }
 
@@ -94,6 +97,24 @@ impl RouteMetrics {
         secs: f64,
         upstream: Option<f64>,
     ) {
+        if status == 200 && code.is_none() {
+            // The common case, without a map lookup.
+            self.ok
+                .get_or_init(|| counter!("iptgate_requests_total", "route" => self.route.clone(), "status" => "200", "code" => ""))
+                .increment(1);
+        } else {
+            self.count(status, code);
+        }
+        self.duration.record(secs);
+        if let Some(u) = upstream {
+            self.upstream.record(u);
+        }
+        if let Some(c) = code {
+            denial(c);
+        }
+    }
+
+    fn count(&self, status: u16, code: Option<&'static str>) {
         let key = (status, code.unwrap_or(""));
         match self.counters.get(&key) {
             Some(c) => c.increment(1),
@@ -105,13 +126,6 @@ impl RouteMetrics {
                     self.counters.insert(key, c);
                 }
             }
-        }
-        self.duration.record(secs);
-        if let Some(u) = upstream {
-            self.upstream.record(u);
-        }
-        if let Some(c) = code {
-            denial(c);
         }
     }
 }

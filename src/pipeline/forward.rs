@@ -58,26 +58,38 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 
 /// Remove hop-by-hop headers and every header named in `Connection`, except those in `keep`.
 pub fn strip_hop_by_hop(h: &mut HeaderMap, keep: &[HeaderName]) {
-    // Most messages carry none of them: one pass over the names instead of ten removals.
-    if !h
+    // One pass over the names. Most messages carry none of them and the rest one or two
+    // (`Connection: keep-alive`), so only the names present are removed.
+    let mut doomed: Vec<HeaderName> = h
         .keys()
-        .any(|k| HOP_BY_HOP.contains(k) || k == header::PROXY_AUTHENTICATE)
-    {
+        .filter(|k| HOP_BY_HOP.contains(k) || *k == header::PROXY_AUTHENTICATE)
+        .cloned()
+        .collect();
+    if doomed.is_empty() {
         return;
     }
-    let named: Vec<HeaderName> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for n in named.iter().chain(HOP_BY_HOP.iter()) {
+    for v in h.get_all(header::CONNECTION) {
+        let Ok(v) = v.to_str() else { continue };
+        for n in v.split(',').map(str::trim) {
+            // `keep-alive`, `close`, `upgrade`: already covered, or no header of that name.
+            if n.is_empty()
+                || n.eq_ignore_ascii_case("close")
+                || HOP_BY_HOP
+                    .iter()
+                    .any(|d| d.as_str().eq_ignore_ascii_case(n))
+            {
+                continue;
+            }
+            if let Ok(name) = HeaderName::from_bytes(n.as_bytes()) {
+                doomed.push(name);
+            }
+        }
+    }
+    for n in &doomed {
         if !keep.contains(n) {
             h.remove(n);
         }
     }
-    h.remove(header::PROXY_AUTHENTICATE);
 }
 
 fn is_upgrade(h: &HeaderMap) -> bool {
