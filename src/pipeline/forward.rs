@@ -56,22 +56,27 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::PROXY_AUTHORIZATION,
 ];
 
-/// Remove hop-by-hop headers and every header named in `Connection`, except those in `keep`.
-pub fn strip_hop_by_hop(h: &mut HeaderMap, keep: &[HeaderName]) {
-    // One pass over the names. Most messages carry none of them and the rest one or two
-    // (`Connection: keep-alive`), so only the names present are removed.
-    let mut doomed: Vec<HeaderName> = h
-        .keys()
-        .filter(|k| HOP_BY_HOP.contains(k) || *k == header::PROXY_AUTHENTICATE)
-        .cloned()
-        .collect();
-    if doomed.is_empty() {
+/// Remove hop-by-hop headers and every header named in `Connection`.
+pub fn strip_hop_by_hop(h: &mut HeaderMap) {
+    // One pass over the names, noting which hop-by-hop ones are present (bit i for
+    // `HOP_BY_HOP[i]`, bit 8 for `Proxy-Authenticate`). Most messages carry none, the rest one
+    // or two (`Connection: keep-alive`): only those are removed, with no allocation.
+    let mut present = 0u16;
+    for k in h.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|d| d == k) {
+            present |= 1 << i;
+        } else if k == header::PROXY_AUTHENTICATE {
+            present |= 1 << HOP_BY_HOP.len();
+        }
+    }
+    if present == 0 {
         return;
     }
+    // Other headers named in `Connection` (rare; `keep-alive`, `close`, `upgrade` are not).
+    let mut named: Vec<HeaderName> = Vec::new();
     for v in h.get_all(header::CONNECTION) {
         let Ok(v) = v.to_str() else { continue };
         for n in v.split(',').map(str::trim) {
-            // `keep-alive`, `close`, `upgrade`: already covered, or no header of that name.
             if n.is_empty()
                 || n.eq_ignore_ascii_case("close")
                 || HOP_BY_HOP
@@ -81,14 +86,20 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, keep: &[HeaderName]) {
                 continue;
             }
             if let Ok(name) = HeaderName::from_bytes(n.as_bytes()) {
-                doomed.push(name);
+                named.push(name);
             }
         }
     }
-    for n in &doomed {
-        if !keep.contains(n) {
-            h.remove(n);
+    for n in &named {
+        h.remove(n);
+    }
+    for (i, d) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            h.remove(d);
         }
+    }
+    if present & (1 << HOP_BY_HOP.len()) != 0 {
+        h.remove(header::PROXY_AUTHENTICATE);
     }
 }
 
@@ -311,7 +322,7 @@ pub async fn send(mut req: Request<Incoming>, f: Forward<'_>) -> Result<Response
     });
     let upgrade_value = parts.headers.get(header::UPGRADE).cloned();
     let h = &mut parts.headers;
-    strip_hop_by_hop(h, &[]);
+    strip_hop_by_hop(h);
 
     let prior_xff: Option<String> = if f.peer_trusted {
         let joined: Vec<&str> = h
@@ -446,7 +457,7 @@ pub async fn send(mut req: Request<Incoming>, f: Forward<'_>) -> Result<Response
             "unexpected 101 from upstream".into(),
         ));
     }
-    strip_hop_by_hop(resp.headers_mut(), &[]);
+    strip_hop_by_hop(resp.headers_mut());
     Ok(resp.map(BodyExt::boxed))
 }
 
@@ -471,7 +482,7 @@ mod tests {
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("5"));
         h.insert("x-ok", HeaderValue::from_static("1"));
-        strip_hop_by_hop(&mut h, &[]);
+        strip_hop_by_hop(&mut h);
         assert!(h.get("x-secret").is_none() && h.get("keep-alive").is_none());
         assert!(h.get(header::CONNECTION).is_none());
         assert_eq!(h["x-ok"], "1");

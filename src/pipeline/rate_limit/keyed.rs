@@ -206,7 +206,12 @@ impl<C: Clock> KeyedGcra<C> {
     }
 
     fn now(&self) -> u64 {
-        self.clock.now().duration_since(self.start).as_u64()
+        self.since_start(self.clock.now())
+    }
+
+    /// `t` in the table's time: nanoseconds since the limiter's start.
+    fn since_start(&self, t: C::Instant) -> u64 {
+        t.duration_since(self.start).as_u64()
     }
 
     fn shard(&self, hash: u64) -> MutexGuard<'_, Shard> {
@@ -232,7 +237,7 @@ impl<C: Clock> KeyedGcra<C> {
     /// measured, `rdtsc` (under every monotonic clock) does not issue before the loads ahead of
     /// it complete, so a clock read per check puts a full cache miss between any two checks.
     pub(crate) fn check_at(&self, key: u64, now: C::Instant) -> Outcome {
-        let now = now.duration_since(self.start).as_u64();
+        let now = self.since_start(now);
         let hash = self.hasher.hash_one(key);
         let mut shard = self.shard(hash);
         if !shard.slots.is_empty() {
