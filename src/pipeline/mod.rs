@@ -348,6 +348,7 @@ async fn limits(
     out: &mut Outcome,
 ) -> Result<(), Reject> {
     let rc = &active.routes[idx].cfg;
+    let now = active.limiters.time(a.started);
     for (n, &pi) in rc.rate_limit.iter().enumerate() {
         let policy = active.limiters.policy(pi);
         if (policy.key == LimitKey::Subject) != subject_phase {
@@ -375,7 +376,7 @@ async fn limits(
                     route: &rc.name,
                     headers: a.headers,
                 },
-                a.started,
+                now,
             ),
         };
         if n == 0 {

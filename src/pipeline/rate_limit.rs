@@ -51,7 +51,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use governor::clock::{Clock, MonotonicClock};
+use governor::clock::{Clock, MonotonicClock, Reference};
 use http::{HeaderMap, HeaderValue};
 
 use crate::config::{LimitKey, RateLimitPolicy};
@@ -119,7 +119,7 @@ struct PolicyLimiter<C: Clock> {
 impl<C: Clock> PolicyLimiter<C> {
     fn key(&self, input: &KeyInput<'_>) -> Option<u64> {
         Some(match &self.policy.key {
-            LimitKey::Ip => ip_key(input.ip, self.policy.ipv6_prefix, &self.hasher),
+            LimitKey::Ip => ip_key(&input.ip, self.policy.ipv6_prefix, &self.hasher),
             LimitKey::Subject => self.hasher.hash_one(input.sub?.as_bytes()),
             LimitKey::Route => self.hasher.hash_one(input.route.as_bytes()),
             LimitKey::Global => GLOBAL_KEY,
@@ -142,7 +142,8 @@ impl<C: Clock> PolicyLimiter<C> {
         })
     }
 
-    fn check(&self, key: u64, now: C::Instant) -> Decision {
+    fn check(&self, key: u64, now: Time) -> Decision {
+        let now = now.0;
         let mut out = self.gcra.check_at(key, now);
         if out == Outcome::Full && self.cap_prune() {
             out = self.gcra.check_at(key, now);
@@ -198,31 +199,44 @@ impl<C: Clock> PolicyLimiter<C> {
 }
 
 /// The bucket key of an `ip` policy (see the module docs).
-fn ip_key(ip: IpAddr, ipv6_prefix: u8, hasher: &RandomState) -> u64 {
-    match ip.to_canonical() {
-        IpAddr::V4(v4) => V4_TAG | u64::from(v4.to_bits()),
-        IpAddr::V6(v6) => {
-            let prefix = u32::from(ipv6_prefix.min(128));
-            let masked = match prefix {
-                0 => 0,
-                p => v6.to_bits() & (u128::MAX << (128 - p)),
-            };
-            if prefix <= 64 {
-                (masked >> 64) as u64
-            } else {
-                hasher.hash_one(masked)
-            }
-        }
+///
+/// Takes the address by reference and reads only the variant's own field: a request's
+/// `KeyInput` was just written field by field, and one wide load of the whole `IpAddr` could
+/// not be served from those narrower stores, so it would wait for them to reach the cache.
+fn ip_key(ip: &IpAddr, ipv6_prefix: u8, hasher: &RandomState) -> u64 {
+    let v6 = match ip {
+        IpAddr::V4(v4) => return V4_TAG | u64::from(v4.to_bits()),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => return V4_TAG | u64::from(v4.to_bits()),
+            None => v6,
+        },
+    };
+    let prefix = u32::from(ipv6_prefix.min(128));
+    let masked = match prefix {
+        0 => 0,
+        p => v6.to_bits() & (u128::MAX << (128 - p)),
+    };
+    if prefix <= 64 {
+        (masked >> 64) as u64
+    } else {
+        hasher.hash_one(masked)
     }
 }
+
+/// A point in the limiters' time: nanoseconds since their epoch ([`Limiters::time`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Time(u64);
 
 /// One generation's limiters; state carries over from `previous` for unchanged policies.
 ///
 /// Generic over governor's [`Clock`] so tests can use `FakeRelativeClock`; the default is
-/// `std::time::Instant`, the clock the pipeline stamps each request with, so a request's
-/// arrival time serves every check it meets ([`Limiters::check_at`]).
+/// `std::time::Instant`, the clock the pipeline stamps each request with. All tables of all
+/// generations count time from one epoch, so a request's arrival converts to limiter
+/// [`Time`] once and serves every check it meets ([`Limiters::check_at`]).
 pub struct Limiters<C: Clock = MonotonicClock> {
     slots: Vec<Arc<PolicyLimiter<C>>>,
+    clock: C,
+    epoch: C::Instant,
 }
 
 impl Limiters {
@@ -248,6 +262,9 @@ impl<C: Clock + Clone> Limiters<C> {
         clock: C,
         max_keys: usize,
     ) -> Limiters<C> {
+        // The epoch passes from generation to generation, so a table shared with the previous
+        // generation counts from the same instant as the new ones.
+        let epoch = previous.map_or_else(|| clock.now(), |p| p.epoch);
         let slots = policies
             .iter()
             .map(|p| {
@@ -257,14 +274,24 @@ impl<C: Clock + Clone> Limiters<C> {
                     .unwrap_or_else(|| {
                         Arc::new(PolicyLimiter {
                             policy: p.clone(),
-                            gcra: KeyedGcra::new(p.interval(), p.burst, clock.clone(), max_keys),
+                            gcra: KeyedGcra::with_start(
+                                p.interval(),
+                                p.burst,
+                                clock.clone(),
+                                epoch,
+                                max_keys,
+                            ),
                             hasher: RandomState::new(),
                             last_cap_prune: AtomicU64::new(0),
                         })
                     })
             })
             .collect();
-        Limiters { slots }
+        Limiters {
+            slots,
+            clock,
+            epoch,
+        }
     }
 }
 
@@ -288,14 +315,19 @@ impl<C: Clock> Limiters<C> {
         self.slots[idx].key(input)
     }
 
-    /// Counts one request against policy `idx`, now.
-    pub fn check(&self, idx: usize, input: &KeyInput<'_>) -> Decision {
-        self.check_at(idx, input, self.slots[idx].gcra.clock_now())
+    /// `t` (a reading of the limiters' clock) in limiter time.
+    pub fn time(&self, t: C::Instant) -> Time {
+        Time(t.duration_since(self.epoch).as_u64())
     }
 
-    /// Counts one request against policy `idx` at `now`, a time the caller has already read
-    /// (the request's arrival): one clock read per request, however many policies it meets.
-    pub fn check_at(&self, idx: usize, input: &KeyInput<'_>, now: C::Instant) -> Decision {
+    /// Counts one request against policy `idx`, now.
+    pub fn check(&self, idx: usize, input: &KeyInput<'_>) -> Decision {
+        self.check_at(idx, input, self.time(self.clock.now()))
+    }
+
+    /// Counts one request against policy `idx` at `now`, read and converted once per request
+    /// (the request's arrival), however many policies it meets.
+    pub fn check_at(&self, idx: usize, input: &KeyInput<'_>, now: Time) -> Decision {
         let slot = &self.slots[idx];
         match slot.key(input) {
             Some(key) => slot.check(key, now),

@@ -184,15 +184,28 @@ fn nanos(d: Duration) -> u64 {
 
 impl<C: Clock> KeyedGcra<C> {
     /// `count` per `interval`-spaced requests with `burst` tolerance, as
-    /// `Quota::with_period(interval).allow_burst(burst)`.
+    /// `Quota::with_period(interval).allow_burst(burst)`; its time starts now.
+    #[cfg(test)]
     pub(crate) fn new(interval: Duration, burst: u32, clock: C, max_keys: usize) -> Self {
+        let start = clock.now();
+        Self::with_start(interval, burst, clock, start, max_keys)
+    }
+
+    /// As [`KeyedGcra::new`], with the table's time counted from `start` (a shared epoch, so
+    /// one conversion of a request's arrival time serves every table).
+    pub(crate) fn with_start(
+        interval: Duration,
+        burst: u32,
+        clock: C,
+        start: C::Instant,
+        max_keys: usize,
+    ) -> Self {
         let burst = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
         let quota = Quota::with_period(interval)
             .unwrap_or_else(|| Quota::per_second(NonZeroU32::MAX))
             .allow_burst(burst);
         let t = nanos(quota.replenish_interval()).max(1);
         let tau = t.saturating_mul(u64::from(quota.burst_size().get() - 1));
-        let start = clock.now();
         KeyedGcra {
             t,
             tau,
@@ -206,12 +219,7 @@ impl<C: Clock> KeyedGcra<C> {
     }
 
     fn now(&self) -> u64 {
-        self.since_start(self.clock.now())
-    }
-
-    /// `t` in the table's time: nanoseconds since the limiter's start.
-    fn since_start(&self, t: C::Instant) -> u64 {
-        t.duration_since(self.start).as_u64()
+        self.clock.now().duration_since(self.start).as_u64()
     }
 
     fn shard(&self, hash: u64) -> MutexGuard<'_, Shard> {
@@ -224,20 +232,15 @@ impl<C: Clock> KeyedGcra<C> {
 
     #[cfg(test)]
     pub(crate) fn check(&self, key: u64) -> Outcome {
-        self.check_at(key, self.clock.now())
+        self.check_at(key, self.now())
     }
 
-    /// The limiter clock's current time, for [`KeyedGcra::check_at`].
-    pub(crate) fn clock_now(&self) -> C::Instant {
-        self.clock.now()
-    }
-
-    /// As [`KeyedGcra::check`] at a time the caller has already read (the request's arrival),
-    /// so there is no clock read here. That saves more than the read itself: on the x86 hosts
-    /// measured, `rdtsc` (under every monotonic clock) does not issue before the loads ahead of
-    /// it complete, so a clock read per check puts a full cache miss between any two checks.
-    pub(crate) fn check_at(&self, key: u64, now: C::Instant) -> Outcome {
-        let now = self.since_start(now);
+    /// As [`KeyedGcra::check`] at `now`, nanoseconds since the table's start, which the caller
+    /// has already read (the request's arrival). That saves more than the read itself: on the
+    /// x86 hosts measured, `rdtsc` (under every monotonic clock) does not issue before the
+    /// loads ahead of it complete, so a clock read per check puts a full cache miss between any
+    /// two checks.
+    pub(crate) fn check_at(&self, key: u64, now: u64) -> Outcome {
         let hash = self.hasher.hash_one(key);
         let mut shard = self.shard(hash);
         if !shard.slots.is_empty() {

@@ -101,23 +101,26 @@ fn ipv6_grouped_by_prefix() {
     let a = ip("2001:db8:1:2:aaaa::1");
     let b = ip("2001:db8:1:2:ffff:ffff:ffff:ffff");
     let c = ip("2001:db8:1:3::1");
-    assert_eq!(ip_key(a, 64, &hs), ip_key(b, 64, &hs));
-    assert_ne!(ip_key(a, 64, &hs), ip_key(c, 64, &hs));
-    assert_eq!(ip_key(a, 48, &hs), ip_key(c, 48, &hs));
-    assert_ne!(ip_key(a, 128, &hs), ip_key(b, 128, &hs));
-    assert_eq!(ip_key(a, 128, &hs), ip_key(a, 128, &hs));
+    assert_eq!(ip_key(&a, 64, &hs), ip_key(&b, 64, &hs));
+    assert_ne!(ip_key(&a, 64, &hs), ip_key(&c, 64, &hs));
+    assert_eq!(ip_key(&a, 48, &hs), ip_key(&c, 48, &hs));
+    assert_ne!(ip_key(&a, 128, &hs), ip_key(&b, 128, &hs));
+    assert_eq!(ip_key(&a, 128, &hs), ip_key(&a, 128, &hs));
     assert_eq!(
-        ip_key(a, 96, &hs),
-        ip_key(ip("2001:db8:1:2:aaaa::2"), 96, &hs)
+        ip_key(&a, 96, &hs),
+        ip_key(&ip("2001:db8:1:2:aaaa::2"), 96, &hs)
     );
-    assert_eq!(ip_key(a, 0, &hs), ip_key(c, 0, &hs));
+    assert_eq!(ip_key(&a, 0, &hs), ip_key(&c, 0, &hs));
     // IPv4 keys never meet IPv6 ones, mapped addresses are IPv4.
     let v4 = ip("192.0.2.1");
-    assert_eq!(ip_key(v4, 64, &hs), ip_key(ip("::ffff:192.0.2.1"), 64, &hs));
-    assert_ne!(ip_key(v4, 64, &hs), ip_key(ip("::"), 0, &hs));
-    assert_ne!(ip_key(v4, 64, &hs), ip_key(ip("192.0.2.2"), 64, &hs));
-    assert_eq!(ip_key(Ipv4Addr::UNSPECIFIED.into(), 64, &hs), V4_TAG);
-    assert_eq!(ip_key(Ipv6Addr::UNSPECIFIED.into(), 64, &hs), 0);
+    assert_eq!(
+        ip_key(&v4, 64, &hs),
+        ip_key(&ip("::ffff:192.0.2.1"), 64, &hs)
+    );
+    assert_ne!(ip_key(&v4, 64, &hs), ip_key(&ip("::"), 0, &hs));
+    assert_ne!(ip_key(&v4, 64, &hs), ip_key(&ip("192.0.2.2"), 64, &hs));
+    assert_eq!(ip_key(&Ipv4Addr::UNSPECIFIED.into(), 64, &hs), V4_TAG);
+    assert_eq!(ip_key(&Ipv6Addr::UNSPECIFIED.into(), 64, &hs), 0);
 
     // Through the limiter: the whole /64 shares one bucket.
     let (l, _clock) = fake(&[per_ip()]);
@@ -282,6 +285,35 @@ fn state_survives_reload_of_unchanged_policy() {
     clock.advance(Duration::from_secs(1));
     assert!(gen2.check(1, &k).allowed);
     assert!(!gen1.check(0, &k).allowed);
+}
+
+#[test]
+fn later_generation_policy_counts_from_the_shared_epoch() {
+    let clock = FakeRelativeClock::default();
+    let gen1 = Limiters::with_clock(&[per_ip()], None, clock.clone());
+    clock.advance(Duration::from_secs(100));
+    // 1 request per second, burst 2, created 100 s after the epoch.
+    let late = policy("late", LimitKey::Ip, 1, Duration::from_secs(1), 2);
+    let gen2 = Limiters::with_clock(&[per_ip(), late], Some(&gen1), clock.clone());
+    let h = HeaderMap::new();
+    let k = input(ip("192.0.2.1"), &h);
+    // One arrival time serves both policies, as in the pipeline.
+    let now = gen2.time(clock.now());
+    assert_eq!(now, gen1.time(clock.now()), "one epoch across generations");
+    let d = gen2.check_at(1, &k, now);
+    assert!(d.allowed);
+    assert_eq!((d.remaining, d.reset), (1, Duration::from_secs(1)));
+    assert!(gen2.check_at(1, &k, now).allowed);
+    let d = gen2.check_at(1, &k, now);
+    assert!(!d.allowed);
+    assert_eq!(d.retry_after, Duration::from_secs(1));
+    clock.advance(Duration::from_secs(1));
+    assert!(gen2.check(1, &k).allowed, "earned back one second later");
+    assert_eq!(
+        gen2.check_at(0, &k, now).remaining,
+        2,
+        "per_ip: burst 3, first use"
+    );
 }
 
 #[test]
