@@ -113,11 +113,19 @@ fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
     })
 }
 
+/// The async runtime: `workers = 1` runs everything on the main thread (tokio's
+/// current-thread scheduler: no work-stealing queues, no cross-thread wake-ups), any other
+/// value a multi-thread scheduler with that many workers (0: one per core).
 fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
-    let mut b = tokio::runtime::Builder::new_multi_thread();
-    if workers > 0 {
-        b.worker_threads(workers);
-    }
+    let mut b = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        if workers > 0 {
+            b.worker_threads(workers);
+        }
+        b
+    };
     b.enable_all().build()
 }
 

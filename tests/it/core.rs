@@ -435,6 +435,16 @@ async fn drain_finishes_in_flight_requests_and_refuses_new_ones() {
 
 #[tokio::test]
 async fn sigterm_drains_the_process() {
+    sigterm_drains(0).await;
+}
+
+/// `workers = 1` runs on tokio's current-thread scheduler: the same process-level behaviour.
+#[tokio::test]
+async fn sigterm_drains_the_single_threaded_process() {
+    sigterm_drains(1).await;
+}
+
+async fn sigterm_drains(workers: usize) {
     let up = Upstream::start().await;
     let dir = std::env::temp_dir().join(format!(
         "iptgate-sig-{}",
@@ -450,7 +460,7 @@ async fn sigterm_drains_the_process() {
         &Opts {
             tls: false,
             listen: &format!("127.0.0.1:{port}"),
-            server: "shutdown_grace = \"5s\"",
+            server: &format!("shutdown_grace = \"5s\"\nworkers = {workers}"),
         },
         &public_routes(&up),
     )
