@@ -178,3 +178,80 @@ async fn https_upstream_with_a_private_ca() {
     assert_eq!(code_of(r).await, (502, "upstream_unavailable".to_string()));
     let _ = std::fs::remove_file(ca);
 }
+
+/// An upstream that answers a POST as soon as it has the head (`413`, before reading the
+/// body), then reads and discards the body, and answers a GET with `200 ok`.
+async fn early_answer_upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        for _ in 0..16 {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 16384];
+                let mut skip = 0usize;
+                for _ in 0..10_000 {
+                    let Ok(Ok(n)) =
+                        tokio::time::timeout(Duration::from_secs(5), stream.read(&mut chunk)).await
+                    else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    loop {
+                        let drop_now = skip.min(buf.len());
+                        buf.drain(..drop_now);
+                        skip -= drop_now;
+                        if skip > 0 {
+                            break;
+                        }
+                        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                            break;
+                        };
+                        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                        buf.drain(..end + 4);
+                        skip = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse().ok())
+                            .unwrap_or(0);
+                        let resp: &[u8] = if head.starts_with("post") {
+                            b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 4\r\n\r\nbig!"
+                        } else {
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+                        };
+                        if stream.write_all(resp).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn an_upstream_answering_before_the_body_is_sent_leaves_the_gateway_working() {
+    let addr = early_answer_upstream().await;
+    let gw = Gateway::start(&route_to(&format!("http://{addr}"), "")).await;
+    let c = client();
+    for i in 0..3 {
+        let r = c
+            .post(gw.url("/upload"))
+            .body(vec![b'x'; 4 * 1024 * 1024])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 413, "upload {i}");
+        assert_eq!(r.text().await.unwrap(), "big!");
+        let r = c.get(gw.url("/x")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "request after upload {i}");
+        assert_eq!(r.text().await.unwrap(), "ok");
+    }
+}
