@@ -176,3 +176,51 @@ fn build_active(
         config,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn config(targets: &str) -> Config {
+        let text = format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "off"
+
+[upstreams.app]
+targets = [{targets}]
+
+[[routes]]
+name = "all"
+prefix = "/"
+auth = "public"
+upstream = "app"
+"#
+        );
+        Config::from_toml(&text, Path::new("test.toml")).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_reload_that_drops_a_target_lets_the_sweep_forget_its_pool() {
+        let state = State::new(config(r#""http://127.0.0.1:1", "http://127.0.0.1:2""#))
+            .await
+            .unwrap();
+        assert_eq!(state.pools.len(), 2);
+        state
+            .swap(config(r#""http://127.0.0.1:2", "http://127.0.0.1:3""#))
+            .unwrap();
+        // The dropped target's pool is still in the map until a sweep; a generation (or a
+        // request) still holding it keeps it.
+        assert_eq!(state.pools.len(), 3);
+        let old = state.active.load_full();
+        state.swap(config(r#""http://127.0.0.1:3""#)).unwrap();
+        state.pools.sweep();
+        assert_eq!(state.pools.len(), 2, "the held generation keeps :2");
+        drop(old);
+        state.pools.sweep();
+        assert_eq!(state.pools.len(), 1, "only :3 is in use");
+    }
+}

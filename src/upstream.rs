@@ -311,17 +311,29 @@ impl Pools {
         Ok(pool)
     }
 
-    /// Closes idle connections past [`IDLE_TIMEOUT`]; called periodically.
+    /// Closes idle connections past [`IDLE_TIMEOUT`], and forgets the pools of targets no
+    /// config generation uses any more (only this map still holds them: the reload that
+    /// dropped the target is done and its last requests have finished). Called periodically.
     pub fn sweep(&self) {
-        let pools: Vec<Arc<Pool>> = self
-            .map
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .values()
-            .cloned()
-            .collect();
+        let pools: Vec<Arc<Pool>> = {
+            let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
+            map.retain(|_, p| Arc::strong_count(p) > 1);
+            map.values().cloned().collect()
+        };
         for p in pools {
             p.sweep();
         }
+    }
+
+    /// Number of pools held (one per target in use).
+    pub fn len(&self) -> usize {
+        self.map
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
