@@ -136,6 +136,7 @@ async fn run(
     out: &mut Outcome,
 ) -> Result<Response<Body>, Reject> {
     let cfg = &active.config;
+    check_host(req.version(), req.headers(), req.uri())?;
     let path = path::normalize(req.uri().path()).map_err(Reject::BadRequest)?;
     out.path = Some(path.clone());
 
@@ -400,6 +401,43 @@ async fn limits(
 
 /// Host for route matching: `Host`, else the URI authority (HTTP/2), without port. Borrowed:
 /// route matching compares hosts case-insensitively, so nothing is lower-cased per request.
+/// The request's host must be unambiguous (RFC 9112 §3.2, §3.2.2): an HTTP/1.1 request carries
+/// exactly one Host header with a valid value, and an absolute-form target names the same host
+/// as Host (RFC 9112 says the target wins; the gateway routes on Host and passes Host on, so a
+/// different one is refused rather than silently ignored). Otherwise `400 bad_request` before
+/// any phase runs. HTTP/2 is left as it was: a Host header there, if any, names the host
+/// routed on and passed on, which is what clients that set one mean.
+fn check_host(version: http::Version, headers: &HeaderMap, uri: &http::Uri) -> Result<(), Reject> {
+    let mut all = headers.get_all(header::HOST).iter();
+    let host = all.next();
+    if all.next().is_some() {
+        return Err(Reject::BadRequest("more than one Host header"));
+    }
+    let Some(host) = host else {
+        return if version == http::Version::HTTP_11 {
+            Err(Reject::BadRequest("missing Host header"))
+        } else {
+            Ok(())
+        };
+    };
+    if host.is_empty() {
+        // Allowed for a target without an authority; nothing to route on.
+        return Ok(());
+    }
+    let valid =
+        !host.as_bytes().contains(&b'@') && http::uri::Authority::try_from(host.as_bytes()).is_ok();
+    if !valid {
+        return Err(Reject::BadRequest("invalid Host header"));
+    }
+    let h1 = matches!(version, http::Version::HTTP_10 | http::Version::HTTP_11);
+    if let (true, Some(target), Ok(host)) = (h1, uri.authority(), host.to_str()) {
+        if !route::host_of(target.as_str()).eq_ignore_ascii_case(route::host_of(host)) {
+            return Err(Reject::BadRequest("Host differs from the request target"));
+        }
+    }
+    Ok(())
+}
+
 pub fn request_host<'a>(headers: &'a HeaderMap, uri: &'a http::Uri) -> Option<&'a str> {
     let raw = headers
         .get(header::HOST)

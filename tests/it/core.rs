@@ -194,6 +194,40 @@ async fn rejected_paths_are_400_and_the_upstream_sees_the_normalized_path() {
 }
 
 #[tokio::test]
+async fn an_ambiguous_or_missing_host_is_400() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start_with(plain(), &public_routes(&up)).await;
+    for (why, req) in [
+        ("no Host in HTTP/1.1", "GET / HTTP/1.1\r\n"),
+        ("two Host lines", "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n"),
+        ("invalid Host", "GET / HTTP/1.1\r\nHost: a b\r\n"),
+        ("userinfo in Host", "GET / HTTP/1.1\r\nHost: u@a\r\n"),
+        (
+            "absolute-form naming another host",
+            "GET http://evil.example/ HTTP/1.1\r\nHost: a\r\n",
+        ),
+    ] {
+        let req = format!("{req}Connection: close\r\n\r\n");
+        let out = raw(gw.addr, req.as_bytes(), Duration::from_secs(3)).await;
+        assert!(out.starts_with("HTTP/1.1 400"), "{why}: {out}");
+        assert!(out.contains("bad_request"), "{why}: {out}");
+    }
+    assert_eq!(up.count(), 0, "none of them reached the upstream");
+    for (why, req) in [
+        ("HTTP/1.0 without Host", "GET / HTTP/1.0\r\n"),
+        (
+            "absolute-form naming the same host (case and port aside)",
+            "GET http://A.example:80/ HTTP/1.1\r\nHost: a.example\r\n",
+        ),
+    ] {
+        let req = format!("{req}Connection: close\r\n\r\n");
+        let out = raw(gw.addr, req.as_bytes(), Duration::from_secs(3)).await;
+        assert!(out.contains(" 200 "), "{why}: {out}");
+    }
+    assert_eq!(up.count(), 2);
+}
+
+#[tokio::test]
 async fn upstream_down_is_502_and_slow_is_504() {
     // A port with nothing listening.
     let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
