@@ -197,34 +197,40 @@ async fn rejected_paths_are_400_and_the_upstream_sees_the_normalized_path() {
 async fn an_ambiguous_or_missing_host_is_400() {
     let up = Upstream::start().await;
     let gw = Gateway::start_with(plain(), &public_routes(&up)).await;
-    for (why, req) in [
-        ("no Host in HTTP/1.1", "GET / HTTP/1.1\r\n"),
-        ("two Host lines", "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n"),
-        ("invalid Host", "GET / HTTP/1.1\r\nHost: a b\r\n"),
-        ("userinfo in Host", "GET / HTTP/1.1\r\nHost: u@a\r\n"),
+    let cases = [
+        ("no Host in HTTP/1.1", "GET / HTTP/1.1\r\n", 400),
+        (
+            "two Host lines",
+            "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n",
+            400,
+        ),
+        ("invalid Host", "GET / HTTP/1.1\r\nHost: a b\r\n", 400),
+        ("userinfo in Host", "GET / HTTP/1.1\r\nHost: u@a\r\n", 400),
         (
             "absolute-form naming another host",
             "GET http://evil.example/ HTTP/1.1\r\nHost: a\r\n",
+            400,
         ),
-    ] {
-        let req = format!("{req}Connection: close\r\n\r\n");
-        let out = raw(gw.addr, req.as_bytes(), Duration::from_secs(3)).await;
-        assert!(out.starts_with("HTTP/1.1 400"), "{why}: {out}");
-        assert!(out.contains("bad_request"), "{why}: {out}");
-    }
-    assert_eq!(up.count(), 0, "none of them reached the upstream");
-    for (why, req) in [
-        ("HTTP/1.0 without Host", "GET / HTTP/1.0\r\n"),
+        ("HTTP/1.0 without Host", "GET / HTTP/1.0\r\n", 200),
         (
             "absolute-form naming the same host (case and port aside)",
             "GET http://A.example:80/ HTTP/1.1\r\nHost: a.example\r\n",
+            200,
         ),
-    ] {
+    ];
+    for (why, req, status) in cases {
         let req = format!("{req}Connection: close\r\n\r\n");
         let out = raw(gw.addr, req.as_bytes(), Duration::from_secs(3)).await;
-        assert!(out.contains(" 200 "), "{why}: {out}");
+        assert!(out.contains(&format!(" {status} ")), "{why}: {out}");
+        if status == 400 {
+            assert!(out.contains("bad_request"), "{why}: {out}");
+        }
     }
-    assert_eq!(up.count(), 2);
+    assert_eq!(
+        up.count(),
+        2,
+        "only the two valid requests reached the upstream"
+    );
 }
 
 #[tokio::test]
