@@ -40,8 +40,10 @@ pub(super) fn build(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
         }])
     })?;
     let mut errs = Errors::default();
-    let file = shape(table, &mut errs);
-    if !errs.0.is_empty() {
+    let (file, complete) = shape(table, &mut errs);
+    if !complete {
+        // A section could not be read at all: checking the rest against it would only add
+        // errors that are consequences of that one.
         return Err(fail(errs.0));
     }
     let base_dir = path
@@ -65,8 +67,10 @@ pub(super) fn build(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
     }
 }
 
-/// Deserialize section by section so that one typo does not hide the next.
-fn shape(mut table: toml::Table, errs: &mut Errors) -> FileConfig {
+/// Deserialize section by section so that one typo does not hide the next. Unknown keys are
+/// reported and left out, so the rest is still read and validated; the flag is false when a
+/// section could not be read at all.
+fn shape(mut table: toml::Table, errs: &mut Errors) -> (FileConfig, bool) {
     for key in table.keys() {
         if !TOP_KEYS.contains(&key.as_str()) {
             let hint = closest(key, TOP_KEYS)
@@ -76,13 +80,22 @@ fn shape(mut table: toml::Table, errs: &mut Errors) -> FileConfig {
         }
     }
     let mut out = FileConfig::default();
-    fn take<T: DeserializeOwned + Default>(t: &mut toml::Table, key: &str, errs: &mut Errors) -> T {
+    let mut complete = true;
+    let errs = &mut Shaping {
+        errs,
+        complete: &mut complete,
+    };
+    fn take<T: DeserializeOwned + Default>(
+        t: &mut toml::Table,
+        key: &str,
+        errs: &mut Shaping,
+    ) -> T {
         take_opt(t, key, errs).unwrap_or_default()
     }
     fn take_opt<T: DeserializeOwned>(
         t: &mut toml::Table,
         key: &str,
-        errs: &mut Errors,
+        errs: &mut Shaping,
     ) -> Option<T> {
         let v = t.remove(key)?;
         de(v, key, errs)
@@ -110,7 +123,7 @@ fn shape(mut table: toml::Table, errs: &mut Errors) -> FileConfig {
                     }
                 }
             }
-            Some(_) => errs.push(section, "must be a table of named entries"),
+            Some(_) => errs.fatal(section, "must be a table of named entries"),
         }
     }
     match table.remove("routes") {
@@ -122,26 +135,60 @@ fn shape(mut table: toml::Table, errs: &mut Errors) -> FileConfig {
                 }
             }
         }
-        Some(_) => errs.push("routes", "must be an array of tables: [[routes]]"),
+        Some(_) => errs.fatal("routes", "must be an array of tables: [[routes]]"),
     }
-    out
+    (out, complete)
 }
 
-fn de<T: DeserializeOwned>(v: toml::Value, path: &str, errs: &mut Errors) -> Option<T> {
-    match v.try_into::<T>() {
-        Ok(t) => Some(t),
-        Err(e) => {
-            errs.push(path, explain_serde(&e.to_string()));
-            None
-        }
+/// Errors of the shape step, and whether every section could be read.
+struct Shaping<'a> {
+    errs: &'a mut Errors,
+    complete: &'a mut bool,
+}
+
+impl Shaping<'_> {
+    fn fatal(&mut self, path: &str, msg: impl Into<String>) {
+        self.errs.push(path, msg);
+        *self.complete = false;
     }
+}
+
+/// Reads one section. An unknown key is reported and dropped, and the section read again
+/// without it (a bounded number of times), so every unknown key of a section is reported at
+/// once and the section still takes part in validation.
+fn de<T: DeserializeOwned>(mut v: toml::Value, path: &str, errs: &mut Shaping) -> Option<T> {
+    for _ in 0..64 {
+        let e = match v.clone().try_into::<T>() {
+            Ok(t) => return Some(t),
+            Err(e) => e.to_string(),
+        };
+        let dropped = match (unknown_field(&e), v.as_table_mut()) {
+            (Some(field), Some(t)) => t.remove(field).is_some(),
+            _ => false,
+        };
+        if !dropped {
+            errs.fatal(path, explain_serde(&e));
+            return None;
+        }
+        errs.errs.push(path, explain_serde(&e));
+    }
+    *errs.complete = false;
+    None
+}
+
+/// The key named by serde's "unknown field `x`, expected …".
+fn unknown_field(msg: &str) -> Option<&str> {
+    msg.trim()
+        .strip_prefix("unknown field `")?
+        .split_once('`')
+        .map(|(f, _)| f)
 }
 
 /// Turn serde's "unknown field `x`, expected one of `a`, `b`" into a suggestion.
 fn explain_serde(msg: &str) -> String {
     let msg = msg.trim().trim_end_matches('\n').to_string();
-    if let Some(rest) = msg.strip_prefix("unknown field `") {
-        if let Some((field, tail)) = rest.split_once('`') {
+    if let Some(field) = unknown_field(&msg) {
+        if let Some((_, tail)) = msg.split_once(&format!("`{field}`")) {
             let expected: Vec<&str> = tail
                 .split('`')
                 .enumerate()

@@ -84,6 +84,44 @@ upstream = "app"
 }
 
 #[test]
+fn unknown_keys_do_not_hide_each_other_or_the_other_errors() {
+    let e = load(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+admin_lisen = "off"
+wrokers = 2
+header_read_timeout = "soon"
+
+[ip]
+alow = ["10.0.0.0/8"]
+
+[upstreams.app]
+url = "ftp://x"
+
+[[routes]]
+name = "a"
+prefx = "/api"
+prefix = "/"
+auth = "public"
+upstream = "app"
+"#,
+    )
+    .unwrap_err();
+    for expected in [
+        "did you mean `admin_listen`",
+        "did you mean `workers`",
+        "did you mean `allow`",
+        "did you mean `prefix`",
+        "server.header_read_timeout",
+        "upstreams.app.url",
+    ] {
+        assert!(e.contains(expected), "{expected} missing from: {e}");
+    }
+    assert!(e.contains("6 error(s)"), "{e}");
+}
+
+#[test]
 fn duplicate_routes_are_errors_and_shadowed_routes_warnings() {
     let dup = format!(
         "{BASE}[[routes]]\nname = \"a\"\nprefix = \"/api\"\nauth = \"public\"\nupstream = \"app\"\n[[routes]]\nname = \"b\"\nprefix = \"/api/\"\nauth = \"public\"\nupstream = \"app\"\n"
