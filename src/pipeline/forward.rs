@@ -36,6 +36,8 @@ pub struct Forward<'a> {
     pub path: &'a str,
     pub query: Option<&'a str>,
     pub token: Option<&'a TokenConfig>,
+    /// The refresh token's request header (`[refresh].header`): never passed on.
+    pub refresh_header: Option<&'a HeaderName>,
     pub claims: Option<&'a Claims>,
     pub max_body: u64,
     pub allow_upgrade: bool,
@@ -150,7 +152,8 @@ pub fn remove_claim_headers(h: &mut HeaderMap, token: &TokenConfig) {
     }
 }
 
-/// A claim as a header value; `None` when it cannot be one (control characters).
+/// A claim as a header value (UTF-8 passes as is); `None` when it cannot be one (control
+/// characters).
 pub fn claim_header_value(v: &serde_json::Value) -> Option<HeaderValue> {
     let s = match v {
         serde_json::Value::String(s) => s.clone(),
@@ -165,7 +168,7 @@ pub fn claim_header_value(v: &serde_json::Value) -> Option<HeaderValue> {
         serde_json::Value::Null => return None,
         other => other.to_string(),
     };
-    HeaderValue::from_str(&s).ok()
+    HeaderValue::from_bytes(s.as_bytes()).ok()
 }
 
 /// Remove the token (Authorization with one of our schemes, the token header, our cookies).
@@ -383,7 +386,10 @@ pub async fn send(mut req: Request<Incoming>, f: Forward<'_>) -> Result<Response
     if let Some(tc) = f.token {
         remove_claim_headers(h, tc);
         if !tc.forward_token {
-            strip_token(h, tc, None);
+            strip_token(h, tc, f.refresh_header);
+        } else if let Some(r) = f.refresh_header {
+            // `forward_token` is about the access token; a refresh token never leaves.
+            h.remove(r);
         }
         if let Some(claims) = f.claims {
             for (claim, name) in &tc.forward_claims {
@@ -457,7 +463,13 @@ pub async fn send(mut req: Request<Incoming>, f: Forward<'_>) -> Result<Response
             "unexpected 101 from upstream".into(),
         ));
     }
-    strip_hop_by_hop(resp.headers_mut());
+    let h = resp.headers_mut();
+    if h.contains_key(header::TRANSFER_ENCODING) {
+        // The upstream framed the body in chunks: a Content-Length beside that is not the
+        // length of what is passed on (RFC 9112 §6.3), and would leave the client waiting.
+        h.remove(header::CONTENT_LENGTH);
+    }
+    strip_hop_by_hop(h);
     Ok(resp.map(BodyExt::boxed))
 }
 

@@ -93,7 +93,8 @@ pub fn apply(resp: &mut Response<Body>, m: &MintCtx<'_>) -> Result<Minted, Rejec
         let values: Vec<HeaderValue> = resp.headers().get_all(name).iter().cloned().collect();
         resp.headers_mut().remove(name);
         if let Some(v) = values.first() {
-            match v.to_str() {
+            // UTF-8 (a user called Élise) is a valid claim; other bytes are not text.
+            match std::str::from_utf8(v.as_bytes()) {
                 Ok(s) if !s.is_empty() => {
                     extra.insert(claim.clone(), serde_json::Value::String(s.to_string()));
                 }

@@ -204,6 +204,7 @@ async fn run(
             path: &up_path,
             query: query.as_deref(),
             token: cfg.token.as_ref(),
+            refresh_header: cfg.refresh.as_ref().map(|r| &r.header),
             claims: claims.as_ref(),
             max_body: cfg.server.max_request_body,
             allow_upgrade: !matches!(rc.auth, AuthMode::Mint(_)),

@@ -1,5 +1,6 @@
 //! IP-bound tokens end to end: mint on the login route's status, verify on protected routes.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
@@ -81,6 +82,40 @@ fn now() -> u64 {
 fn good_claims(ip: &str) -> serde_json::Value {
     let n = now();
     json!({"iss": "iptgate", "sub": "alice", "typ": "access", "ip": ip, "iat": n, "nbf": n, "exp": n + 600, "jti": "j1"})
+}
+
+#[tokio::test]
+async fn a_utf8_claim_from_the_login_answer_is_minted_and_forwarded() {
+    let handler: Handler = Arc::new(|s: &Seen| {
+        let mut r = respond(200, &[], "welcome");
+        if s.uri.starts_with("/login") {
+            r.headers_mut().insert(
+                "x-user-id",
+                http::HeaderValue::from_bytes("élise".as_bytes()).unwrap(),
+            );
+        }
+        r
+    });
+    let up = Upstream::with(handler).await;
+    let gw = Gateway::start(&app(&up, "")).await;
+    let c = client();
+    let r = login(&c, &gw, "").await;
+    assert_eq!(r.status(), 200);
+    let token = token_of(&r).expect("minted");
+    let claims: serde_json::Value =
+        serde_json::from_slice(&B64.decode(token.split('.').nth(1).unwrap()).unwrap()).unwrap();
+    assert_eq!(claims["sub"], "élise");
+    let r = c
+        .get(gw.url("/x"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        up.last().headers.get("x-auth-subject").unwrap().as_bytes(),
+        "élise".as_bytes()
+    );
 }
 
 #[tokio::test]
@@ -463,6 +498,19 @@ async fn cookies_refresh_rotation_reuse_detection_and_logout() {
         up.last().header("cookie"),
         Some("other=1"),
         "our cookie stripped upstream"
+    );
+    // The refresh token never reaches the upstream, whatever carries the access token.
+    let r = c
+        .get(gw.url("/x"))
+        .bearer_auth(&access)
+        .header("IPToken-Refresh", &refresh)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        up.last().header("iptoken-refresh").is_none(),
+        "refresh header stripped upstream"
     );
     // A refresh token is not an access token.
     let r = c

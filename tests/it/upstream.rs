@@ -255,3 +255,32 @@ async fn an_upstream_answering_before_the_body_is_sent_leaves_the_gateway_workin
         assert_eq!(r.text().await.unwrap(), "ok");
     }
 }
+
+#[tokio::test]
+async fn an_upstream_response_with_both_length_and_chunks_reaches_the_client_whole() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        for _ in 0..4 {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf).await;
+                let resp = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n";
+                let _ = stream.write_all(resp).await;
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            });
+        }
+    });
+    let gw = Gateway::start(&route_to(&format!("http://{addr}"), "")).await;
+    let r = tokio::time::timeout(Duration::from_secs(5), async {
+        let r = client().get(gw.url("/x")).send().await.unwrap();
+        let status = r.status();
+        (status, r.text().await.unwrap())
+    })
+    .await
+    .expect("the client gets the whole response");
+    assert_eq!(r, (http::StatusCode::OK, "ok".to_string()));
+}
