@@ -4,6 +4,9 @@
 //! (after decoding, so `%2e%2e` is `..`); repeated `/` are merged. Anything still carrying
 //! an encoded `/`, `\` or NUL, a raw backslash, a malformed escape or a `..` above the root
 //! is refused, because a gateway and an app that disagree on a path is how auth is bypassed.
+//! So is a `;` anywhere in the path: servlet containers strip `;` path parameters before
+//! routing (`/public/..;/admin` is `/admin` to Tomcat), which would put the app on a different
+//! path than the one the gateway judged.
 
 /// Why a path was refused (log only).
 pub type Refusal = &'static str;
@@ -65,6 +68,12 @@ fn decode_segment(seg: &str, out: &mut String) -> Result<(), Refusal> {
 pub fn normalize(path: &str) -> Result<String, Refusal> {
     if !path.starts_with('/') {
         return Err("not an absolute path");
+    }
+    if path.contains(';') {
+        // Path parameters (`/admin;x/`, `/a/..;/b`): servlet containers (Tomcat, Jetty,
+        // Spring) strip them before routing, so the upstream would see another path than the
+        // one the gateway decided on.
+        return Err("`;` in the path");
     }
     // Fast path: nothing to decode, no dot segments, no repeated slashes.
     let b = path.as_bytes();
@@ -149,6 +158,9 @@ mod tests {
             "/%zz",
             "/%4",
             "a/b",
+            "/public/..;/admin",
+            "/admin;x/secret",
+            "/a;jsessionid=1",
         ] {
             assert!(normalize(bad).is_err(), "{bad}");
         }
