@@ -105,16 +105,18 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     }
 }
 
+/// A WebSocket upgrade request (`Upgrade: websocket` with `Connection: upgrade`). Other
+/// upgrades (`h2c` above all) are not passed on: after a `101` the connection is a tunnel no
+/// later request on it is judged in, so only the protocol the gateway means to carry gets one.
+/// Their `Upgrade` header goes with the other hop-by-hop headers.
 fn is_upgrade(h: &HeaderMap) -> bool {
-    h.contains_key(header::UPGRADE)
-        && h.get_all(header::CONNECTION).iter().any(|v| {
+    let has_token = |name: header::HeaderName, token: &str| {
+        h.get_all(name).iter().any(|v| {
             v.to_str()
-                .map(|s| {
-                    s.split(',')
-                        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-                })
-                .unwrap_or(false)
+                .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
         })
+    };
+    has_token(header::UPGRADE, "websocket") && has_token(header::CONNECTION, "upgrade")
 }
 
 /// Header names compared the way a lenient app framework would: case-insensitive, `_` = `-`.
@@ -323,7 +325,6 @@ pub async fn send(mut req: Request<Incoming>, f: Forward<'_>) -> Result<Response
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     });
-    let upgrade_value = parts.headers.get(header::UPGRADE).cloned();
     let h = &mut parts.headers;
     strip_hop_by_hop(h);
 
@@ -407,10 +408,8 @@ pub async fn send(mut req: Request<Incoming>, f: Forward<'_>) -> Result<Response
         }
     }
     if upgrade {
-        if let Some(u) = upgrade_value {
-            h.insert(header::UPGRADE, u);
-            h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        }
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
 
     let (target, pool) = f.upstream.pick();

@@ -591,6 +591,25 @@ async fn websocket_upgrade_passes_through() {
 }
 
 #[tokio::test]
+async fn only_websocket_upgrades_are_passed_on() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start_with(plain(), &public_routes(&up)).await;
+    let out = raw(
+        gw.addr,
+        b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\nConnection: Upgrade, HTTP2-Settings, close\r\n\r\n",
+        Duration::from_secs(3),
+    )
+    .await;
+    assert!(
+        out.starts_with("HTTP/1.1 200"),
+        "served as a plain request: {out}"
+    );
+    let seen = up.last();
+    assert!(seen.header("upgrade").is_none(), "h2c not offered upstream");
+    assert!(seen.header("http2-settings").is_none());
+}
+
+#[tokio::test]
 async fn admin_health_and_redirect_listener() {
     let up = Upstream::start().await;
     let redirect_port = {
