@@ -176,6 +176,38 @@ fn de<T: DeserializeOwned>(mut v: toml::Value, path: &str, errs: &mut Shaping) -
     None
 }
 
+/// `string "…"` in a serde message becomes `a string`.
+fn redact_strings(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len());
+    let mut rest = msg;
+    while let Some(i) = rest.find("string \"") {
+        out.push_str(&rest[..i]);
+        out.push_str("a string");
+        let after = &rest[i + "string \"".len()..];
+        // serde quotes with Rust escapes, so an inner quote is `\"`.
+        let mut end = None;
+        let mut escaped = false;
+        for (j, c) in after.char_indices() {
+            match c {
+                '\\' if !escaped => escaped = true,
+                '"' if !escaped => {
+                    end = Some(j);
+                    break;
+                }
+                _ => escaped = false,
+            }
+        }
+        match end {
+            Some(j) => rest = &after[j + 1..],
+            None => {
+                rest = "";
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 /// The key named by serde's "unknown field `x`, expected …".
 fn unknown_field(msg: &str) -> Option<&str> {
     msg.trim()
@@ -184,9 +216,11 @@ fn unknown_field(msg: &str) -> Option<&str> {
         .map(|(f, _)| f)
 }
 
-/// Turn serde's "unknown field `x`, expected one of `a`, `b`" into a suggestion.
+/// Turn serde's "unknown field `x`, expected one of `a`, `b`" into a suggestion. String
+/// values quoted in type errors are left out: the value may be a secret put where a table
+/// was expected (`secret = "…"`), and `check` output ends up in CI logs.
 fn explain_serde(msg: &str) -> String {
-    let msg = msg.trim().trim_end_matches('\n').to_string();
+    let msg = redact_strings(msg.trim().trim_end_matches('\n'));
     if let Some(field) = unknown_field(&msg) {
         if let Some((_, tail)) = msg.split_once(&format!("`{field}`")) {
             let expected: Vec<&str> = tail

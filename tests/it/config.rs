@@ -122,6 +122,16 @@ upstream = "app"
 }
 
 #[test]
+fn a_secret_in_the_wrong_shape_is_not_echoed() {
+    let e = load(&format!(
+        "{BASE}[token]\nalgorithm = \"HS256\"\nsecret = \"inline-secret-value-which-is-long-enough-xxxx\"\n"
+    ))
+    .unwrap_err();
+    assert!(e.contains("token"), "{e}");
+    assert!(!e.contains("inline-secret-value"), "{e}");
+}
+
+#[test]
 fn duplicate_routes_are_errors_and_shadowed_routes_warnings() {
     let dup = format!(
         "{BASE}[[routes]]\nname = \"a\"\nprefix = \"/api\"\nauth = \"public\"\nupstream = \"app\"\n[[routes]]\nname = \"b\"\nprefix = \"/api/\"\nauth = \"public\"\nupstream = \"app\"\n"
