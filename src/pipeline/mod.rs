@@ -136,11 +136,13 @@ async fn run(
     out: &mut Outcome,
 ) -> Result<Response<Body>, Reject> {
     let cfg = &active.config;
-    check_host(req.version(), req.headers(), req.uri())?;
-    let path = path::normalize(req.uri().path()).map_err(Reject::BadRequest)?;
-    out.path = Some(path.clone());
+    let path = check_host(req.version(), req.headers(), req.uri())
+        .and_then(|()| path::normalize(req.uri().path()).map_err(Reject::BadRequest));
 
-    if cfg.forward_auth.as_deref() == Some(path.as_str()) {
+    if let Ok(p) = &path {
+        out.path = Some(p.clone());
+    }
+    if matches!((&path, &cfg.forward_auth), (Ok(p), Some(f)) if p == f) {
         // Boxed, as the other rarely taken branches below: an inline sub-future would grow
         // every request's future, which is copied as it is created and moved into place.
         return Box::pin(forward_auth::answer(
@@ -154,6 +156,16 @@ async fn run(
     let ip = cip.ip;
     out.client_ip = Some(ip);
     out.ip_source = Some(cip.source);
+    // A request the gateway cannot make sense of (path, Host) is refused after the global IP
+    // policy, as the phases go: a denied address hears 403 whatever it sends, and the refusal
+    // is logged with its client IP.
+    let path = match path {
+        Ok(p) => p,
+        Err(rej) => {
+            active.ip_policy.check(ip)?;
+            return Err(rej);
+        }
+    };
 
     // Gateway-served paths come before routes (after the global IP policy).
     if session::is_served(&path, active) {

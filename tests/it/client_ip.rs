@@ -324,6 +324,9 @@ ip = {{ allow = ["127.0.0.4", "127.0.0.5"], deny = ["127.0.0.5/32"] }}
     assert_eq!(status(77, "/").await, denied);
     assert_eq!(status(80, "/").await, denied);
     assert_eq!(status(83, "/").await, denied);
+    // A denied address hears 403 even for a path that is itself refused (400 for others).
+    assert_eq!(status(66, "/a%2Fb").await, denied);
+    assert_eq!(status(2, "/a%2Fb").await.0, 400);
     assert_eq!(up.count(), 0);
     assert_eq!(status(84, "/").await.0, 200);
     assert_eq!(status(90, "/").await.0, 200, "commented-out entry");
