@@ -254,16 +254,19 @@ async fn connection(
         };
         let acceptor = tokio_rustls::TlsAcceptor::from(tls);
         match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-            Ok(Ok(s)) => serve_io(s, conn, state, builder, stop, idle).await,
+            Ok(Ok(s)) => serve_io(s, conn, state, builder, stop, idle, handshake_timeout).await,
             Ok(Err(e)) => tracing::debug!(peer = %peer.ip(), error = %e, "TLS handshake failed"),
             Err(_) => tracing::debug!(peer = %peer.ip(), "TLS handshake timed out"),
         }
     } else {
-        serve_io(stream, conn, state, builder, stop, idle).await;
+        serve_io(stream, conn, state, builder, stop, idle, handshake_timeout).await;
     }
 }
 
-/// Serve HTTP on one connection until it closes, goes idle, or the gateway drains.
+/// Serve HTTP on one connection until it closes, goes idle, or the gateway drains. A
+/// connection that sends nothing at all within `first_byte` (the header read timeout) is
+/// closed then: hyper's own header timer starts with the first request's first bytes, so
+/// without this a silent connection would hold its slot for the whole idle timeout.
 async fn serve_io<S>(
     io: S,
     conn: Arc<Conn>,
@@ -271,6 +274,7 @@ async fn serve_io<S>(
     builder: &auto::Builder<TokioExecutor>,
     mut stop: watch::Receiver<bool>,
     idle: Duration,
+    first_byte: Duration,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -279,7 +283,11 @@ async fn serve_io<S>(
         inner: io,
         moved: moved.clone(),
     };
-    let mut quiet_since = Instant::now();
+    let started = Instant::now();
+    let mut quiet_since = started;
+    let mut first_deadline = pin!(tokio::time::sleep(first_byte));
+    let mut awaiting_first = true;
+    let peer = conn.peer.ip();
     let st = state.clone();
     let svc = service_fn(move |req| crate::pipeline::handle(req, conn.clone(), st.clone()));
     let mut c = pin!(builder.serve_connection_with_upgrades(TokioIo::new(io), svc));
@@ -292,6 +300,14 @@ async fn serve_io<S>(
     loop {
         tokio::select! {
             _ = c.as_mut() => break,
+            _ = &mut first_deadline, if awaiting_first => {
+                awaiting_first = false;
+                // Bytes moved since the start: seen by the flag, or already taken by a tick.
+                if !moved.load(Ordering::Relaxed) && quiet_since == started {
+                    tracing::debug!(peer = %peer, "nothing received within header_read_timeout: connection closed");
+                    break;
+                }
+            }
             _ = stop.changed(), if !closing => {
                 c.as_mut().graceful_shutdown();
                 closing = true;

@@ -411,6 +411,33 @@ async fn header_read_timeout_closes_a_slow_client() {
 }
 
 #[tokio::test]
+async fn header_read_timeout_closes_a_connection_that_sends_nothing() {
+    let up = Upstream::start().await;
+    for tls in [false, true] {
+        let o = Opts {
+            tls,
+            server: "header_read_timeout = \"300ms\"\nidle_timeout = \"60s\"",
+            ..Opts::default()
+        };
+        let gw = Gateway::start_with(o, &public_routes(&up)).await;
+        let t = Instant::now();
+        if tls {
+            // The handshake completes; then nothing is sent.
+            let mut s = tls_connect(gw.addr).await;
+            let mut buf = Vec::new();
+            let r = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+            assert!(r.is_ok(), "tls: the silent connection was closed");
+        } else {
+            let mut s = TcpStream::connect(gw.addr).await.unwrap();
+            let mut buf = Vec::new();
+            let r = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+            assert!(r.is_ok(), "plain: the silent connection was closed");
+        }
+        assert!(t.elapsed() < Duration::from_secs(3), "tls={tls}");
+    }
+}
+
+#[tokio::test]
 async fn idle_keep_alive_connections_are_closed() {
     let up = Upstream::start().await;
     let o = Opts {

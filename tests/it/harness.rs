@@ -347,7 +347,8 @@ pub fn plain_client() -> reqwest::Client {
     client_builder(None).build().unwrap()
 }
 
-pub fn client_builder_alpn(local: Option<IpAddr>, alpn: &[&[u8]]) -> reqwest::ClientBuilder {
+/// A TLS client config trusting the test PKI, offering `alpn`.
+pub fn tls_client_config(alpn: &[&[u8]]) -> rustls::ClientConfig {
     let mut roots = rustls::RootCertStore::empty();
     for c in rustls::pki_types::CertificateDer::pem_slice_iter(pki().ca_pem.as_bytes()) {
         roots.add(c.unwrap()).unwrap();
@@ -361,8 +362,22 @@ pub fn client_builder_alpn(local: Option<IpAddr>, alpn: &[&[u8]]) -> reqwest::Cl
     .with_root_certificates(roots)
     .with_no_client_auth();
     tls.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    tls
+}
+
+/// A raw TLS connection to a TLS gateway (handshake done, nothing sent).
+pub async fn tls_connect(
+    addr: SocketAddr,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls_client_config(&[b"http/1.1"])));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    connector.connect(name, tcp).await.unwrap()
+}
+
+pub fn client_builder_alpn(local: Option<IpAddr>, alpn: &[&[u8]]) -> reqwest::ClientBuilder {
     let mut b = reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
+        .tls_backend_preconfigured(tls_client_config(alpn))
         .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(20))
         .no_proxy();
