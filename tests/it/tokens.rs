@@ -424,7 +424,15 @@ async fn forged_and_broken_tokens_get_the_right_401_and_never_reach_the_upstream
     let r = c
         .get(gw.url("/feed"))
         .bearer_auth(&a)
-        .header("IPToken", b)
+        .header("IPToken", &b)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(code_of(r).await, (401, "token_invalid".into()));
+    // Two cookies of our name carrying different tokens, too.
+    let r = c
+        .get(gw.url("/feed"))
+        .header("Cookie", format!("ipt={a}; ipt={b}"))
         .send()
         .await
         .unwrap();
