@@ -104,6 +104,12 @@ pub fn apply(resp: &mut Response<Body>, m: &MintCtx<'_>) -> Result<Minted, Rejec
         }
     }
     drop_our_cookies(resp.headers_mut(), &m.token.cookie.name);
+    // Only the gateway hands out tokens: the upstream's own copies of our headers go, minted
+    // or not, so a client never takes an upstream's value for one of ours.
+    resp.headers_mut().remove(&m.token.header);
+    if let Some(r) = m.refresh {
+        resp.headers_mut().remove(&r.header);
+    }
     if !m.rule.status.contains(&resp.status().as_u16()) {
         return Ok(Minted::No);
     }

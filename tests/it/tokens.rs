@@ -609,6 +609,19 @@ async fn an_upstream_set_cookie_for_our_cookie_is_dropped() {
 }
 
 #[tokio::test]
+async fn an_upstream_token_header_never_reaches_the_client() {
+    // The app answers the login with a failure status and its own `IPToken` header.
+    let up = Upstream::with(std::sync::Arc::new(|_s: &Seen| {
+        respond(401, &[("iptoken", "from-the-upstream")], "no")
+    }))
+    .await;
+    let gw = Gateway::start(&app(&up, "")).await;
+    let r = client().post(gw.url("/login")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(token_of(&r).is_none(), "nothing minted, nothing passed on");
+}
+
+#[tokio::test]
 async fn token_cli_mints_and_verifies() {
     let up = Upstream::start().await;
     let gw = Gateway::start(&app(&up, "")).await;
