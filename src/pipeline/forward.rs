@@ -326,8 +326,8 @@ pub async fn send(mut req: Request<Incoming>, f: Forward<'_>) -> Result<Response
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     });
     let h = &mut parts.headers;
-    strip_hop_by_hop(h);
-
+    // The forwarding headers a trusted proxy sent are read before the hop-by-hop ones go: a
+    // `Connection` naming one of them cannot erase what the gateway itself sets.
     let prior_xff: Option<String> = if f.peer_trusted {
         let joined: Vec<&str> = h
             .get_all(&X_FORWARDED_FOR)
@@ -346,6 +346,7 @@ pub async fn send(mut req: Request<Incoming>, f: Forward<'_>) -> Result<Response
         .peer_trusted
         .then(|| h.get(&X_FORWARDED_HOST).cloned())
         .flatten();
+    strip_hop_by_hop(h);
     if !f.peer_trusted {
         let doomed: Vec<HeaderName> = h
             .keys()

@@ -212,6 +212,20 @@ ip = {{ allow = ["203.0.113.9"] }}
         Some("198.51.100.66, 203.0.113.9, 127.0.0.1")
     );
 
+    // A `Connection` header naming X-Forwarded-For does not erase the chain we pass on.
+    let resp = client_h1()
+        .get(gw.url("/pub"))
+        .header("X-Forwarded-For", "203.0.113.9")
+        .header("Connection", "X-Forwarded-For")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        up.last().header("x-forwarded-for"),
+        Some("203.0.113.9, 127.0.0.1")
+    );
+
     // /api admits 203.0.113.9 alone: passing proves it is the client, with another
     // trusted proxy in the chain; the upstream sees the chain plus our peer.
     let api = |xff: &'static str| c.get(gw.url("/api/me")).header("X-Forwarded-For", xff);
