@@ -1206,6 +1206,14 @@ impl Validator {
 
     fn check_routes(&mut self, routes: &[RouteConfig]) {
         for (j, b) in routes.iter().enumerate() {
+            // Names label metrics, logs and `explain`: two routes sharing one would be
+            // counted and reported as one.
+            if let Some(i) = routes[..j].iter().position(|a| a.name == b.name) {
+                self.err(
+                    format!("routes[{j}].name"),
+                    format!("`{}` is already the name of routes[{i}]", b.name),
+                );
+            }
             for a in &routes[..j] {
                 if a.matcher != b.matcher {
                     continue;

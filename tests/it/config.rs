@@ -144,6 +144,11 @@ fn duplicate_routes_are_errors_and_shadowed_routes_warnings() {
     let cfg = load(&shadow).unwrap();
     assert_eq!(cfg.warnings.len(), 1, "{:?}", cfg.warnings);
     assert!(cfg.warnings[0].contains("`b`"));
+    let same_name = format!(
+        "{BASE}[[routes]]\nname = \"a\"\nprefix = \"/x\"\nauth = \"public\"\nupstream = \"app\"\n[[routes]]\nname = \"a\"\nprefix = \"/y\"\nauth = \"public\"\nupstream = \"app\"\n"
+    );
+    let e = load(&same_name).unwrap_err();
+    assert!(e.contains("routes[1].name"), "{e}");
 }
 
 #[test]
