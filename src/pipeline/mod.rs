@@ -136,7 +136,7 @@ async fn run(
     out: &mut Outcome,
 ) -> Result<Response<Body>, Reject> {
     let cfg = &active.config;
-    let path = check_host(req.version(), req.headers(), req.uri())
+    let path = check_head(req.version(), req.headers(), req.uri())
         .and_then(|()| path::normalize(req.uri().path()).map_err(Reject::BadRequest));
 
     if let Ok(p) = &path {
@@ -414,13 +414,25 @@ async fn limits(
 
 /// Host for route matching: `Host`, else the URI authority (HTTP/2), without port. Borrowed:
 /// route matching compares hosts case-insensitively, so nothing is lower-cased per request.
-/// The request's host must be unambiguous (RFC 9112 §3.2, §3.2.2): an HTTP/1.1 request carries
+/// The request's framing and host must be unambiguous. No transfer coding but `chunked`.
+/// And (RFC 9112 §3.2, §3.2.2) an HTTP/1.1 request carries
 /// exactly one Host header with a valid value, and an absolute-form target names the same host
 /// as Host (RFC 9112 says the target wins; the gateway routes on Host and passes Host on, so a
 /// different one is refused rather than silently ignored). Otherwise `400 bad_request` before
 /// any phase runs. HTTP/2 is left as it was: a Host header there, if any, names the host
 /// routed on and passed on, which is what clients that set one mean.
-fn check_host(version: http::Version, headers: &HeaderMap, uri: &http::Uri) -> Result<(), Reject> {
+fn check_head(version: http::Version, headers: &HeaderMap, uri: &http::Uri) -> Result<(), Reject> {
+    // A transfer coding besides `chunked` (`gzip, chunked`): hyper takes the chunks off and
+    // would pass the body on still gzipped with nothing saying so.
+    let other_coding = headers.get_all(header::TRANSFER_ENCODING).iter().any(|v| {
+        v.to_str().map_or(true, |s| {
+            s.split(',')
+                .any(|c| !c.trim().eq_ignore_ascii_case("chunked"))
+        })
+    });
+    if other_coding {
+        return Err(Reject::BadRequest("a transfer coding other than chunked"));
+    }
     let mut all = headers.get_all(header::HOST).iter();
     let host = all.next();
     if all.next().is_some() {

@@ -213,6 +213,11 @@ async fn an_ambiguous_or_missing_host_is_400() {
             "GET http://evil.example/ HTTP/1.1\r\nHost: a\r\n",
             400,
         ),
+        (
+            "a transfer coding besides chunked",
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n",
+            400,
+        ),
         ("HTTP/1.0 without Host", "GET / HTTP/1.0\r\n", 200),
         (
             "absolute-form naming the same host (case and port aside)",
