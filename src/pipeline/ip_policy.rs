@@ -45,6 +45,11 @@ impl IpPolicy {
         Ok(())
     }
 
+    /// The IP is on the deny list (`deny` or `deny_file`).
+    pub fn denies(&self, ip: IpAddr) -> bool {
+        self.deny.contains(ip.to_canonical())
+    }
+
     /// Neither list has an entry: every IP passes and the phase can be skipped.
     pub fn is_empty(&self) -> bool {
         self.allow.is_empty() && self.deny.is_empty()

@@ -290,10 +290,13 @@ pub async fn judge(
     let cfg = &active.config;
     let ip = a.ip;
 
-    // 2. global IP policy (a dry-run route still records the refusal and goes on)
+    // 2. global IP policy. A dry-run route records an address outside the global allow list
+    // and goes on (rolling out a new allow list); the global deny list is a blocklist and
+    // holds on every route.
     if let Err(e) = active.ip_policy.check(ip) {
-        let dry = route::find(&active.routes, a.method, a.host, a.path)
-            .is_ok_and(|i| active.routes[i].cfg.dry_run);
+        let dry = !active.ip_policy.denies(ip)
+            && route::find(&active.routes, a.method, a.host, a.path)
+                .is_ok_and(|i| active.routes[i].cfg.dry_run);
         if !dry {
             return Err(e);
         }

@@ -183,7 +183,11 @@ async fn dry_run_lets_a_refusal_through_and_records_it() {
         "name = \"app\"\nprefix = \"/\"\nauth = \"token\"",
         "name = \"dry\"\nprefix = \"/\"\nauth = \"token\"\ndry_run = true\nip = { allow = [\"10.0.0.0/8\"] }",
     );
+    let body = format!("[ip]\ndeny = [\"127.0.0.66\"]\n{body}");
     let gw = Gateway::start(&body).await;
+    // The global deny list is a blocklist: it holds on a dry-run route too.
+    let r = client_at(66).get(gw.url("/x")).send().await.unwrap();
+    assert_eq!(code_of(r).await, (403, "ip_denied".to_string()));
     let r = client()
         .get(gw.url("/would-be-refused"))
         .send()
