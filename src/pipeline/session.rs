@@ -39,6 +39,9 @@ pub async fn serve(
     let cfg = &active.config;
     if path == "/.well-known/jwks.json" {
         if let Some(jwks) = active.keys.as_ref().and_then(|k| k.jwks()) {
+            if req.method() != Method::GET && req.method() != Method::HEAD {
+                return Err(Reject::MethodNotAllowed("GET, HEAD".into()));
+            }
             let mut r = Response::new(full(Bytes::from(jwks)));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,

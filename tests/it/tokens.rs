@@ -670,3 +670,42 @@ async fn token_cli_mints_and_verifies() {
     assert!(String::from_utf8_lossy(&bad.stdout).contains("ip_mismatch"));
     let _ = Duration::from_secs(0);
 }
+
+#[tokio::test]
+async fn asymmetric_keys_publish_a_jwks_for_get_only() {
+    let up = Upstream::start().await;
+    let dir = std::env::temp_dir().join(format!(
+        "iptgate-it-jwks-{}",
+        iptgate::pipeline::mint::random_id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    // `key.pem` is the test PKI's ECDSA P-256 key, written by `config_text`.
+    let body = format!(
+        "[token]\nalgorithm = \"ES256\"\nprivate_key = \"key.pem\"\n\n{}",
+        public_routes(&up)
+    );
+    let plain = Opts {
+        tls: false,
+        ..Opts::default()
+    };
+    let text = Gateway::config_text(&dir, &plain, &body);
+    let gw = Gateway::start_text(dir, false, &text).await;
+    let c = plain_client();
+    let r = c
+        .get(gw.url("/.well-known/jwks.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let jwks: serde_json::Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+    assert_eq!(jwks["keys"][0]["kty"], "EC");
+    assert!(jwks["keys"][0].get("d").is_none(), "no private material");
+    let r = c
+        .post(gw.url("/.well-known/jwks.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+    assert_eq!(r.headers()["allow"], "GET, HEAD");
+    assert_eq!(up.count(), 0);
+}
