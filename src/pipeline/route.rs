@@ -62,7 +62,7 @@ pub fn find(
         if !host_matches(cfg, host) {
             continue;
         }
-        if !cfg.methods.is_empty() && !cfg.methods.contains(method) {
+        if !method_allowed(&cfg.methods, method) {
             path_hit = Some(path_hit.map_or(s, |p| p.max(s)));
             continue;
         }
@@ -91,9 +91,17 @@ fn allowed_methods(routes: &[Route], host: Option<&str>, path: &str) -> String {
         }
     }
     if methods.contains(&"GET") && !methods.contains(&"HEAD") {
-        // HEAD is answered wherever GET is by most apps; still only list what routes allow.
+        methods.push("HEAD");
     }
     methods.join(", ")
+}
+
+/// `methods` empty allows every method; a route that allows GET allows HEAD too (RFC 9110
+/// §9.3.2: HEAD is GET without the body, and clients and health checkers send it).
+fn method_allowed(methods: &[Method], method: &Method) -> bool {
+    methods.is_empty()
+        || methods.contains(method)
+        || (*method == Method::HEAD && methods.contains(&Method::GET))
 }
 
 /// The path the upstream receives: `strip_prefix` removes the matched prefix, `rewrite`

@@ -127,7 +127,10 @@ auth = "public"
     assert_eq!(r.headers()["allow"], "POST");
     assert_eq!(code_of(r).await, (405, "method_not_allowed".into()));
     let r = c.delete(gw.url("/api/x")).send().await.unwrap();
-    assert_eq!(r.headers()["allow"], "GET, PUT");
+    assert_eq!(r.headers()["allow"], "GET, PUT, HEAD");
+    // A route that allows GET answers HEAD too.
+    let r = c.head(gw.url("/api/x")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
     assert_eq!(
         code_of(c.get(gw.url("/nothing")).send().await.unwrap()).await,
         (404, "no_route".into())
