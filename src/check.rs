@@ -35,9 +35,10 @@ pub fn run(path: &Path) -> ExitCode {
         }
         return ExitCode::from(2);
     }
-    println!("{}: valid", path.display());
-    println!(
-        "listen {}{}  admin {}",
+    // Written as one block, and a reader that went away (`check | head -1`) is not an error.
+    let mut out = format!("{}: valid\n", path.display());
+    out.push_str(&format!(
+        "listen {}{}  admin {}\n",
         cfg.server.listen,
         if cfg.server.tls.is_some() {
             " (TLS)"
@@ -48,13 +49,14 @@ pub fn run(path: &Path) -> ExitCode {
             .admin_listen
             .map(|a| a.to_string())
             .unwrap_or_else(|| "off".into())
+    ));
+    out.push_str(
+        "routes (exact path beats prefix; longest prefix wins; ties go to the earlier route):\n",
     );
-    println!(
-        "routes (exact path beats prefix; longest prefix wins; ties go to the earlier route):"
-    );
-    print!("{}", cfg.route_table());
+    out.push_str(&cfg.route_table());
     for w in &cfg.warnings {
-        println!("warning: {w}");
+        out.push_str(&format!("warning: {w}\n"));
     }
+    let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), out.as_bytes());
     ExitCode::SUCCESS
 }
