@@ -1,6 +1,8 @@
 //! `iptgate check`: validate a config, print every error with its key path (exit 2), or the
 //! resolved route table and warnings (exit 0).
 
+use std::fmt::Write as _;
+use std::io::Write as _;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -36,9 +38,11 @@ pub fn run(path: &Path) -> ExitCode {
         return ExitCode::from(2);
     }
     // Written as one block, and a reader that went away (`check | head -1`) is not an error.
-    let mut out = format!("{}: valid\n", path.display());
-    out.push_str(&format!(
-        "listen {}{}  admin {}\n",
+    let mut out = String::new();
+    let _ = writeln!(out, "{}: valid", path.display());
+    let _ = writeln!(
+        out,
+        "listen {}{}  admin {}",
         cfg.server.listen,
         if cfg.server.tls.is_some() {
             " (TLS)"
@@ -49,14 +53,14 @@ pub fn run(path: &Path) -> ExitCode {
             .admin_listen
             .map(|a| a.to_string())
             .unwrap_or_else(|| "off".into())
-    ));
+    );
     out.push_str(
         "routes (exact path beats prefix; longest prefix wins; ties go to the earlier route):\n",
     );
     out.push_str(&cfg.route_table());
     for w in &cfg.warnings {
-        out.push_str(&format!("warning: {w}\n"));
+        let _ = writeln!(out, "warning: {w}");
     }
-    let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), out.as_bytes());
+    let _ = std::io::stdout().lock().write_all(out.as_bytes());
     ExitCode::SUCCESS
 }

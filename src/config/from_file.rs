@@ -197,12 +197,7 @@ fn redact_strings(msg: &str) -> String {
                 _ => escaped = false,
             }
         }
-        match end {
-            Some(j) => rest = &after[j + 1..],
-            None => {
-                rest = "";
-            }
-        }
+        rest = end.map_or("", |j| &after[j + 1..]);
     }
     out.push_str(rest);
     out

@@ -13,26 +13,18 @@ use crate::token::{check_binding, check_require, Claims, Keys, TokenError, Token
 
 /// The value of cookie `name` in the request's Cookie headers (the first, when repeated).
 pub fn cookie<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    let mut first = None;
-    for_each_cookie(h, name, |v| {
-        first = first.or(Some(v));
-    });
-    first
+    cookies(h, name).next()
 }
 
-/// Calls `f` with every value of cookie `name` in the request's Cookie headers.
-fn for_each_cookie<'a>(h: &'a HeaderMap, name: &str, mut f: impl FnMut(&'a str)) {
-    let pairs = h
-        .get_all(header::COOKIE)
+/// Every value of cookie `name` in the request's Cookie headers.
+fn cookies<'a, 'n>(h: &'a HeaderMap, name: &'n str) -> impl Iterator<Item = &'a str> + use<'a, 'n> {
+    h.get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='));
-    for (n, v) in pairs {
-        if n == name {
-            f(v.trim().trim_matches('"'));
-        }
-    }
+        .filter_map(|pair| pair.trim().split_once('='))
+        .filter(move |(n, _)| *n == name)
+        .map(|(_, v)| v.trim().trim_matches('"'))
 }
 
 /// The token carried by the request, in the configured `accept` order. Two places carrying
@@ -78,9 +70,7 @@ pub fn extract<'a>(h: &'a HeaderMap, cfg: &TokenConfig) -> Result<Option<&'a str
             TokenSource::Cookie => {
                 // Every copy: a second cookie of the same name (set for another path or
                 // domain) carrying another token is as ambiguous as two headers.
-                let mut all: Vec<&'a str> = Vec::new();
-                for_each_cookie(h, &cfg.cookie.name, |v| all.push(v));
-                for v in all {
+                for v in cookies(h, &cfg.cookie.name) {
                     note(v)?;
                 }
             }

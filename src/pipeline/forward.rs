@@ -174,7 +174,7 @@ pub fn claim_header_value(v: &serde_json::Value) -> Option<HeaderValue> {
 }
 
 /// Remove the token (Authorization with one of our schemes, the token header, our cookies).
-pub fn strip_token(h: &mut HeaderMap, token: &TokenConfig, refresh_header: Option<&HeaderName>) {
+pub fn strip_token(h: &mut HeaderMap, token: &TokenConfig) {
     let ours = |v: &HeaderValue| {
         v.to_str()
             .ok()
@@ -194,9 +194,6 @@ pub fn strip_token(h: &mut HeaderMap, token: &TokenConfig, refresh_header: Optio
         }
     }
     h.remove(&token.header);
-    if let Some(r) = refresh_header {
-        h.remove(r);
-    }
     if h.contains_key(header::COOKIE) {
         let name = token.cookie.name.as_str();
         let refresh = format!("{name}_refresh");
@@ -388,9 +385,10 @@ pub async fn send(mut req: Request<Incoming>, f: Forward<'_>) -> Result<Response
     if let Some(tc) = f.token {
         remove_claim_headers(h, tc);
         if !tc.forward_token {
-            strip_token(h, tc, f.refresh_header);
-        } else if let Some(r) = f.refresh_header {
-            // `forward_token` is about the access token; a refresh token never leaves.
+            strip_token(h, tc);
+        }
+        // `forward_token` is about the access token; a refresh token never leaves.
+        if let Some(r) = f.refresh_header {
             h.remove(r);
         }
         if let Some(claims) = f.claims {

@@ -415,8 +415,6 @@ async fn limits(
     Ok(())
 }
 
-/// Host for route matching: `Host`, else the URI authority (HTTP/2), without port. Borrowed:
-/// route matching compares hosts case-insensitively, so nothing is lower-cased per request.
 /// The request's framing and host must be unambiguous. No transfer coding but `chunked`.
 /// And (RFC 9112 §3.2, §3.2.2) an HTTP/1.1 request carries
 /// exactly one Host header with a valid value, and an absolute-form target names the same host
@@ -466,6 +464,8 @@ fn check_head(version: http::Version, headers: &HeaderMap, uri: &http::Uri) -> R
     Ok(())
 }
 
+/// Host for route matching: `Host`, else the URI authority (HTTP/2), without port. Borrowed:
+/// route matching compares hosts case-insensitively, so nothing is lower-cased per request.
 pub fn request_host<'a>(headers: &'a HeaderMap, uri: &'a http::Uri) -> Option<&'a str> {
     let raw = headers
         .get(header::HOST)

@@ -204,10 +204,11 @@ impl<C: Clock> PolicyLimiter<C> {
 /// `KeyInput` was just written field by field, and one wide load of the whole `IpAddr` could
 /// not be served from those narrower stores, so it would wait for them to reach the cache.
 fn ip_key(ip: &IpAddr, ipv6_prefix: u8, hasher: &RandomState) -> u64 {
+    let v4_key = |v4: std::net::Ipv4Addr| V4_TAG | u64::from(v4.to_bits());
     let v6 = match ip {
-        IpAddr::V4(v4) => return V4_TAG | u64::from(v4.to_bits()),
+        IpAddr::V4(v4) => return v4_key(*v4),
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => return V4_TAG | u64::from(v4.to_bits()),
+            Some(v4) => return v4_key(v4),
             None => v6,
         },
     };
