@@ -15,7 +15,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{oneshot, watch, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
@@ -267,12 +267,16 @@ async fn connection(
 /// connection that sends nothing at all within `first_byte` (the header read timeout) is
 /// closed then: hyper's own header timer starts with the first request's first bytes, so
 /// without this a silent connection would hold its slot for the whole idle timeout.
+///
+/// The timers and the stop signal are watched by a small task of their own ([`watch_conn`]),
+/// which tells this one what to do through a oneshot. This task is woken several times per
+/// request; it then polls the connection and that oneshot only, not two timers and a watch.
 async fn serve_io<S>(
     io: S,
     conn: Arc<Conn>,
     state: &Arc<State>,
     builder: &auto::Builder<TokioExecutor>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
     idle: Duration,
     first_byte: Duration,
 ) where
@@ -283,46 +287,80 @@ async fn serve_io<S>(
         inner: io,
         moved: moved.clone(),
     };
-    let started = Instant::now();
-    let mut quiet_since = started;
-    let mut first_deadline = pin!(tokio::time::sleep(first_byte));
-    let mut awaiting_first = true;
     let peer = conn.peer.ip();
     let st = state.clone();
     let svc = service_fn(move |req| crate::pipeline::handle(req, conn.clone(), st.clone()));
     let mut c = pin!(builder.serve_connection_with_upgrades(TokioIo::new(io), svc));
-    let tick = (idle / 4).max(Duration::from_millis(50));
+    let (tell, mut told) = oneshot::channel();
+    tokio::spawn(watch_conn(moved, stop, idle, first_byte, peer, tell));
     let mut closing = false;
-    if *stop.borrow() {
-        c.as_mut().graceful_shutdown();
-        closing = true;
-    }
     loop {
         tokio::select! {
+            biased;
             _ = c.as_mut() => break,
+            v = &mut told, if !closing => match v {
+                Ok(Verdict::Close) => break,
+                // Asked to drain, or the watcher is gone (the runtime is stopping).
+                Ok(Verdict::Drain) | Err(_) => {
+                    c.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+            },
+        }
+    }
+}
+
+/// What [`watch_conn`] tells a connection.
+enum Verdict {
+    /// Nothing was received within the header read timeout: close now.
+    Close,
+    /// Idle, or the gateway is stopping: finish the request in flight, then close.
+    Drain,
+}
+
+/// Watches one connection: closes it if nothing arrives within `first_byte`, drains it after
+/// `idle` without traffic or when the gateway stops. Ends when it has told the connection, or
+/// when the connection has ended (`tell` closed).
+async fn watch_conn(
+    moved: Arc<AtomicBool>,
+    mut stop: watch::Receiver<bool>,
+    idle: Duration,
+    first_byte: Duration,
+    peer: IpAddr,
+    mut tell: oneshot::Sender<Verdict>,
+) {
+    if *stop.borrow() {
+        let _ = tell.send(Verdict::Drain);
+        return;
+    }
+    let started = Instant::now();
+    let mut quiet_since = started;
+    let mut first_deadline = pin!(tokio::time::sleep(first_byte));
+    let mut awaiting_first = true;
+    let tick = (idle / 4).max(Duration::from_millis(50));
+    let verdict = loop {
+        tokio::select! {
+            _ = tell.closed() => return,
             _ = &mut first_deadline, if awaiting_first => {
                 awaiting_first = false;
                 // Bytes moved since the start: seen by the flag, or already taken by a tick.
                 if !moved.load(Ordering::Relaxed) && quiet_since == started {
                     tracing::debug!(peer = %peer, "nothing received within header_read_timeout: connection closed");
-                    break;
+                    break Verdict::Close;
                 }
             }
-            _ = stop.changed(), if !closing => {
-                c.as_mut().graceful_shutdown();
-                closing = true;
-            }
-            _ = tokio::time::sleep(tick), if !closing => {
+            _ = stop.changed() => break Verdict::Drain,
+            _ = tokio::time::sleep(tick) => {
                 let now = Instant::now();
                 if moved.swap(false, Ordering::Relaxed) {
                     quiet_since = now;
                 } else if now.duration_since(quiet_since) >= idle {
-                    c.as_mut().graceful_shutdown();
-                    closing = true;
+                    break Verdict::Drain;
                 }
             }
         }
-    }
+    };
+    let _ = tell.send(verdict);
 }
 
 /// An IO stream that records when bytes last moved (for the idle timeout).

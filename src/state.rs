@@ -43,6 +43,8 @@ pub struct Active {
     pub config: Config,
     pub ip_policy: IpPolicy,
     pub routes: Vec<Route>,
+    /// Whether any route matches on `host` (else the request's host is not looked up).
+    pub host_routes: bool,
     pub upstreams: Vec<Upstream>,
     pub limiters: Limiters,
     /// Per policy: its `RateLimit-Policy` header and its structured-field name.
@@ -162,6 +164,7 @@ fn build_active(
         .map(|r| crate::metrics::RouteMetrics::new(&r.name))
         .collect();
     Ok(Active {
+        host_routes: config.routes.iter().any(|r| r.host.is_some()),
         route_metrics,
         unrouted_metrics: crate::metrics::RouteMetrics::new(""),
         ratelimit_headers,

@@ -32,22 +32,25 @@ pub struct Forward<'a> {
     pub peer_trusted: bool,
     pub tls: bool,
     pub upstream: &'a Upstream,
-    /// Path (normalized, rewritten) and query for the upstream.
+    /// Path (normalized, rewritten) for the upstream; the query goes as the client sent it.
     pub path: &'a str,
-    pub query: Option<&'a str>,
     pub token: Option<&'a TokenConfig>,
     /// The refresh token's request header (`[refresh].header`): never passed on.
     pub refresh_header: Option<&'a HeaderName>,
     pub claims: Option<&'a Claims>,
     pub max_body: u64,
     pub allow_upgrade: bool,
+    /// What the request's headers hold ([`scan`]).
+    pub seen: Seen,
 }
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-const HOP_BY_HOP: [HeaderName; 8] = [
+/// Hop-by-hop headers: never passed on. A `static`, not a `const`: a `const` array of
+/// `HeaderName`s is built and dropped again wherever it is used.
+static HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -56,39 +59,129 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TRANSFER_ENCODING,
     header::UPGRADE,
     header::PROXY_AUTHORIZATION,
+    header::PROXY_AUTHENTICATE,
 ];
 
-/// Remove hop-by-hop headers and every header named in `Connection`.
-pub fn strip_hop_by_hop(h: &mut HeaderMap) {
-    // One pass over the names, noting which hop-by-hop ones are present (bit i for
-    // `HOP_BY_HOP[i]`, bit 8 for `Proxy-Authenticate`). Most messages carry none, the rest one
-    // or two (`Connection: keep-alive`): only those are removed, with no allocation.
-    let mut present = 0u16;
-    for k in h.keys() {
-        if let Some(i) = HOP_BY_HOP.iter().position(|d| d == k) {
-            present |= 1 << i;
-        } else if k == header::PROXY_AUTHENTICATE {
-            present |= 1 << HOP_BY_HOP.len();
-        }
+/// What a message's headers hold that the gateway acts on, found in one pass over them
+/// ([`scan`], [`scan_response`]), so that each step looks a header up only when it is there.
+/// The steps only ever remove headers, so what is seen before them stays true enough: a bit
+/// may say a header is there after it has gone, never the other way round.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Seen {
+    bits: u32,
+    /// How many `Host` values (request).
+    pub hosts: u8,
+}
+
+impl Seen {
+    /// Any of the hop-by-hop headers; bit `i` is `HOP_BY_HOP[i]`.
+    pub const HOP: u32 = 0x1ff;
+    pub const CONNECTION: u32 = 1;
+    pub const TRANSFER_ENCODING: u32 = 1 << 5;
+    pub const UPGRADE: u32 = 1 << 6;
+    pub const CONTENT_LENGTH: u32 = 1 << 9;
+    pub const AUTHORIZATION: u32 = 1 << 10;
+    pub const COOKIE: u32 = 1 << 11;
+    /// `X-Forwarded-*`, `Forwarded` or `X-Real-IP`, in any spelling an app might read.
+    pub const FORWARDING: u32 = 1 << 12;
+    /// A header only the gateway reads or sets: the token header, the refresh header, a
+    /// claim header (any spelling).
+    pub const OURS: u32 = 1 << 13;
+
+    /// Whether any of `bits` was seen.
+    pub fn has(self, bits: u32) -> bool {
+        self.bits & bits != 0
     }
-    if present == 0 {
+}
+
+/// The bits of [`Seen`] a header name sets by itself (`Host` and the configured names aside).
+fn class(k: &str) -> u32 {
+    match k {
+        "connection" => 1,
+        "keep-alive" => 1 << 1,
+        "proxy-connection" => 1 << 2,
+        "te" => 1 << 3,
+        "trailer" => 1 << 4,
+        "transfer-encoding" => 1 << 5,
+        "upgrade" => 1 << 6,
+        "proxy-authorization" => 1 << 7,
+        "proxy-authenticate" => 1 << 8,
+        "content-length" => Seen::CONTENT_LENGTH,
+        "authorization" => Seen::AUTHORIZATION,
+        "cookie" => Seen::COOKIE,
+        _ => 0,
+    }
+}
+
+/// A name an app framework may read as a forwarding header (`_` for `-`, any case).
+fn forwarding_spelling(k: &str) -> bool {
+    (k.len() > 12 && same_spelling(&k[..12], "x-forwarded-"))
+        || same_spelling(k, "forwarded")
+        || same_spelling(k, "x-real-ip")
+}
+
+/// One pass over a request's headers.
+pub fn scan(h: &HeaderMap, token: Option<&TokenConfig>, refresh: Option<&HeaderName>) -> Seen {
+    let mut seen = Seen::default();
+    for (k, _) in h {
+        if k == header::HOST {
+            seen.hosts = seen.hosts.saturating_add(1);
+            continue;
+        }
+        let name = k.as_str();
+        let mut bits = class(name);
+        if bits == 0 {
+            if forwarding_spelling(name) {
+                bits = Seen::FORWARDING;
+            }
+            let ours = token.is_some_and(|tc| {
+                *k == tc.header
+                    || tc
+                        .forward_claims
+                        .iter()
+                        .any(|(_, n)| same_spelling(name, n.as_str()))
+            }) || refresh.is_some_and(|r| k == r);
+            if ours {
+                bits |= Seen::OURS;
+            }
+        }
+        seen.bits |= bits;
+    }
+    seen
+}
+
+/// One pass over a response's headers (hop-by-hop and framing only).
+pub fn scan_response(h: &HeaderMap) -> Seen {
+    Seen {
+        bits: h.keys().fold(0, |acc, k| acc | class(k.as_str())),
+        hosts: 0,
+    }
+}
+
+/// Remove hop-by-hop headers and every header named in `Connection`, given what a scan saw.
+/// Most messages carry none, the rest one or two (`Connection: keep-alive`): only those are
+/// removed, with no allocation.
+pub fn strip_hop_by_hop(h: &mut HeaderMap, seen: Seen) {
+    if !seen.has(Seen::HOP) {
         return;
     }
     // Other headers named in `Connection` (rare; `keep-alive`, `close`, `upgrade` are not).
     let mut named: Vec<HeaderName> = Vec::new();
-    for v in h.get_all(header::CONNECTION) {
-        let Ok(v) = v.to_str() else { continue };
-        for n in v.split(',').map(str::trim) {
-            if n.is_empty()
-                || n.eq_ignore_ascii_case("close")
-                || HOP_BY_HOP
-                    .iter()
-                    .any(|d| d.as_str().eq_ignore_ascii_case(n))
-            {
-                continue;
-            }
-            if let Ok(name) = HeaderName::from_bytes(n.as_bytes()) {
-                named.push(name);
+    if seen.has(Seen::CONNECTION) {
+        for v in h.get_all(header::CONNECTION) {
+            let Ok(v) = v.to_str() else { continue };
+            for n in v.split(',').map(str::trim) {
+                if n.is_empty()
+                    || n.eq_ignore_ascii_case("close")
+                    || HOP_BY_HOP
+                        .iter()
+                        .any(|d| d.as_str().eq_ignore_ascii_case(n))
+                {
+                    continue;
+                }
+                if let Ok(name) = HeaderName::from_bytes(n.as_bytes()) {
+                    named.push(name);
+                }
             }
         }
     }
@@ -96,12 +189,9 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
         h.remove(n);
     }
     for (i, d) in HOP_BY_HOP.iter().enumerate() {
-        if present & (1 << i) != 0 {
+        if seen.has(1 << i) {
             h.remove(d);
         }
-    }
-    if present & (1 << HOP_BY_HOP.len()) != 0 {
-        h.remove(header::PROXY_AUTHENTICATE);
     }
 }
 
@@ -301,9 +391,11 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 
 /// Send the request upstream and return its response (headers cleaned, body streaming).
 pub async fn send(mut req: Request<Incoming>, f: Forward<'_>) -> Result<Response<Body>, Reject> {
-    if let Some(len) = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
+    let seen = f.seen;
+    if let Some(len) = seen
+        .has(Seen::CONTENT_LENGTH)
+        .then(|| req.headers().get(header::CONTENT_LENGTH))
+        .flatten()
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
     {
@@ -311,21 +403,28 @@ pub async fn send(mut req: Request<Incoming>, f: Forward<'_>) -> Result<Response
             return Err(Reject::PayloadTooLarge);
         }
     }
-    let upgrade = f.allow_upgrade && is_upgrade(req.headers()) && req.version() == Version::HTTP_11;
+    let upgrade = f.allow_upgrade
+        && seen.has(Seen::UPGRADE)
+        && is_upgrade(req.headers())
+        && req.version() == Version::HTTP_11;
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
 
     // Host as the client sent it (HTTP/2: from :authority).
-    let host = parts.headers.get(header::HOST).cloned().or_else(|| {
-        parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    });
+    let host = (seen.hosts > 0)
+        .then(|| parts.headers.get(header::HOST).cloned())
+        .flatten()
+        .or_else(|| {
+            parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
     let h = &mut parts.headers;
     // The forwarding headers a trusted proxy sent are read before the hop-by-hop ones go: a
     // `Connection` naming one of them cannot erase what the gateway itself sets.
-    let prior_xff: Option<String> = if f.peer_trusted {
+    let forwarded = f.peer_trusted && seen.has(Seen::FORWARDING);
+    let prior_xff: Option<String> = if forwarded {
         let joined: Vec<&str> = h
             .get_all(&X_FORWARDED_FOR)
             .iter()
@@ -335,31 +434,25 @@ pub async fn send(mut req: Request<Incoming>, f: Forward<'_>) -> Result<Response
     } else {
         None
     };
-    let prior_proto = f
-        .peer_trusted
+    let prior_proto = forwarded
         .then(|| h.get(&X_FORWARDED_PROTO).cloned())
         .flatten();
-    let prior_host = f
-        .peer_trusted
+    let prior_host = forwarded
         .then(|| h.get(&X_FORWARDED_HOST).cloned())
         .flatten();
-    strip_hop_by_hop(h);
-    if !f.peer_trusted {
+    strip_hop_by_hop(h, seen);
+    if !f.peer_trusted && seen.has(Seen::FORWARDING) {
         let doomed: Vec<HeaderName> = h
             .keys()
-            .filter(|k| {
-                let k = k.as_str();
-                // Any spelling an app framework might read (`_` for `-`).
-                (k.len() > 12 && same_spelling(&k[..12], "x-forwarded-"))
-                    || same_spelling(k, "forwarded")
-                    || same_spelling(k, "x-real-ip")
-            })
+            .filter(|k| forwarding_spelling(k.as_str()))
             .cloned()
             .collect();
         for k in doomed {
             h.remove(k);
         }
     }
+    // Room for the headers set below, made once.
+    h.reserve(4);
     let xff = match prior_xff {
         Some(p) => HeaderValue::from_str(&format!("{p}, {}", f.peer)).ok(),
         None => Some(f.peer_header.clone()),
@@ -379,17 +472,20 @@ pub async fn send(mut req: Request<Incoming>, f: Forward<'_>) -> Result<Response
         h.insert(X_FORWARDED_HOST, v);
     }
     if let Some(host) = host {
-        h.insert(header::HOST, host);
+        // Back if a `Connection` header named it; set from `:authority` on HTTP/2.
+        h.entry(header::HOST).or_insert(host);
     }
 
     if let Some(tc) = f.token {
-        remove_claim_headers(h, tc);
-        if !tc.forward_token {
-            strip_token(h, tc);
+        if seen.has(Seen::OURS) {
+            remove_claim_headers(h, tc);
+            // `forward_token` is about the access token; a refresh token never leaves.
+            if let Some(r) = f.refresh_header {
+                h.remove(r);
+            }
         }
-        // `forward_token` is about the access token; a refresh token never leaves.
-        if let Some(r) = f.refresh_header {
-            h.remove(r);
+        if !tc.forward_token && seen.has(Seen::AUTHORIZATION | Seen::COOKIE | Seen::OURS) {
+            strip_token(h, tc);
         }
         if let Some(claims) = f.claims {
             for (claim, name) in &tc.forward_claims {
@@ -412,18 +508,29 @@ pub async fn send(mut req: Request<Incoming>, f: Forward<'_>) -> Result<Response
     }
 
     let (target, pool) = f.upstream.pick();
-    let mut pq = String::with_capacity(target.base_path.len() + f.path.len() + 1);
-    pq.push_str(&target.base_path);
-    pq.push_str(f.path);
-    if let Some(q) = f.query {
-        pq.push('?');
-        pq.push_str(q);
+    // Origin form: the connection already goes to the target. The client's own target is
+    // kept when it is that already, which is the common case (no prefix stripped, no
+    // rewrite, nothing normalized away, no base path).
+    let kept = target.base_path.is_empty()
+        && parts.uri.scheme().is_none()
+        && parts.uri.authority().is_none()
+        && parts.uri.path() == f.path;
+    if !kept {
+        let query = parts.uri.query();
+        let mut pq = String::with_capacity(
+            target.base_path.len() + f.path.len() + query.map_or(0, |q| q.len() + 1),
+        );
+        pq.push_str(&target.base_path);
+        pq.push_str(f.path);
+        if let Some(q) = query {
+            pq.push('?');
+            pq.push_str(q);
+        }
+        parts.uri = Uri::builder()
+            .path_and_query(pq)
+            .build()
+            .map_err(|_| Reject::BadRequest("unbuildable upstream uri"))?;
     }
-    // Origin form: the connection already goes to the target.
-    parts.uri = Uri::builder()
-        .path_and_query(pq)
-        .build()
-        .map_err(|_| Reject::BadRequest("unbuildable upstream uri"))?;
     parts.version = Version::HTTP_11;
 
     let body = LimitedBody {
@@ -462,12 +569,13 @@ pub async fn send(mut req: Request<Incoming>, f: Forward<'_>) -> Result<Response
         ));
     }
     let h = resp.headers_mut();
-    if h.contains_key(header::TRANSFER_ENCODING) {
+    let seen = scan_response(h);
+    if seen.has(Seen::TRANSFER_ENCODING) {
         // The upstream framed the body in chunks: a Content-Length beside that is not the
         // length of what is passed on (RFC 9112 §6.3), and would leave the client waiting.
         h.remove(header::CONTENT_LENGTH);
     }
-    strip_hop_by_hop(h);
+    strip_hop_by_hop(h, seen);
     Ok(resp.map(BodyExt::boxed))
 }
 
@@ -483,6 +591,14 @@ mod tests {
     }
 
     #[test]
+    fn hop_bits_follow_the_table() {
+        for (i, d) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(class(d.as_str()), 1 << i, "{d}");
+        }
+        assert_eq!(class("host") & Seen::HOP, 0);
+    }
+
+    #[test]
     fn hop_by_hop_and_connection_named() {
         let mut h = HeaderMap::new();
         h.insert(
@@ -492,7 +608,8 @@ mod tests {
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("5"));
         h.insert("x-ok", HeaderValue::from_static("1"));
-        strip_hop_by_hop(&mut h);
+        let seen = scan_response(&h);
+        strip_hop_by_hop(&mut h, seen);
         assert!(h.get("x-secret").is_none() && h.get("keep-alive").is_none());
         assert!(h.get(header::CONNECTION).is_none());
         assert_eq!(h["x-ok"], "1");

@@ -120,6 +120,7 @@ pub async fn handle(
     };
     if let Some((policy, now)) = out.ratelimit.take() {
         let h = resp.headers_mut();
+        h.reserve(2);
         h.insert(HeaderName::from_static("ratelimit-policy"), policy);
         h.insert(HeaderName::from_static("ratelimit"), now);
     }
@@ -136,7 +137,9 @@ async fn run(
     out: &mut Outcome,
 ) -> Result<Response<Body>, Reject> {
     let cfg = &active.config;
-    let path = check_head(req.version(), req.headers(), req.uri())
+    let refresh_header = cfg.refresh.as_ref().map(|r| &r.header);
+    let seen = forward::scan(req.headers(), cfg.token.as_ref(), refresh_header);
+    let path = check_head(req.version(), req.headers(), req.uri(), seen)
         .and_then(|()| path::normalize(req.uri().path()).map_err(Reject::BadRequest));
 
     if let Ok(p) = &path {
@@ -176,7 +179,10 @@ async fn run(
     }
 
     // 2–5
-    let host = request_host(req.headers(), req.uri());
+    let host = active
+        .host_routes
+        .then(|| request_host(req.headers(), req.uri()))
+        .flatten();
     let judged = judge(
         &Ask {
             method: req.method(),
@@ -197,7 +203,6 @@ async fn run(
     // 6. forward
     let upstream = &active.upstreams[rc.upstream];
     let up_path = route::upstream_path(rc, &path);
-    let query = req.uri().query().map(str::to_string);
     let device = match (&rc.auth, &cfg.token) {
         (AuthMode::Mint(_), Some(tc)) => auth::device_id(req.headers(), tc).map(str::to_string),
         _ => None,
@@ -214,12 +219,12 @@ async fn run(
             tls: conn.tls,
             upstream,
             path: &up_path,
-            query: query.as_deref(),
             token: cfg.token.as_ref(),
-            refresh_header: cfg.refresh.as_ref().map(|r| &r.header),
+            refresh_header,
             claims: claims.as_ref(),
             max_body: cfg.server.max_request_body,
             allow_upgrade: !matches!(rc.auth, AuthMode::Mint(_)),
+            seen,
         },
     )
     .await?;
@@ -422,23 +427,31 @@ async fn limits(
 /// different one is refused rather than silently ignored). Otherwise `400 bad_request` before
 /// any phase runs. HTTP/2 is left as it was: a Host header there, if any, names the host
 /// routed on and passed on, which is what clients that set one mean.
-fn check_head(version: http::Version, headers: &HeaderMap, uri: &http::Uri) -> Result<(), Reject> {
+fn check_head(
+    version: http::Version,
+    headers: &HeaderMap,
+    uri: &http::Uri,
+    seen: forward::Seen,
+) -> Result<(), Reject> {
     // A transfer coding besides `chunked` (`gzip, chunked`): hyper takes the chunks off and
     // would pass the body on still gzipped with nothing saying so.
-    let other_coding = headers.get_all(header::TRANSFER_ENCODING).iter().any(|v| {
-        v.to_str().map_or(true, |s| {
-            s.split(',')
-                .any(|c| !c.trim().eq_ignore_ascii_case("chunked"))
-        })
-    });
+    let te = seen.has(forward::Seen::TRANSFER_ENCODING);
+    let other_coding = te
+        && headers.get_all(header::TRANSFER_ENCODING).iter().any(|v| {
+            v.to_str().map_or(true, |s| {
+                s.split(',')
+                    .any(|c| !c.trim().eq_ignore_ascii_case("chunked"))
+            })
+        });
     if other_coding {
         return Err(Reject::BadRequest("a transfer coding other than chunked"));
     }
-    let mut all = headers.get_all(header::HOST).iter();
-    let host = all.next();
-    if all.next().is_some() {
+    if seen.hosts > 1 {
         return Err(Reject::BadRequest("more than one Host header"));
     }
+    let host = (seen.hosts == 1)
+        .then(|| headers.get(header::HOST))
+        .flatten();
     let Some(host) = host else {
         return if version == http::Version::HTTP_11 {
             Err(Reject::BadRequest("missing Host header"))
@@ -450,8 +463,9 @@ fn check_head(version: http::Version, headers: &HeaderMap, uri: &http::Uri) -> R
         // Allowed for a target without an authority; nothing to route on.
         return Ok(());
     }
-    let valid =
-        !host.as_bytes().contains(&b'@') && http::uri::Authority::try_from(host.as_bytes()).is_ok();
+    let valid = plain_host(host.as_bytes())
+        || (!host.as_bytes().contains(&b'@')
+            && http::uri::Authority::try_from(host.as_bytes()).is_ok());
     if !valid {
         return Err(Reject::BadRequest("invalid Host header"));
     }
@@ -464,6 +478,28 @@ fn check_head(version: http::Version, headers: &HeaderMap, uri: &http::Uri) -> R
     Ok(())
 }
 
+/// `name[:port]` with a name of letters, digits, `.` and `-` and a port up to 65535: the Host
+/// nearly every request carries, accepted without the full authority parse.
+fn plain_host(h: &[u8]) -> bool {
+    let (name, port) = match h.iter().position(|&c| c == b':') {
+        Some(i) => (&h[..i], Some(&h[i + 1..])),
+        None => (h, None),
+    };
+    let name_ok = !name.is_empty()
+        && name
+            .iter()
+            .all(|&c| c.is_ascii_alphanumeric() || c == b'.' || c == b'-');
+    let port_ok = port.is_none_or(|p| {
+        (1..=5).contains(&p.len())
+            && p.iter().all(u8::is_ascii_digit)
+            && std::str::from_utf8(p)
+                .ok()
+                .and_then(|p| p.parse::<u16>().ok())
+                .is_some()
+    });
+    name_ok && port_ok
+}
+
 /// Host for route matching: `Host`, else the URI authority (HTTP/2), without port. Borrowed:
 /// route matching compares hosts case-insensitively, so nothing is lower-cased per request.
 pub fn request_host<'a>(headers: &'a HeaderMap, uri: &'a http::Uri) -> Option<&'a str> {
@@ -472,4 +508,33 @@ pub fn request_host<'a>(headers: &'a HeaderMap, uri: &'a http::Uri) -> Option<&'
         .and_then(|v| v.to_str().ok())
         .or_else(|| uri.authority().map(|a| a.as_str()))?;
     Some(route::host_of(raw))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::plain_host;
+    use proptest::prelude::*;
+
+    #[test]
+    fn plain_hosts() {
+        for ok in ["example.com", "a-b.example:8443", "127.0.0.1:80", "x:65535"] {
+            assert!(plain_host(ok.as_bytes()), "{ok}");
+        }
+        for not in [
+            "", ":80", "a:", "a:65536", "a:123456", "[::1]:80", "u@h", "a b", "a:8a",
+        ] {
+            assert!(!plain_host(not.as_bytes()), "{not}");
+        }
+    }
+
+    proptest! {
+        /// The shortcut accepts nothing the full check would refuse.
+        #[test]
+        fn plain_host_is_a_valid_authority(h in "[a-z0-9.:@-]{0,12}") {
+            if plain_host(h.as_bytes()) {
+                prop_assert!(http::uri::Authority::try_from(h.as_bytes()).is_ok());
+                prop_assert!(!h.contains('@'));
+            }
+        }
+    }
 }

@@ -393,16 +393,15 @@ pub fn policy_header(p: &RateLimitPolicy) -> HeaderValue {
     HeaderValue::from_str(&pol).unwrap_or(HeaderValue::from_static(""))
 }
 
-/// `RateLimit` for one decision, given the policy's precomputed `sf_name`.
+/// `RateLimit` for one decision, given the policy's precomputed `sf_name`. Built by hand
+/// (`itoa`, one buffer handed to the value): it is written on every limited request.
 pub fn state_header(sf_name: &str, d: &Decision) -> HeaderValue {
-    use std::fmt::Write;
-    let mut now = String::with_capacity(sf_name.len() + 24);
-    now.push_str(sf_name);
-    let _ = write!(
-        now,
-        ";r={};t={}",
-        d.remaining,
-        crate::error::ceil_secs(d.reset)
-    );
-    HeaderValue::from_str(&now).unwrap_or(HeaderValue::from_static(""))
+    let mut num = itoa::Buffer::new();
+    let mut v = Vec::with_capacity(sf_name.len() + 30);
+    v.extend_from_slice(sf_name.as_bytes());
+    v.extend_from_slice(b";r=");
+    v.extend_from_slice(num.format(d.remaining).as_bytes());
+    v.extend_from_slice(b";t=");
+    v.extend_from_slice(num.format(crate::error::ceil_secs(d.reset)).as_bytes());
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(v)).unwrap_or(HeaderValue::from_static(""))
 }
