@@ -13,6 +13,7 @@ use crate::state::Active;
 
 pub fn record(
     method: &Method,
+    path: Option<&str>,
     resp: &Response<Body>,
     out: &Outcome,
     active: &Active,
@@ -40,7 +41,7 @@ pub fn record(
             target: "access",
             client_ip = client_ip.as_deref().unwrap_or(""),
             method = method.as_str(),
-            path = out.path.as_deref().unwrap_or(""),
+            path = path.unwrap_or(""),
             route,
             status,
             code = out.code.unwrap_or(""),
@@ -57,7 +58,7 @@ pub fn record(
             target: "security",
             client_ip = client_ip.as_deref().unwrap_or(""),
             method = method.as_str(),
-            path = out.path.as_deref().unwrap_or(""),
+            path = path.unwrap_or(""),
             route,
             status,
             code,

@@ -2,6 +2,7 @@
 //! protocol, TLS handshake, hyper-util's auto HTTP/1.1 + HTTP/2 server with the header-read
 //! and idle timeouts enforced, and a graceful drain on shutdown.
 
+use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::{pin, Pin};
@@ -10,6 +11,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -143,20 +145,54 @@ async fn prune_loop(state: Arc<State>, mut stop: watch::Receiver<bool>) {
     }
 }
 
-fn http_builder(cfg: &Config) -> auto::Builder<TokioExecutor> {
-    let mut b = auto::Builder::new(TokioExecutor::new());
-    b.http1()
+/// The HTTP servers a connection can be given: on TLS, ALPN has chosen the protocol and the
+/// connection goes straight to HTTP/1.1 or HTTP/2; on plain HTTP the first bytes tell
+/// (HTTP/1.1, or HTTP/2 with prior knowledge).
+struct Servers {
+    sniff: auto::Builder<TokioExecutor>,
+    h1: http1::Builder,
+    h2: http2::Builder<TokioExecutor>,
+}
+
+/// Which of [`Servers`] serves a connection.
+#[derive(Clone, Copy)]
+enum Proto {
+    Sniff,
+    H1,
+    H2,
+}
+
+fn servers(cfg: &Config) -> Servers {
+    fn h1_settings(b: &mut http1::Builder, cfg: &Config) {
+        b.timer(TokioTimer::new())
+            .header_read_timeout(cfg.server.header_read_timeout)
+            .keep_alive(true)
+            .max_buf_size(64 * 1024);
+    }
+    fn h2_settings(b: &mut http2::Builder<TokioExecutor>) {
+        // No HTTP/2 keep-alive pings: they would count as traffic and keep idle connections
+        // open past `idle_timeout`, which already closes dead or idle peers.
+        b.timer(TokioTimer::new())
+            .max_concurrent_streams(256)
+            .max_header_list_size(64 * 1024);
+    }
+    let mut sniff = auto::Builder::new(TokioExecutor::new());
+    sniff
+        .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(cfg.server.header_read_timeout)
         .keep_alive(true)
         .max_buf_size(64 * 1024);
-    b.http2()
+    sniff
+        .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(256)
         .max_header_list_size(64 * 1024);
-    // No HTTP/2 keep-alive pings: they would count as traffic and keep idle connections
-    // open past `idle_timeout`, which already closes dead or idle peers.
-    b
+    let mut h1 = http1::Builder::new();
+    h1_settings(&mut h1, cfg);
+    let mut h2 = http2::Builder::new(TokioExecutor::new());
+    h2_settings(&mut h2);
+    Servers { sniff, h1, h2 }
 }
 
 async fn accept_loop(listener: TcpListener, state: Arc<State>, mut stop: watch::Receiver<bool>) {
@@ -164,7 +200,7 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>, mut stop: watch::
     let tls_mode = first.tls.is_some();
     let permits = Arc::new(Semaphore::new(first.config.server.max_connections));
     let grace = first.config.server.shutdown_grace;
-    let builder = Arc::new(http_builder(&first.config));
+    let servers = Arc::new(servers(&first.config));
     drop(first);
     loop {
         let permit = tokio::select! {
@@ -183,12 +219,12 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>, mut stop: watch::
             _ = stop.changed() => break,
         };
         let state = state.clone();
-        let builder = builder.clone();
+        let servers = servers.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
             let n = state.connections.fetch_add(1, Ordering::Relaxed) + 1;
             crate::metrics::connections(n);
-            connection(stream, peer, tls_mode, &state, &builder, stop).await;
+            connection(stream, peer, tls_mode, &state, &servers, stop).await;
             let n = state.connections.fetch_sub(1, Ordering::Relaxed) - 1;
             crate::metrics::connections(n);
             drop(permit);
@@ -214,7 +250,7 @@ async fn connection(
     peer: SocketAddr,
     tls_mode: bool,
     state: &Arc<State>,
-    builder: &auto::Builder<TokioExecutor>,
+    servers: &Servers,
     stop: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
@@ -254,12 +290,39 @@ async fn connection(
         };
         let acceptor = tokio_rustls::TlsAcceptor::from(tls);
         match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-            Ok(Ok(s)) => serve_io(s, conn, state, builder, stop, idle, handshake_timeout).await,
+            Ok(Ok(s)) => {
+                // Without ALPN a TLS client speaks HTTP/1.1 (RFC 9113 §3.2: HTTP/2 over TLS
+                // is negotiated).
+                let proto = match s.get_ref().1.alpn_protocol() {
+                    Some(b"h2") => Proto::H2,
+                    _ => Proto::H1,
+                };
+                let w = Watch::new(stop, idle, handshake_timeout);
+                serve_io(s, proto, conn, state, servers, w).await
+            }
             Ok(Err(e)) => tracing::debug!(peer = %peer.ip(), error = %e, "TLS handshake failed"),
             Err(_) => tracing::debug!(peer = %peer.ip(), "TLS handshake timed out"),
         }
     } else {
-        serve_io(stream, conn, state, builder, stop, idle, handshake_timeout).await;
+        let w = Watch::new(stop, idle, handshake_timeout);
+        serve_io(stream, Proto::Sniff, conn, state, servers, w).await;
+    }
+}
+
+/// What the watcher of a connection needs besides the connection.
+struct Watch {
+    stop: watch::Receiver<bool>,
+    idle: Duration,
+    first_byte: Duration,
+}
+
+impl Watch {
+    fn new(stop: watch::Receiver<bool>, idle: Duration, first_byte: Duration) -> Watch {
+        Watch {
+            stop,
+            idle,
+            first_byte,
+        }
     }
 }
 
@@ -267,32 +330,47 @@ async fn connection(
 /// connection that sends nothing at all within `first_byte` (the header read timeout) is
 /// closed then: hyper's own header timer starts with the first request's first bytes, so
 /// without this a silent connection would hold its slot for the whole idle timeout.
-///
-/// The timers and the stop signal are watched by a small task of their own ([`watch_conn`]),
-/// which tells this one what to do through a oneshot. This task is woken several times per
-/// request; it then polls the connection and that oneshot only, not two timers and a watch.
 async fn serve_io<S>(
     io: S,
+    proto: Proto,
     conn: Arc<Conn>,
     state: &Arc<State>,
-    builder: &auto::Builder<TokioExecutor>,
-    stop: watch::Receiver<bool>,
-    idle: Duration,
-    first_byte: Duration,
+    servers: &Servers,
+    w: Watch,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let moved = Arc::new(AtomicBool::new(false));
-    let io = Tracked {
+    let io = TokioIo::new(Tracked {
         inner: io,
         moved: moved.clone(),
-    };
+    });
     let peer = conn.peer.ip();
     let st = state.clone();
     let svc = service_fn(move |req| crate::pipeline::handle(req, conn.clone(), st.clone()));
-    let mut c = pin!(builder.serve_connection_with_upgrades(TokioIo::new(io), svc));
-    let (tell, mut told) = oneshot::channel();
-    tokio::spawn(watch_conn(moved, stop, idle, first_byte, peer, tell));
+    let (tell, told) = oneshot::channel();
+    tokio::spawn(watch_conn(moved, w, peer, tell));
+    match proto {
+        Proto::Sniff => {
+            let c = servers.sniff.serve_connection_with_upgrades(io, svc);
+            drive(c, told, |c| c.graceful_shutdown()).await;
+        }
+        Proto::H1 => {
+            let c = servers.h1.serve_connection(io, svc).with_upgrades();
+            drive(c, told, |c| c.graceful_shutdown()).await;
+        }
+        Proto::H2 => {
+            let c = servers.h2.serve_connection(io, svc);
+            drive(c, told, |c| c.graceful_shutdown()).await;
+        }
+    }
+}
+
+/// Poll the connection `c` to its end, draining it (`drain`) or dropping it as its watcher
+/// says. This task is woken several times per request; it then polls the connection and
+/// the oneshot only, not the watcher's timers.
+async fn drive<C: Future>(c: C, mut told: oneshot::Receiver<Verdict>, drain: impl Fn(Pin<&mut C>)) {
+    let mut c = pin!(c);
     let mut closing = false;
     loop {
         tokio::select! {
@@ -302,7 +380,7 @@ async fn serve_io<S>(
                 Ok(Verdict::Close) => break,
                 // Asked to drain, or the watcher is gone (the runtime is stopping).
                 Ok(Verdict::Drain) | Err(_) => {
-                    c.as_mut().graceful_shutdown();
+                    drain(c.as_mut());
                     closing = true;
                 }
             },
@@ -323,12 +401,15 @@ enum Verdict {
 /// when the connection has ended (`tell` closed).
 async fn watch_conn(
     moved: Arc<AtomicBool>,
-    mut stop: watch::Receiver<bool>,
-    idle: Duration,
-    first_byte: Duration,
+    w: Watch,
     peer: IpAddr,
     mut tell: oneshot::Sender<Verdict>,
 ) {
+    let Watch {
+        mut stop,
+        idle,
+        first_byte,
+    } = w;
     if *stop.borrow() {
         let _ = tell.send(Verdict::Drain);
         return;

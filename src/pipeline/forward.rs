@@ -172,6 +172,7 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, seen: Seen) {
             let Ok(v) = v.to_str() else { continue };
             for n in v.split(',').map(str::trim) {
                 if n.is_empty()
+                    || n.eq_ignore_ascii_case("keep-alive")
                     || n.eq_ignore_ascii_case("close")
                     || HOP_BY_HOP
                         .iter()

@@ -50,7 +50,7 @@ pub async fn answer(
         .parse()
         .map_err(|_| Reject::BadRequest("forward auth: unparseable original URI"))?;
     let original_path = path::normalize(uri.path()).map_err(Reject::BadRequest)?;
-    out.path = Some(original_path.clone());
+    out.path_override = Some(original_path.clone());
     let cip = client_ip::resolve(conn.peer.ip(), conn.proxied, h, &cfg.client_ip);
     out.client_ip = Some(cip.ip);
     out.ip_source = Some(cip.source);

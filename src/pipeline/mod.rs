@@ -73,7 +73,8 @@ impl Conn {
 pub struct Outcome {
     pub client_ip: Option<IpAddr>,
     pub ip_source: Option<client_ip::IpSource>,
-    pub path: Option<String>,
+    /// The path the log shows instead of the request's own (forward auth: the original one).
+    pub path_override: Option<String>,
     pub route: Option<usize>,
     pub code: Option<&'static str>,
     pub cause: Option<String>,
@@ -108,7 +109,9 @@ pub async fn handle(
     let active = state.active.load_full();
     let method = req.method().clone();
     let mut out = Outcome::default();
-    let mut resp = match run(req, &conn, &active, &state, started, &mut out).await {
+    // Normalized here, outside `run`, so that the access log can borrow it.
+    let path = path::normalize(req.uri().path());
+    let mut resp = match run(req, &path, &conn, &active, &state, started, &mut out).await {
         Ok(r) => r,
         Err(rej) => {
             out.code = Some(rej.code());
@@ -124,12 +127,14 @@ pub async fn handle(
         h.insert(HeaderName::from_static("ratelimit-policy"), policy);
         h.insert(HeaderName::from_static("ratelimit"), now);
     }
-    crate::access_log::record(&method, &resp, &out, &active, started);
+    let path = out.path_override.as_deref().or(path.as_deref().ok());
+    crate::access_log::record(&method, path, &resp, &out, &active, started);
     Ok(resp)
 }
 
 async fn run(
     req: Request<Incoming>,
+    path: &Result<String, path::Refusal>,
     conn: &Conn,
     active: &Active,
     state: &State,
@@ -140,11 +145,7 @@ async fn run(
     let refresh_header = cfg.refresh.as_ref().map(|r| &r.header);
     let seen = forward::scan(req.headers(), cfg.token.as_ref(), refresh_header);
     let path = check_head(req.version(), req.headers(), req.uri(), seen)
-        .and_then(|()| path::normalize(req.uri().path()).map_err(Reject::BadRequest));
-
-    if let Ok(p) = &path {
-        out.path = Some(p.clone());
-    }
+        .and_then(|()| path.as_deref().map_err(|e| Reject::BadRequest(e)));
     if matches!((&path, &cfg.forward_auth), (Ok(p), Some(f)) if p == f) {
         // Boxed, as the other rarely taken branches below: an inline sub-future would grow
         // every request's future, which is copied as it is created and moved into place.

@@ -396,12 +396,17 @@ pub fn policy_header(p: &RateLimitPolicy) -> HeaderValue {
 /// `RateLimit` for one decision, given the policy's precomputed `sf_name`. Built by hand
 /// (`itoa`, one buffer handed to the value): it is written on every limited request.
 pub fn state_header(sf_name: &str, d: &Decision) -> HeaderValue {
-    let mut num = itoa::Buffer::new();
-    let mut v = Vec::with_capacity(sf_name.len() + 30);
+    let (mut r, mut t) = (itoa::Buffer::new(), itoa::Buffer::new());
+    let (r, t) = (
+        r.format(d.remaining),
+        t.format(crate::error::ceil_secs(d.reset)),
+    );
+    // Exactly the length: a full `Vec` becomes `Bytes` without a second allocation.
+    let mut v = Vec::with_capacity(sf_name.len() + 6 + r.len() + t.len());
     v.extend_from_slice(sf_name.as_bytes());
     v.extend_from_slice(b";r=");
-    v.extend_from_slice(num.format(d.remaining).as_bytes());
+    v.extend_from_slice(r.as_bytes());
     v.extend_from_slice(b";t=");
-    v.extend_from_slice(num.format(crate::error::ceil_secs(d.reset)).as_bytes());
+    v.extend_from_slice(t.as_bytes());
     HeaderValue::from_maybe_shared(bytes::Bytes::from(v)).unwrap_or(HeaderValue::from_static(""))
 }
