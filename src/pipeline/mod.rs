@@ -172,9 +172,9 @@ async fn run(
     };
 
     // Gateway-served paths come before routes (after the global IP policy).
-    if session::is_served(&path, active) {
+    if session::is_served(path, active) {
         active.ip_policy.check(ip)?;
-        if let Some(resp) = Box::pin(session::serve(&req, &path, ip, active, state)).await? {
+        if let Some(resp) = Box::pin(session::serve(&req, path, ip, active, state)).await? {
             return Ok(resp);
         }
     }
@@ -188,7 +188,7 @@ async fn run(
         &Ask {
             method: req.method(),
             host,
-            path: &path,
+            path,
             headers: req.headers(),
             ip,
             started,
@@ -203,7 +203,7 @@ async fn run(
 
     // 6. forward
     let upstream = &active.upstreams[rc.upstream];
-    let up_path = route::upstream_path(rc, &path);
+    let up_path = route::upstream_path(rc, path);
     let device = match (&rc.auth, &cfg.token) {
         (AuthMode::Mint(_), Some(tc)) => auth::device_id(req.headers(), tc).map(str::to_string),
         _ => None,
