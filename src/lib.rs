@@ -9,10 +9,11 @@
 //! 6. [`pipeline::forward`] — the upstream request, streamed;
 //! 7. [`pipeline::mint`] — a new token when a login route's upstream says yes.
 //!
-//! Around it: [`server`] (listeners, TLS, drain), [`state`] (config generations),
+//! Around it: [`server`] (listeners, TLS, drain; [`activity`] for its timeouts), [`state`] (config generations),
 //! [`reload`], [`admin`], [`metrics`], [`access_log`].
 
 pub mod access_log;
+pub mod activity;
 pub mod admin;
 pub mod body;
 pub mod check;

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::{pin, Pin};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -20,6 +20,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{oneshot, watch, Semaphore};
 use tokio::task::JoinHandle;
 
+use crate::activity::Activity;
 use crate::config::Config;
 use crate::pipeline::{client_ip, Conn};
 use crate::state::State;
@@ -162,25 +163,16 @@ enum Proto {
     H2,
 }
 
-fn servers(cfg: &Config) -> Servers {
-    fn h1_settings(b: &mut http1::Builder, cfg: &Config) {
-        b.timer(TokioTimer::new())
-            .header_read_timeout(cfg.server.header_read_timeout)
-            .keep_alive(true)
-            .max_buf_size(64 * 1024);
-    }
-    fn h2_settings(b: &mut http2::Builder<TokioExecutor>) {
-        // No HTTP/2 keep-alive pings: they would count as traffic and keep idle connections
-        // open past `idle_timeout`, which already closes dead or idle peers.
-        b.timer(TokioTimer::new())
-            .max_concurrent_streams(256)
-            .max_header_list_size(64 * 1024);
-    }
+fn servers() -> Servers {
+    // HTTP/1: the header read timeout is kept by the connection's watcher (see `activity`):
+    // hyper's own costs a timer per request and also runs while a keep-alive connection is
+    // quiet, closing it long before `idle_timeout`.
+    // HTTP/2: no keep-alive pings; they would count as traffic and keep idle connections
+    // open past `idle_timeout`, which already closes dead or idle peers.
     let mut sniff = auto::Builder::new(TokioExecutor::new());
     sniff
         .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(cfg.server.header_read_timeout)
+        .header_read_timeout(None)
         .keep_alive(true)
         .max_buf_size(64 * 1024);
     sniff
@@ -189,9 +181,13 @@ fn servers(cfg: &Config) -> Servers {
         .max_concurrent_streams(256)
         .max_header_list_size(64 * 1024);
     let mut h1 = http1::Builder::new();
-    h1_settings(&mut h1, cfg);
+    h1.header_read_timeout(None)
+        .keep_alive(true)
+        .max_buf_size(64 * 1024);
     let mut h2 = http2::Builder::new(TokioExecutor::new());
-    h2_settings(&mut h2);
+    h2.timer(TokioTimer::new())
+        .max_concurrent_streams(256)
+        .max_header_list_size(64 * 1024);
     Servers { sniff, h1, h2 }
 }
 
@@ -200,7 +196,7 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>, mut stop: watch::
     let tls_mode = first.tls.is_some();
     let permits = Arc::new(Semaphore::new(first.config.server.max_connections));
     let grace = first.config.server.shutdown_grace;
-    let servers = Arc::new(servers(&first.config));
+    let servers = Arc::new(servers());
     drop(first);
     loop {
         let permit = tokio::select! {
@@ -326,10 +322,9 @@ impl Watch {
     }
 }
 
-/// Serve HTTP on one connection until it closes, goes idle, or the gateway drains. A
-/// connection that sends nothing at all within `first_byte` (the header read timeout) is
-/// closed then: hyper's own header timer starts with the first request's first bytes, so
-/// without this a silent connection would hold its slot for the whole idle timeout.
+/// Serve HTTP on one connection until it closes, goes idle, or the gateway drains; a request
+/// head that takes longer than `header_read_timeout` (the first one counted from the start)
+/// closes it. The timeouts are kept by [`watch_conn`] from the connection's [`Activity`].
 async fn serve_io<S>(
     io: S,
     proto: Proto,
@@ -340,16 +335,16 @@ async fn serve_io<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let moved = Arc::new(AtomicBool::new(false));
+    let activity = conn.activity.clone();
     let io = TokioIo::new(Tracked {
         inner: io,
-        moved: moved.clone(),
+        activity: activity.clone(),
     });
     let peer = conn.peer.ip();
     let st = state.clone();
     let svc = service_fn(move |req| crate::pipeline::handle(req, conn.clone(), st.clone()));
     let (tell, told) = oneshot::channel();
-    tokio::spawn(watch_conn(moved, w, peer, tell));
+    tokio::spawn(watch_conn(activity, w, peer, tell));
     match proto {
         Proto::Sniff => {
             let c = servers.sniff.serve_connection_with_upgrades(io, svc);
@@ -390,17 +385,22 @@ async fn drive<C: Future>(c: C, mut told: oneshot::Receiver<Verdict>, drain: imp
 
 /// What [`watch_conn`] tells a connection.
 enum Verdict {
-    /// Nothing was received within the header read timeout: close now.
+    /// A request head took longer than the header read timeout: close now.
     Close,
     /// Idle, or the gateway is stopping: finish the request in flight, then close.
     Drain,
 }
 
-/// Watches one connection: closes it if nothing arrives within `first_byte`, drains it after
-/// `idle` without traffic or when the gateway stops. Ends when it has told the connection, or
-/// when the connection has ended (`tell` closed).
+/// Watches one connection: closes it when a request head takes longer than `first_byte`
+/// (the header read timeout; the first head is due from the start, so a connection that
+/// sends nothing is closed too), drains it after `idle` without traffic or when the gateway
+/// stops. Ends when it has told the connection, or when the connection has ended (`tell`
+/// closed).
+///
+/// It looks every quarter of the shorter timeout: a slow head is closed between 1 and 1.25
+/// times the header read timeout after its first byte, never before.
 async fn watch_conn(
-    moved: Arc<AtomicBool>,
+    activity: Arc<Activity>,
     w: Watch,
     peer: IpAddr,
     mut tell: oneshot::Sender<Verdict>,
@@ -408,32 +408,27 @@ async fn watch_conn(
     let Watch {
         mut stop,
         idle,
-        first_byte,
+        first_byte: head,
     } = w;
     if *stop.borrow() {
         let _ = tell.send(Verdict::Drain);
         return;
     }
-    let started = Instant::now();
-    let mut quiet_since = started;
-    let mut first_deadline = pin!(tokio::time::sleep(first_byte));
-    let mut awaiting_first = true;
-    let tick = (idle / 4).max(Duration::from_millis(50));
+    let tick = (idle.min(head) / 4).max(Duration::from_millis(10));
+    // Whole ticks a head may take.
+    let head_ticks = u32::try_from(head.as_nanos().div_ceil(tick.as_nanos())).unwrap_or(u32::MAX);
+    let mut quiet_since = Instant::now();
     let verdict = loop {
         tokio::select! {
             _ = tell.closed() => return,
-            _ = &mut first_deadline, if awaiting_first => {
-                awaiting_first = false;
-                // Bytes moved since the start: seen by the flag, or already taken by a tick.
-                if !moved.load(Ordering::Relaxed) && quiet_since == started {
-                    tracing::debug!(peer = %peer, "nothing received within header_read_timeout: connection closed");
-                    break Verdict::Close;
-                }
-            }
             _ = stop.changed() => break Verdict::Drain,
             _ = tokio::time::sleep(tick) => {
+                if activity.tick_head_overdue(head_ticks) {
+                    tracing::debug!(peer = %peer, "request head not received within header_read_timeout: connection closed");
+                    break Verdict::Close;
+                }
                 let now = Instant::now();
-                if moved.swap(false, Ordering::Relaxed) {
+                if activity.take_moved() {
                     quiet_since = now;
                 } else if now.duration_since(quiet_since) >= idle {
                     break Verdict::Drain;
@@ -444,18 +439,11 @@ async fn watch_conn(
     let _ = tell.send(verdict);
 }
 
-/// An IO stream that records when bytes last moved (for the idle timeout).
-/// Reading the clock on every read and write showed in profiles; a flag is enough, since the
-/// watcher in `serve_io` looks at it once per tick (a quarter of the idle timeout).
+/// An IO stream that tells the connection's [`Activity`] when bytes move. A flag store per
+/// read or write: reading the clock there showed in profiles.
 struct Tracked<S> {
     inner: S,
-    moved: Arc<AtomicBool>,
-}
-
-impl<S> Tracked<S> {
-    fn touch(&self) {
-        self.moved.store(true, Ordering::Relaxed);
-    }
+    activity: Arc<Activity>,
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
@@ -467,7 +455,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
-            self.touch();
+            self.activity.read();
         }
         r
     }
@@ -481,7 +469,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
     ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write(cx, data);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.touch();
+            self.activity.wrote();
         }
         r
     }
@@ -501,7 +489,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
     ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.touch();
+            self.activity.wrote();
         }
         r
     }

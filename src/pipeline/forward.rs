@@ -5,6 +5,7 @@
 use std::fmt;
 use std::net::IpAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -16,6 +17,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
+use crate::activity::{Activity, BodyOpen};
 use crate::body::{Body, BoxError};
 use crate::config::TokenConfig;
 use crate::error::Reject;
@@ -42,6 +44,8 @@ pub struct Forward<'a> {
     pub allow_upgrade: bool,
     /// What the request's headers hold ([`scan`]).
     pub seen: Seen,
+    /// The connection's activity: a request is not done while its body is being forwarded.
+    pub activity: &'a Arc<Activity>,
 }
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -320,6 +324,8 @@ pub fn strip_token(h: &mut HeaderMap, token: &TokenConfig) {
 struct LimitedBody {
     inner: Incoming,
     remaining: u64,
+    /// Held while the body is being forwarded (dropped at its end).
+    open: Option<BodyOpen>,
 }
 
 #[derive(Debug)]
@@ -354,7 +360,10 @@ impl HttpBody for LimitedBody {
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
-            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(None) => {
+                self.open = None;
+                Poll::Ready(None)
+            }
             Poll::Pending => Poll::Pending,
         }
     }
@@ -534,9 +543,11 @@ pub async fn send(mut req: Request<Incoming>, f: Forward<'_>) -> Result<Response
     }
     parts.version = Version::HTTP_11;
 
+    let open = (!body.is_end_stream()).then(|| f.activity.body_forwarded());
     let body = LimitedBody {
         inner: body,
         remaining: f.max_body,
+        open,
     }
     .boxed();
     let up_req = Request::from_parts(parts, body);

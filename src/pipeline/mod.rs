@@ -34,6 +34,7 @@ use std::time::Instant;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response};
 use hyper::body::Incoming;
 
+use crate::activity::Activity;
 use crate::body::Body;
 use crate::config::{AuthMode, LimitKey};
 use crate::error::Reject;
@@ -51,6 +52,8 @@ pub struct Conn {
     /// formatted once for `X-Forwarded-For`.
     pub hop: IpAddr,
     pub hop_header: HeaderValue,
+    /// What the connection's watcher sees of it (header read and idle timeouts).
+    pub activity: Arc<Activity>,
 }
 
 impl Conn {
@@ -64,6 +67,7 @@ impl Conn {
             tls,
             hop,
             hop_header,
+            activity: Arc::default(),
         }
     }
 }
@@ -106,6 +110,8 @@ pub async fn handle(
     state: Arc<State>,
 ) -> Result<Response<Body>, Infallible> {
     let started = Instant::now();
+    conn.activity
+        .request_started(req.version() == http::Version::HTTP_2);
     let active = state.active.load_full();
     let method = req.method().clone();
     let mut out = Outcome::default();
@@ -129,6 +135,10 @@ pub async fn handle(
     }
     let path = out.path_override.as_deref().or(path.as_deref().ok());
     crate::access_log::record(&method, path, &resp, &out, &active, started);
+    if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+        conn.activity.upgraded();
+    }
+    conn.activity.part_done();
     Ok(resp)
 }
 
@@ -226,6 +236,7 @@ async fn run(
             max_body: cfg.server.max_request_body,
             allow_upgrade: !matches!(rc.auth, AuthMode::Mint(_)),
             seen,
+            activity: &conn.activity,
         },
     )
     .await?;

@@ -446,6 +446,63 @@ async fn header_read_timeout_closes_a_connection_that_sends_nothing() {
 }
 
 #[tokio::test]
+async fn keep_alive_quiet_longer_than_the_header_timeout_stays_open() {
+    let up = Upstream::start().await;
+    let o = Opts {
+        tls: false,
+        server: "header_read_timeout = \"300ms\"\nidle_timeout = \"60s\"",
+        ..Opts::default()
+    };
+    let gw = Gateway::start_with(o, &public_routes(&up)).await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    for round in 0..2 {
+        if round == 1 {
+            // Quiet between requests is the idle timeout's business, not the header one's.
+            tokio::time::sleep(Duration::from_millis(1000)).await;
+        }
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("an answer")
+            .unwrap();
+        let head = String::from_utf8_lossy(&buf[..n]).to_string();
+        assert!(head.starts_with("HTTP/1.1 200"), "round {round}: {head:?}");
+    }
+    assert_eq!(up.count(), 2);
+}
+
+#[tokio::test]
+async fn a_slow_request_body_is_not_a_slow_head() {
+    let up = Upstream::start().await;
+    let o = Opts {
+        tls: false,
+        server: "header_read_timeout = \"300ms\"",
+        ..Opts::default()
+    };
+    let gw = Gateway::start_with(o, &public_routes(&up)).await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 8\r\n\r\n")
+        .await
+        .unwrap();
+    // The body takes 800 ms, well past the header read timeout.
+    for b in b"abcdefgh" {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        s.write_all(&[*b]).await.unwrap();
+    }
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("an answer")
+        .unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head:?}");
+    assert_eq!(&up.last().body[..], b"abcdefgh");
+}
+
+#[tokio::test]
 async fn idle_keep_alive_connections_are_closed() {
     let up = Upstream::start().await;
     let o = Opts {
@@ -607,22 +664,34 @@ async fn websocket_upgrade_passes_through() {
     let body = format!(
         "[upstreams.app]\nurl = \"http://{addr}\"\n\n[[routes]]\nname = \"all\"\nprefix = \"/\"\nauth = \"public\"\nupstream = \"app\"\n"
     );
-    let gw = Gateway::start_with(plain(), &body).await;
+    let o = Opts {
+        tls: false,
+        server: "header_read_timeout = \"300ms\"",
+        ..Opts::default()
+    };
+    let gw = Gateway::start_with(o, &body).await;
     let (mut ws, resp) = tokio_tungstenite::connect_async(format!("ws://{}/ws", gw.addr))
         .await
         .unwrap();
     assert_eq!(resp.status(), 101);
-    ws.send(tokio_tungstenite::tungstenite::Message::text(
-        "hello through iptgate",
-    ))
-    .await
-    .unwrap();
-    let echo = tokio::time::timeout(Duration::from_secs(5), ws.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    assert_eq!(echo.into_text().unwrap().as_str(), "hello through iptgate");
+    for (i, text) in ["hello through iptgate", "still there"]
+        .into_iter()
+        .enumerate()
+    {
+        if i == 1 {
+            // Past the header read timeout: an upgraded connection has no heads to time.
+            tokio::time::sleep(Duration::from_millis(800)).await;
+        }
+        ws.send(tokio_tungstenite::tungstenite::Message::text(text))
+            .await
+            .unwrap();
+        let echo = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(echo.into_text().unwrap().as_str(), text);
+    }
 }
 
 #[tokio::test]

@@ -1,0 +1,182 @@
+//! What a connection's watcher knows about it: whether bytes moved (the idle timeout) and
+//! whether an HTTP/1 request head is being read and since when (the header read timeout).
+//!
+//! The connection's IO ([`Activity::read`], [`Activity::wrote`]) and the request handler
+//! ([`Activity::request_started`], [`Activity::part_done`]) update it with a few atomic
+//! operations per request; the watcher task looks at it once per tick. This replaces hyper's
+//! own header timer, which costs a timer per request and, as it starts when hyper begins to
+//! wait for a head, also closed keep-alive connections after `header_read_timeout` of
+//! quiet, well before `idle_timeout`.
+//!
+//! A head is being read from the connection's start until the first request reaches the
+//! handler, and again from the first byte read after a request is done (the handler has
+//! answered and the request body, if forwarded, has been sent) until the next one reaches
+//! it. HTTP/2 connections and upgraded ones (WebSocket) are not watched for heads.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering::SeqCst};
+use std::sync::Arc;
+
+/// Reading a request head (since `head_tick`).
+const READING_HEAD: u8 = 0;
+/// A request is being handled, or its body forwarded.
+const IN_REQUEST: u8 = 1;
+/// Between requests: quiet, or answered and waiting for the next head's first byte.
+const BETWEEN: u8 = 2;
+/// No heads to watch: HTTP/2, or a connection upgraded to another protocol.
+const UNWATCHED: u8 = 3;
+
+#[derive(Debug)]
+pub struct Activity {
+    /// Bytes moved (either way) since the watcher last looked.
+    moved: AtomicBool,
+    phase: AtomicU8,
+    /// The watcher's tick count when the head being read began.
+    head_tick: AtomicU32,
+    /// Ticks of the watcher so far.
+    tick: AtomicU32,
+    /// Parts of the current request still open: its handler, and its body while forwarded.
+    open: AtomicU8,
+}
+
+impl Default for Activity {
+    fn default() -> Activity {
+        Activity {
+            moved: AtomicBool::new(false),
+            // The first head is due from the start.
+            phase: AtomicU8::new(READING_HEAD),
+            head_tick: AtomicU32::new(0),
+            tick: AtomicU32::new(0),
+            open: AtomicU8::new(0),
+        }
+    }
+}
+
+impl Activity {
+    /// Bytes were read from the client.
+    pub fn read(&self) {
+        self.moved.store(true, SeqCst);
+        if self.phase.load(SeqCst) == BETWEEN {
+            // The tick first, so the watcher never sees the new phase with an old tick.
+            self.head_tick.store(self.tick.load(SeqCst), SeqCst);
+            let _ = self
+                .phase
+                .compare_exchange(BETWEEN, READING_HEAD, SeqCst, SeqCst);
+        }
+    }
+
+    /// Bytes were written to the client.
+    pub fn wrote(&self) {
+        self.moved.store(true, SeqCst);
+    }
+
+    /// A request head reached the handler. HTTP/2 connections are not watched from then on.
+    pub fn request_started(&self, http2: bool) {
+        if http2 {
+            self.phase.store(UNWATCHED, SeqCst);
+        } else if self.phase.load(SeqCst) != UNWATCHED {
+            self.open.store(1, SeqCst);
+            self.phase.store(IN_REQUEST, SeqCst);
+        }
+    }
+
+    /// The request's body is being forwarded: the request is not done before it is. The
+    /// guard marks that part done when dropped.
+    pub fn body_forwarded(self: &Arc<Self>) -> BodyOpen {
+        self.open.fetch_add(1, SeqCst);
+        BodyOpen(Arc::clone(self))
+    }
+
+    /// One part of the current request is done (the handler has answered, or the body has
+    /// been forwarded); when none is left, the connection is between requests.
+    pub fn part_done(&self) {
+        if self.open.fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1)) == Ok(1) {
+            let _ = self
+                .phase
+                .compare_exchange(IN_REQUEST, BETWEEN, SeqCst, SeqCst);
+        }
+    }
+
+    /// The connection now carries another protocol: no more heads.
+    pub fn upgraded(&self) {
+        self.phase.store(UNWATCHED, SeqCst);
+    }
+
+    /// Whether bytes moved since the last call.
+    pub fn take_moved(&self) -> bool {
+        self.moved.swap(false, SeqCst)
+    }
+
+    /// One watcher tick; true when a head has been read for `limit` ticks or more, counted
+    /// from the end of the tick it began in (so at least `limit` whole ticks of time).
+    pub fn tick_head_overdue(&self, limit: u32) -> bool {
+        let now = self.tick.fetch_add(1, SeqCst).wrapping_add(1);
+        self.phase.load(SeqCst) == READING_HEAD
+            && now.wrapping_sub(self.head_tick.load(SeqCst)) > limit
+    }
+}
+
+/// Marks a forwarded request body done when dropped ([`Activity::body_forwarded`]).
+#[derive(Debug)]
+pub struct BodyOpen(Arc<Activity>);
+
+impl Drop for BodyOpen {
+    fn drop(&mut self) {
+        self.0.part_done();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Ticks until the watcher calls the head overdue, with at most `max` ticks.
+    fn ticks_until_overdue(a: &Activity, limit: u32, max: u32) -> Option<u32> {
+        (1..=max).find(|_| a.tick_head_overdue(limit))
+    }
+
+    #[test]
+    fn the_first_head_is_due_from_the_start() {
+        let a = Activity::default();
+        assert_eq!(ticks_until_overdue(&a, 4, 10), Some(5));
+    }
+
+    #[test]
+    fn quiet_between_requests_is_not_a_slow_head() {
+        let a = Arc::new(Activity::default());
+        a.read();
+        a.request_started(false);
+        a.part_done();
+        assert_eq!(ticks_until_overdue(&a, 4, 50), None);
+        // The next head's first byte starts the clock.
+        a.read();
+        assert_eq!(ticks_until_overdue(&a, 4, 10), Some(5));
+    }
+
+    #[test]
+    fn a_body_still_forwarded_keeps_the_request_open() {
+        let a = Arc::new(Activity::default());
+        a.request_started(false);
+        let body = a.body_forwarded();
+        a.part_done(); // the handler answered early
+        a.read(); // body bytes
+        assert_eq!(ticks_until_overdue(&a, 4, 50), None);
+        drop(body);
+        assert_eq!(ticks_until_overdue(&a, 4, 50), None);
+        a.read();
+        assert_eq!(ticks_until_overdue(&a, 4, 10), Some(5));
+    }
+
+    #[test]
+    fn http2_and_upgraded_connections_are_not_watched() {
+        let a = Activity::default();
+        a.request_started(true);
+        a.read();
+        assert_eq!(ticks_until_overdue(&a, 4, 50), None);
+        let b = Activity::default();
+        b.request_started(false);
+        b.upgraded();
+        b.part_done();
+        b.read();
+        assert_eq!(ticks_until_overdue(&b, 4, 50), None);
+    }
+}
