@@ -169,23 +169,31 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, seen: Seen) {
     if !seen.has(Seen::HOP) {
         return;
     }
-    // Other headers named in `Connection` (rare; `keep-alive`, `close`, `upgrade` are not).
+    // `Connection` is taken out with its values in one lookup; other headers it names are
+    // removed too (rare: `keep-alive`, `close`, `upgrade` are not such names).
     let mut named: Vec<HeaderName> = Vec::new();
     if seen.has(Seen::CONNECTION) {
-        for v in h.get_all(header::CONNECTION) {
-            let Ok(v) = v.to_str() else { continue };
-            for n in v.split(',').map(str::trim) {
-                if n.is_empty()
-                    || n.eq_ignore_ascii_case("keep-alive")
-                    || n.eq_ignore_ascii_case("close")
-                    || HOP_BY_HOP
-                        .iter()
-                        .any(|d| d.as_str().eq_ignore_ascii_case(n))
-                {
+        if let header::Entry::Occupied(e) = h.entry(header::CONNECTION) {
+            for v in e.remove_entry_mult().1 {
+                let b = v.as_bytes();
+                if b.eq_ignore_ascii_case(b"keep-alive") || b.eq_ignore_ascii_case(b"close") {
+                    // Nearly every message: nothing named.
                     continue;
                 }
-                if let Ok(name) = HeaderName::from_bytes(n.as_bytes()) {
-                    named.push(name);
+                let Ok(v) = v.to_str() else { continue };
+                for n in v.split(',').map(str::trim) {
+                    if n.is_empty()
+                        || n.eq_ignore_ascii_case("keep-alive")
+                        || n.eq_ignore_ascii_case("close")
+                        || HOP_BY_HOP
+                            .iter()
+                            .any(|d| d.as_str().eq_ignore_ascii_case(n))
+                    {
+                        continue;
+                    }
+                    if let Ok(name) = HeaderName::from_bytes(n.as_bytes()) {
+                        named.push(name);
+                    }
                 }
             }
         }
@@ -193,7 +201,8 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, seen: Seen) {
     for n in &named {
         h.remove(n);
     }
-    for (i, d) in HOP_BY_HOP.iter().enumerate() {
+    // The other hop-by-hop headers seen (bit 0, `Connection`, is gone already).
+    for (i, d) in HOP_BY_HOP.iter().enumerate().skip(1) {
         if seen.has(1 << i) {
             h.remove(d);
         }
@@ -552,7 +561,8 @@ pub async fn send(mut req: Request<Incoming>, f: Forward<'_>) -> Result<Response
     .boxed();
     let up_req = Request::from_parts(parts, body);
     let timeout: Duration = f.upstream.cfg.timeout;
-    let mut resp = match tokio::time::timeout(timeout, pool.send(up_req)).await {
+    // Boxed: the send future is about a kilobyte, and `timeout` would copy it in twice.
+    let mut resp = match tokio::time::timeout(timeout, Box::pin(pool.send(up_req))).await {
         Err(_) => return Err(Reject::UpstreamTimeout),
         Ok(Err(e)) => {
             if caused_by_too_large(&e) {
@@ -625,6 +635,19 @@ mod tests {
         assert!(h.get("x-secret").is_none() && h.get("keep-alive").is_none());
         assert!(h.get(header::CONNECTION).is_none());
         assert_eq!(h["x-ok"], "1");
+    }
+
+    #[test]
+    fn every_connection_value_is_read() {
+        let mut h = HeaderMap::new();
+        h.append(header::CONNECTION, HeaderValue::from_static("Keep-Alive"));
+        h.append(header::CONNECTION, HeaderValue::from_static("x-a"));
+        h.insert("x-a", HeaderValue::from_static("1"));
+        h.insert("x-b", HeaderValue::from_static("1"));
+        let seen = scan_response(&h);
+        strip_hop_by_hop(&mut h, seen);
+        assert!(h.get(header::CONNECTION).is_none() && h.get("x-a").is_none());
+        assert_eq!(h["x-b"], "1");
     }
 
     #[test]
