@@ -7,7 +7,6 @@ use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -44,6 +43,8 @@ pub struct Forward<'a> {
     pub allow_upgrade: bool,
     /// What the request's headers hold ([`scan`]).
     pub seen: Seen,
+    /// When the request was sent on: the upstream `timeout` counts from there.
+    pub sent: std::time::Instant,
     /// The connection's activity: a request is not done while its body is being forwarded.
     pub activity: &'a Arc<Activity>,
 }
@@ -560,9 +561,10 @@ pub async fn send(mut req: Request<Incoming>, f: Forward<'_>) -> Result<Response
     }
     .boxed();
     let up_req = Request::from_parts(parts, body);
-    let timeout: Duration = f.upstream.cfg.timeout;
+    // From when the caller sent it on (already read from the clock, for the upstream time).
+    let deadline = tokio::time::Instant::from_std(f.sent + f.upstream.cfg.timeout);
     // Boxed: the send future is about a kilobyte, and `timeout` would copy it in twice.
-    let mut resp = match tokio::time::timeout(timeout, Box::pin(pool.send(up_req))).await {
+    let mut resp = match tokio::time::timeout_at(deadline, Box::pin(pool.send(up_req))).await {
         Err(_) => return Err(Reject::UpstreamTimeout),
         Ok(Err(e)) => {
             if caused_by_too_large(&e) {

@@ -236,6 +236,7 @@ async fn run(
             max_body: cfg.server.max_request_body,
             allow_upgrade: !matches!(rc.auth, AuthMode::Mint(_)),
             seen,
+            sent,
             activity: &conn.activity,
         },
     )
@@ -504,10 +505,7 @@ fn plain_host(h: &[u8]) -> bool {
     let port_ok = port.is_none_or(|p| {
         (1..=5).contains(&p.len())
             && p.iter().all(u8::is_ascii_digit)
-            && std::str::from_utf8(p)
-                .ok()
-                .and_then(|p| p.parse::<u16>().ok())
-                .is_some()
+            && p.iter().fold(0u32, |n, &d| n * 10 + u32::from(d - b'0')) <= u32::from(u16::MAX)
     });
     name_ok && port_ok
 }
