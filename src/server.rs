@@ -166,7 +166,9 @@ enum Proto {
 fn servers() -> Servers {
     // HTTP/1: the header read timeout is kept by the connection's watcher (see `activity`):
     // hyper's own costs a timer per request and also runs while a keep-alive connection is
-    // quiet, closing it long before `idle_timeout`.
+    // quiet, closing it long before `idle_timeout`. On TLS, a response's head and body are
+    // written as one buffer (`writev(false)`): rustls copies them into its record anyway,
+    // and the queue of slices cost more than the copy.
     // HTTP/2: no keep-alive pings; they would count as traffic and keep idle connections
     // open past `idle_timeout`, which already closes dead or idle peers.
     let mut sniff = auto::Builder::new(TokioExecutor::new());
@@ -183,6 +185,7 @@ fn servers() -> Servers {
     let mut h1 = http1::Builder::new();
     h1.header_read_timeout(None)
         .keep_alive(true)
+        .writev(false)
         .max_buf_size(64 * 1024);
     let mut h2 = http2::Builder::new(TokioExecutor::new());
     h2.timer(TokioTimer::new())
