@@ -71,11 +71,13 @@ static HOP_BY_HOP: [HeaderName; 9] = [
 /// ([`scan`], [`scan_response`]), so that each step looks a header up only when it is there.
 /// The steps only ever remove headers, so what is seen before them stays true enough: a bit
 /// may say a header is there after it has gone, never the other way round.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Seen {
     bits: u32,
     /// How many `Host` values (request).
     pub hosts: u8,
+    /// The first `Host` value (request).
+    pub host: Option<HeaderValue>,
 }
 
 impl Seen {
@@ -94,7 +96,7 @@ impl Seen {
     pub const OURS: u32 = 1 << 13;
 
     /// Whether any of `bits` was seen.
-    pub fn has(self, bits: u32) -> bool {
+    pub fn has(&self, bits: u32) -> bool {
         self.bits & bits != 0
     }
 }
@@ -128,8 +130,11 @@ fn forwarding_spelling(k: &str) -> bool {
 /// One pass over a request's headers.
 pub fn scan(h: &HeaderMap, token: Option<&TokenConfig>, refresh: Option<&HeaderName>) -> Seen {
     let mut seen = Seen::default();
-    for (k, _) in h {
+    for (k, v) in h {
         if k == header::HOST {
+            if seen.hosts == 0 {
+                seen.host = Some(v.clone());
+            }
             seen.hosts = seen.hosts.saturating_add(1);
             continue;
         }
@@ -159,14 +164,14 @@ pub fn scan(h: &HeaderMap, token: Option<&TokenConfig>, refresh: Option<&HeaderN
 pub fn scan_response(h: &HeaderMap) -> Seen {
     Seen {
         bits: h.keys().fold(0, |acc, k| acc | class(k.as_str())),
-        hosts: 0,
+        ..Seen::default()
     }
 }
 
 /// Remove hop-by-hop headers and every header named in `Connection`, given what a scan saw.
 /// Most messages carry none, the rest one or two (`Connection: keep-alive`): only those are
 /// removed, with no allocation.
-pub fn strip_hop_by_hop(h: &mut HeaderMap, seen: Seen) {
+pub fn strip_hop_by_hop(h: &mut HeaderMap, seen: &Seen) {
     if !seen.has(Seen::HOP) {
         return;
     }
@@ -411,7 +416,7 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 
 /// Send the request upstream and return its response (headers cleaned, body streaming).
 pub async fn send(mut req: Request<Incoming>, f: Forward<'_>) -> Result<Response<Body>, Reject> {
-    let seen = f.seen;
+    let mut seen = f.seen;
     if let Some(len) = seen
         .has(Seen::CONTENT_LENGTH)
         .then(|| req.headers().get(header::CONTENT_LENGTH))
@@ -431,15 +436,12 @@ pub async fn send(mut req: Request<Incoming>, f: Forward<'_>) -> Result<Response
     let (mut parts, body) = req.into_parts();
 
     // Host as the client sent it (HTTP/2: from :authority).
-    let host = (seen.hosts > 0)
-        .then(|| parts.headers.get(header::HOST).cloned())
-        .flatten()
-        .or_else(|| {
-            parts
-                .uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        });
+    let host = seen.host.take().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
     let h = &mut parts.headers;
     // The forwarding headers a trusted proxy sent are read before the hop-by-hop ones go: a
     // `Connection` naming one of them cannot erase what the gateway itself sets.
@@ -460,7 +462,7 @@ pub async fn send(mut req: Request<Incoming>, f: Forward<'_>) -> Result<Response
     let prior_host = forwarded
         .then(|| h.get(&X_FORWARDED_HOST).cloned())
         .flatten();
-    strip_hop_by_hop(h, seen);
+    strip_hop_by_hop(h, &seen);
     if !f.peer_trusted && seen.has(Seen::FORWARDING) {
         let doomed: Vec<HeaderName> = h
             .keys()
@@ -599,7 +601,7 @@ pub async fn send(mut req: Request<Incoming>, f: Forward<'_>) -> Result<Response
         // length of what is passed on (RFC 9112 §6.3), and would leave the client waiting.
         h.remove(header::CONTENT_LENGTH);
     }
-    strip_hop_by_hop(h, seen);
+    strip_hop_by_hop(h, &seen);
     Ok(resp.map(BodyExt::boxed))
 }
 
@@ -633,7 +635,7 @@ mod tests {
         h.insert("keep-alive", HeaderValue::from_static("5"));
         h.insert("x-ok", HeaderValue::from_static("1"));
         let seen = scan_response(&h);
-        strip_hop_by_hop(&mut h, seen);
+        strip_hop_by_hop(&mut h, &seen);
         assert!(h.get("x-secret").is_none() && h.get("keep-alive").is_none());
         assert!(h.get(header::CONNECTION).is_none());
         assert_eq!(h["x-ok"], "1");
@@ -647,7 +649,7 @@ mod tests {
         h.insert("x-a", HeaderValue::from_static("1"));
         h.insert("x-b", HeaderValue::from_static("1"));
         let seen = scan_response(&h);
-        strip_hop_by_hop(&mut h, seen);
+        strip_hop_by_hop(&mut h, &seen);
         assert!(h.get(header::CONNECTION).is_none() && h.get("x-a").is_none());
         assert_eq!(h["x-b"], "1");
     }

@@ -154,7 +154,7 @@ async fn run(
     let cfg = &active.config;
     let refresh_header = cfg.refresh.as_ref().map(|r| &r.header);
     let seen = forward::scan(req.headers(), cfg.token.as_ref(), refresh_header);
-    let path = check_head(req.version(), req.headers(), req.uri(), seen)
+    let path = check_head(req.version(), req.headers(), req.uri(), &seen)
         .and_then(|()| path.as_deref().map_err(|e| Reject::BadRequest(e)));
     if matches!((&path, &cfg.forward_auth), (Ok(p), Some(f)) if p == f) {
         // Boxed, as the other rarely taken branches below: an inline sub-future would grow
@@ -444,7 +444,7 @@ fn check_head(
     version: http::Version,
     headers: &HeaderMap,
     uri: &http::Uri,
-    seen: forward::Seen,
+    seen: &forward::Seen,
 ) -> Result<(), Reject> {
     // A transfer coding besides `chunked` (`gzip, chunked`): hyper takes the chunks off and
     // would pass the body on still gzipped with nothing saying so.
@@ -462,10 +462,7 @@ fn check_head(
     if seen.hosts > 1 {
         return Err(Reject::BadRequest("more than one Host header"));
     }
-    let host = (seen.hosts == 1)
-        .then(|| headers.get(header::HOST))
-        .flatten();
-    let Some(host) = host else {
+    let Some(host) = &seen.host else {
         return if version == http::Version::HTTP_11 {
             Err(Reject::BadRequest("missing Host header"))
         } else {
