@@ -13,7 +13,10 @@
 //! answered and the request body, if forwarded, has been sent) until the next one reaches
 //! it. HTTP/2 connections and upgraded ones (WebSocket) are not watched for heads.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering::SeqCst};
+use std::sync::atomic::{
+    AtomicBool, AtomicU32, AtomicU8,
+    Ordering::{Relaxed, SeqCst},
+};
 use std::sync::Arc;
 
 /// Reading a request head (since `head_tick`).
@@ -54,7 +57,8 @@ impl Default for Activity {
 impl Activity {
     /// Bytes were read from the client.
     pub fn read(&self) {
-        self.moved.store(true, SeqCst);
+        // A flag the watcher swaps once per tick: no ordering with the phase needed.
+        self.moved.store(true, Relaxed);
         if self.phase.load(SeqCst) == BETWEEN {
             // The tick first, so the watcher never sees the new phase with an old tick.
             self.head_tick.store(self.tick.load(SeqCst), SeqCst);
@@ -66,7 +70,7 @@ impl Activity {
 
     /// Bytes were written to the client.
     pub fn wrote(&self) {
-        self.moved.store(true, SeqCst);
+        self.moved.store(true, Relaxed);
     }
 
     /// A request head reached the handler. HTTP/2 connections are not watched from then on.
@@ -103,7 +107,7 @@ impl Activity {
 
     /// Whether bytes moved since the last call.
     pub fn take_moved(&self) -> bool {
-        self.moved.swap(false, SeqCst)
+        self.moved.swap(false, Relaxed)
     }
 
     /// One watcher tick; true when a head has been read for `limit` ticks or more, counted

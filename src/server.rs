@@ -163,6 +163,11 @@ enum Proto {
     H2,
 }
 
+/// HTTP/1 read buffer and HTTP/2 header list limits, the same on every server.
+const MAX_BUF: usize = 64 * 1024;
+/// Concurrent HTTP/2 streams per connection.
+const MAX_STREAMS: u32 = 256;
+
 fn servers() -> Servers {
     // HTTP/1: the header read timeout is kept by the connection's watcher (see `activity`):
     // hyper's own costs a timer per request and also runs while a keep-alive connection is
@@ -176,21 +181,21 @@ fn servers() -> Servers {
         .http1()
         .header_read_timeout(None)
         .keep_alive(true)
-        .max_buf_size(64 * 1024);
+        .max_buf_size(MAX_BUF);
     sniff
         .http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(256)
-        .max_header_list_size(64 * 1024);
+        .max_concurrent_streams(MAX_STREAMS)
+        .max_header_list_size(MAX_BUF as u32);
     let mut h1 = http1::Builder::new();
     h1.header_read_timeout(None)
         .keep_alive(true)
         .writev(false)
-        .max_buf_size(64 * 1024);
+        .max_buf_size(MAX_BUF);
     let mut h2 = http2::Builder::new(TokioExecutor::new());
     h2.timer(TokioTimer::new())
-        .max_concurrent_streams(256)
-        .max_header_list_size(64 * 1024);
+        .max_concurrent_streams(MAX_STREAMS)
+        .max_header_list_size(MAX_BUF as u32);
     Servers { sniff, h1, h2 }
 }
 
@@ -296,14 +301,22 @@ async fn connection(
                     Some(b"h2") => Proto::H2,
                     _ => Proto::H1,
                 };
-                let w = Watch::new(stop, idle, handshake_timeout);
+                let w = Watch {
+                    stop,
+                    idle,
+                    head: handshake_timeout,
+                };
                 serve_io(s, proto, conn, state, servers, w).await
             }
             Ok(Err(e)) => tracing::debug!(peer = %peer.ip(), error = %e, "TLS handshake failed"),
             Err(_) => tracing::debug!(peer = %peer.ip(), "TLS handshake timed out"),
         }
     } else {
-        let w = Watch::new(stop, idle, handshake_timeout);
+        let w = Watch {
+            stop,
+            idle,
+            head: handshake_timeout,
+        };
         serve_io(stream, Proto::Sniff, conn, state, servers, w).await;
     }
 }
@@ -312,17 +325,8 @@ async fn connection(
 struct Watch {
     stop: watch::Receiver<bool>,
     idle: Duration,
-    first_byte: Duration,
-}
-
-impl Watch {
-    fn new(stop: watch::Receiver<bool>, idle: Duration, first_byte: Duration) -> Watch {
-        Watch {
-            stop,
-            idle,
-            first_byte,
-        }
-    }
+    /// The header read timeout.
+    head: Duration,
 }
 
 /// Serve HTTP on one connection until it closes, goes idle, or the gateway drains; a request
@@ -394,7 +398,7 @@ enum Verdict {
     Drain,
 }
 
-/// Watches one connection: closes it when a request head takes longer than `first_byte`
+/// Watches one connection: closes it when a request head takes longer than `head`
 /// (the header read timeout; the first head is due from the start, so a connection that
 /// sends nothing is closed too), drains it after `idle` without traffic or when the gateway
 /// stops. Ends when it has told the connection, or when the connection has ended (`tell`
@@ -411,7 +415,7 @@ async fn watch_conn(
     let Watch {
         mut stop,
         idle,
-        first_byte: head,
+        head,
     } = w;
     if *stop.borrow() {
         let _ = tell.send(Verdict::Drain);

@@ -104,13 +104,13 @@ impl Seen {
 /// The bits of [`Seen`] a header name sets by itself (`Host` and the configured names aside).
 fn class(k: &str) -> u32 {
     match k {
-        "connection" => 1,
+        "connection" => Seen::CONNECTION,
         "keep-alive" => 1 << 1,
         "proxy-connection" => 1 << 2,
         "te" => 1 << 3,
         "trailer" => 1 << 4,
-        "transfer-encoding" => 1 << 5,
-        "upgrade" => 1 << 6,
+        "transfer-encoding" => Seen::TRANSFER_ENCODING,
+        "upgrade" => Seen::UPGRADE,
         "proxy-authorization" => 1 << 7,
         "proxy-authenticate" => 1 << 8,
         "content-length" => Seen::CONTENT_LENGTH,
@@ -189,7 +189,6 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, seen: &Seen) {
                 let Ok(v) = v.to_str() else { continue };
                 for n in v.split(',').map(str::trim) {
                     if n.is_empty()
-                        || n.eq_ignore_ascii_case("keep-alive")
                         || n.eq_ignore_ascii_case("close")
                         || HOP_BY_HOP
                             .iter()

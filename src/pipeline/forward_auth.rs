@@ -56,7 +56,7 @@ pub async fn answer(
     out.ip_source = Some(cip.source);
     let host = first(h, &["x-forwarded-host"])
         .map(crate::pipeline::route::host_of)
-        .or_else(|| request_host(h, req.uri()));
+        .or_else(|| request_host(h.get(http::header::HOST), req.uri()));
     let judged = judge(
         &Ask {
             method: &method,

@@ -192,7 +192,7 @@ async fn run(
     // 2–5
     let host = active
         .host_routes
-        .then(|| request_host(req.headers(), req.uri()))
+        .then(|| request_host(seen.host.as_ref(), req.uri()))
         .flatten();
     let judged = judge(
         &Ask {
@@ -509,9 +509,8 @@ fn plain_host(h: &[u8]) -> bool {
 
 /// Host for route matching: `Host`, else the URI authority (HTTP/2), without port. Borrowed:
 /// route matching compares hosts case-insensitively, so nothing is lower-cased per request.
-pub fn request_host<'a>(headers: &'a HeaderMap, uri: &'a http::Uri) -> Option<&'a str> {
-    let raw = headers
-        .get(header::HOST)
+pub fn request_host<'a>(host: Option<&'a HeaderValue>, uri: &'a http::Uri) -> Option<&'a str> {
+    let raw = host
         .and_then(|v| v.to_str().ok())
         .or_else(|| uri.authority().map(|a| a.as_str()))?;
     Some(route::host_of(raw))

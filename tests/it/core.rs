@@ -24,6 +24,14 @@ fn plain() -> Opts<'static> {
     }
 }
 
+/// The default app behind a plain-HTTP gateway with `server` lines in `[server]`.
+async fn plain_public(server: &str) -> (Upstream, Gateway) {
+    let up = Upstream::start().await;
+    let o = Opts { server, ..plain() };
+    let gw = Gateway::start_with(o, &public_routes(&up)).await;
+    (up, gw)
+}
+
 #[tokio::test]
 async fn public_route_forwards_with_forwarding_headers() {
     let up = Upstream::start().await;
@@ -397,13 +405,7 @@ async fn request_bodies_stream_through_unbuffered() {
 
 #[tokio::test]
 async fn header_read_timeout_closes_a_slow_client() {
-    let up = Upstream::start().await;
-    let o = Opts {
-        tls: false,
-        server: "header_read_timeout = \"300ms\"",
-        ..Opts::default()
-    };
-    let gw = Gateway::start_with(o, &public_routes(&up)).await;
+    let (up, gw) = plain_public("header_read_timeout = \"300ms\"").await;
     let mut s = TcpStream::connect(gw.addr).await.unwrap();
     s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
         .await
@@ -447,13 +449,7 @@ async fn header_read_timeout_closes_a_connection_that_sends_nothing() {
 
 #[tokio::test]
 async fn keep_alive_quiet_longer_than_the_header_timeout_stays_open() {
-    let up = Upstream::start().await;
-    let o = Opts {
-        tls: false,
-        server: "header_read_timeout = \"300ms\"\nidle_timeout = \"60s\"",
-        ..Opts::default()
-    };
-    let gw = Gateway::start_with(o, &public_routes(&up)).await;
+    let (up, gw) = plain_public("header_read_timeout = \"300ms\"\nidle_timeout = \"60s\"").await;
     let mut s = TcpStream::connect(gw.addr).await.unwrap();
     let mut buf = vec![0u8; 4096];
     for round in 0..2 {
@@ -476,13 +472,7 @@ async fn keep_alive_quiet_longer_than_the_header_timeout_stays_open() {
 
 #[tokio::test]
 async fn a_slow_request_body_is_not_a_slow_head() {
-    let up = Upstream::start().await;
-    let o = Opts {
-        tls: false,
-        server: "header_read_timeout = \"300ms\"",
-        ..Opts::default()
-    };
-    let gw = Gateway::start_with(o, &public_routes(&up)).await;
+    let (up, gw) = plain_public("header_read_timeout = \"300ms\"").await;
     let mut s = TcpStream::connect(gw.addr).await.unwrap();
     s.write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 8\r\n\r\n")
         .await
@@ -504,13 +494,7 @@ async fn a_slow_request_body_is_not_a_slow_head() {
 
 #[tokio::test]
 async fn idle_keep_alive_connections_are_closed() {
-    let up = Upstream::start().await;
-    let o = Opts {
-        tls: false,
-        server: "idle_timeout = \"300ms\"",
-        ..Opts::default()
-    };
-    let gw = Gateway::start_with(o, &public_routes(&up)).await;
+    let (_up, gw) = plain_public("idle_timeout = \"300ms\"").await;
     let mut s = TcpStream::connect(gw.addr).await.unwrap();
     s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
