@@ -69,7 +69,7 @@ pub fn mint(
         },
     ) {
         Ok(m) => {
-            println!("{}", m.token);
+            crate::print_stdout(&format!("{}\n", m.token));
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -92,16 +92,14 @@ pub fn verify(cfg: &Config, ip: &str, token: &str) -> ExitCode {
         .and_then(|c| check_binding(tc, &c, ip, None).map(|_| c));
     match verdict {
         Ok(c) => {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&serde_json::Value::Object(c.to_map()))
-                    .unwrap_or_default()
-            );
+            let json = serde_json::to_string_pretty(&serde_json::Value::Object(c.to_map()))
+                .unwrap_or_default();
+            crate::print_stdout(&format!("{json}\n"));
             ExitCode::SUCCESS
         }
         Err(e) => {
             let r = map_token_error(e);
-            println!("{} {}", r.status().as_u16(), r.code());
+            crate::print_stdout(&format!("{} {}\n", r.status().as_u16(), r.code()));
             ExitCode::from(1)
         }
     }

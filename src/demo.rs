@@ -249,7 +249,7 @@ pub fn print_walkthrough(r: &Running) {
         .as_ref()
         .map(|t| t.header.as_str().to_string())
         .unwrap_or_else(|| "iptoken".into());
-    println!(
+    crate::print_stdout(&format!(
         r#"
 iptgate demo is running: gateway {base}  (sample app behind it)
 
@@ -272,5 +272,5 @@ iptgate demo is running: gateway {base}  (sample app behind it)
 
 Press Ctrl-C to stop.
 "#
-    );
+    ));
 }

@@ -259,7 +259,7 @@ pub fn run(mut cfg: Config, a: Args) -> ExitCode {
         let active = state.active.load_full();
         match explain(&active, &a) {
             Ok((text, _)) => {
-                print!("{text}");
+                crate::print_stdout(&text);
                 ExitCode::SUCCESS
             }
             Err(e) => {

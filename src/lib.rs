@@ -32,3 +32,11 @@ pub mod store;
 pub mod tls;
 pub mod token;
 pub mod upstream;
+
+/// Writes a command's output to stdout. A reader that has gone away (`iptgate explain … | head`)
+/// is not an error: the rest is dropped instead of panicking on the broken pipe.
+pub fn print_stdout(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+}

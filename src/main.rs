@@ -149,7 +149,7 @@ fn main() -> ExitCode {
         Cmd::Check => iptgate::check::run(&path),
         Cmd::Cert { out, hosts } => match iptgate::tls::write_dev_cert(&out, &hosts) {
             Ok((c, k)) => {
-                println!("wrote {} and {}", c.display(), k.display());
+                iptgate::print_stdout(&format!("wrote {} and {}\n", c.display(), k.display()));
                 ExitCode::SUCCESS
             }
             Err(e) => {

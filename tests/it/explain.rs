@@ -75,6 +75,24 @@ upstream = "app"
     );
     assert!(out.contains("verdict   forwarded upstream"), "{out}");
 
+    // A reader that goes away first (`| head`) is not a crash.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_iptgate"))
+        .args(["explain", "--config"])
+        .arg(&cfg)
+        .args(["--path", "/feed", "--ip", "127.0.0.1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let closed = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&closed.stderr);
+    assert!(
+        closed.status.success() && !stderr.contains("panicked"),
+        "{:?} {stderr}",
+        closed.status
+    );
+
     let out = explain(&cfg, &["--path", "/open/x", "--ip", "127.0.0.66"]);
     assert!(
         out.contains("DENIED") && out.contains("verdict   403 ip_denied"),
