@@ -492,9 +492,19 @@ pub async fn send(mut req: Request<Incoming>, f: Forward<'_>) -> Result<Response
     if let Some(v) = prior_host.or_else(|| host.clone()) {
         h.insert(X_FORWARDED_HOST, v);
     }
-    if let Some(host) = host {
+    let (target, pool) = f.upstream.pick();
+    match host {
         // Back if a `Connection` header named it; set from `:authority` on HTTP/2.
-        h.entry(header::HOST).or_insert(host);
+        Some(host) => {
+            h.entry(header::HOST).or_insert(host);
+        }
+        // An HTTP/1.0 request may come without Host; the upstream hears HTTP/1.1, which
+        // requires one: the target's own authority, as nginx's default `$proxy_host`.
+        None => {
+            if let Ok(v) = HeaderValue::from_str(target.authority.as_str()) {
+                h.insert(header::HOST, v);
+            }
+        }
     }
 
     if let Some(tc) = f.token {
@@ -528,7 +538,6 @@ pub async fn send(mut req: Request<Incoming>, f: Forward<'_>) -> Result<Response
         h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
 
-    let (target, pool) = f.upstream.pick();
     // Origin form: the connection already goes to the target. The client's own target is
     // kept when it is that already, which is the common case (no prefix stripped, no
     // rewrite, nothing normalized away, no base path).

@@ -249,6 +249,15 @@ async fn an_ambiguous_or_missing_host_is_400() {
         2,
         "only the two valid requests reached the upstream"
     );
+    // The upstream hears HTTP/1.1, which needs a Host: the HTTP/1.0 request without one
+    // gets the target's authority.
+    let authority = up.url().trim_start_matches("http://").to_string();
+    assert_eq!(
+        up.all()[0].header("host"),
+        Some(authority.as_str()),
+        "{:?}",
+        up.all()[0]
+    );
 }
 
 #[tokio::test]
