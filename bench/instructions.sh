@@ -12,13 +12,24 @@
 # connections) runs on CPU 0. Counting starts 3 s into the load (connections and TLS sessions
 # set up) and lasts DUR seconds; requests are counted by the proxy itself (iptgate's
 # /metrics, nginx's stub_status) over the same window. Needs valgrind and wrk.
+#
+# VG_ARGS adds callgrind options; KEEP=DIR keeps the profiles (DIR/iptgate.1, DIR/nginx.1).
+# Atomic read-modify-write instructions per request (which callgrind's models do not price):
+#   KEEP=/tmp/prof VG_ARGS=--dump-instr=yes bash bench/instructions.sh target/release/iptgate nginx
+#   python3 bench/atomics.py /tmp/prof/iptgate.1 REQUESTS    # REQUESTS as printed above
 set -euo pipefail
 BIN=${1:?usage: instructions.sh IPTGATE_BIN [nginx]}
 DUR=${DUR:-8}
 HERE="$(cd "$(dirname "$0")" && pwd)"
 RUN="$HERE/run"
-OUT="$(mktemp -d)"
-trap 'rm -rf "$OUT"' EXIT
+if [[ -n "${KEEP:-}" ]]; then
+  OUT="$KEEP"
+  mkdir -p "$OUT"
+else
+  OUT="$(mktemp -d)"
+  trap 'rm -rf "$OUT"' EXIT
+fi
+read -r -a VGX <<<"${VG_ARGS:-}"
 [[ -f "$RUN/iptgate.toml" ]] || { echo "run 'bench/run.sh start' first (it renders $RUN)" >&2; exit 1; }
 export RUST_LOG=warn IPTGATE_SECRET="${IPTGATE_SECRET:-abcdefghijklmnopqrstuvwxyz0123456789ABCD}"
 
@@ -43,7 +54,7 @@ measure() {
 
 sed -E 's/^listen = .*/listen = "127.0.0.1:18700"/; s/^admin_listen = .*/admin_listen = "127.0.0.1:18701"/' \
   "$RUN/iptgate.toml" >"$OUT/iptgate.toml"
-taskset -c 1 valgrind --tool=callgrind --callgrind-out-file="$OUT/iptgate" \
+taskset -c 1 valgrind --tool=callgrind "${VGX[@]}" --callgrind-out-file="$OUT/iptgate" \
   "$BIN" run --config "$OUT/iptgate.toml" >"$OUT/iptgate.log" 2>&1 &
 measure iptgate-public "$OUT/iptgate" https://127.0.0.1:18700/public/ \
   "curl -s http://127.0.0.1:18701/metrics | awk '/^iptgate_requests_total/{s+=\$2} END{print s}'" $!
@@ -58,7 +69,7 @@ if [[ "${2:-}" == nginx ]]; then
     /^    server \{/ && !status { print "    server { listen 127.0.0.1:18712; location / { stub_status; } }"; status = 1 }
     { print }' "$RUN/nginx-proxy.conf" \
     > "$OUT/nginx.conf"
-  taskset -c 1 valgrind --tool=callgrind --callgrind-out-file="$OUT/nginx" \
+  taskset -c 1 valgrind --tool=callgrind "${VGX[@]}" --callgrind-out-file="$OUT/nginx" \
     nginx -c "$OUT/nginx.conf" -e "$OUT/nginx.err" >"$OUT/nginx.log" 2>&1 &
   measure nginx-tls "$OUT/nginx" https://127.0.0.1:18710/public/ \
     "curl -s http://127.0.0.1:18712/ | awk 'NR==3{print \$3}'" $!
