@@ -671,16 +671,22 @@ async fn drain_finishes_in_flight_requests_and_refuses_new_ones() {
 
 #[tokio::test]
 async fn sigterm_drains_the_process() {
-    sigterm_drains(0).await;
+    signal_drains(0, "TERM").await;
 }
 
 /// `workers = 1` runs on tokio's current-thread scheduler: the same process-level behaviour.
 #[tokio::test]
 async fn sigterm_drains_the_single_threaded_process() {
-    sigterm_drains(1).await;
+    signal_drains(1, "TERM").await;
 }
 
-async fn sigterm_drains(workers: usize) {
+/// Ctrl-C in a terminal: the same drain.
+#[tokio::test]
+async fn sigint_drains_the_process() {
+    signal_drains(0, "INT").await;
+}
+
+async fn signal_drains(workers: usize, signal: &str) {
     let up = Upstream::start().await;
     let dir = std::env::temp_dir().join(format!(
         "iptgate-sig-{}",
@@ -728,14 +734,14 @@ async fn sigterm_drains(workers: usize) {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let pid = child.id().unwrap().to_string();
     let st = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
+        .args([&format!("-{signal}"), &pid])
         .status()
         .unwrap();
     assert!(st.success());
     assert_eq!(
         slow.await.unwrap().unwrap(),
         200,
-        "in-flight request survived SIGTERM"
+        "in-flight request survived SIG{signal}"
     );
     let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
         .await
