@@ -479,10 +479,8 @@ fn check_head(
     if !valid {
         return Err(Reject::BadRequest("invalid Host header"));
     }
-    // An HTTP/1 absolute-form target, or HTTP/2's `:authority`, naming another host than
-    // Host: ambiguous (RFC 9112 §3.2.2, RFC 9113 §8.3.1), and a proxy in front could have
-    // routed on the other one.
-    if let (Some(target), Ok(host)) = (uri.authority(), host.to_str()) {
+    let h1 = matches!(version, http::Version::HTTP_10 | http::Version::HTTP_11);
+    if let (true, Some(target), Ok(host)) = (h1, uri.authority(), host.to_str()) {
         if !route::host_of(target.as_str()).eq_ignore_ascii_case(route::host_of(host)) {
             return Err(Reject::BadRequest("Host differs from the request target"));
         }
