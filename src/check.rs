@@ -2,7 +2,6 @@
 //! resolved route table and warnings (exit 0).
 
 use std::fmt::Write as _;
-use std::io::Write as _;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -61,6 +60,6 @@ pub fn run(path: &Path) -> ExitCode {
     for w in &cfg.warnings {
         let _ = writeln!(out, "warning: {w}");
     }
-    let _ = std::io::stdout().lock().write_all(out.as_bytes());
+    crate::print_stdout(&out);
     ExitCode::SUCCESS
 }

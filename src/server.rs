@@ -285,7 +285,11 @@ async fn connection(
         }
     }
     let conn = Arc::new(Conn::new(peer, proxied, tls_mode));
-    let idle = cfg.server.idle_timeout;
+    let w = Watch {
+        stop,
+        idle: cfg.server.idle_timeout,
+        head: handshake_timeout,
+    };
     let tls = active.tls.clone();
     drop(active);
     if tls_mode {
@@ -301,22 +305,12 @@ async fn connection(
                     Some(b"h2") => Proto::H2,
                     _ => Proto::H1,
                 };
-                let w = Watch {
-                    stop,
-                    idle,
-                    head: handshake_timeout,
-                };
                 serve_io(s, proto, conn, state, servers, w).await
             }
             Ok(Err(e)) => tracing::debug!(peer = %peer.ip(), error = %e, "TLS handshake failed"),
             Err(_) => tracing::debug!(peer = %peer.ip(), "TLS handshake timed out"),
         }
     } else {
-        let w = Watch {
-            stop,
-            idle,
-            head: handshake_timeout,
-        };
         serve_io(stream, Proto::Sniff, conn, state, servers, w).await;
     }
 }

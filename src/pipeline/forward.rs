@@ -435,7 +435,7 @@ pub async fn send(mut req: Request<Incoming>, f: Forward<'_>) -> Result<Response
     let (mut parts, body) = req.into_parts();
 
     // Host as the client sent it (HTTP/2: from :authority).
-    let host = seen.host.take().or_else(|| {
+    let mut host = seen.host.take().or_else(|| {
         parts
             .uri
             .authority()
@@ -489,20 +489,31 @@ pub async fn send(mut req: Request<Incoming>, f: Forward<'_>) -> Result<Response
             "http"
         })),
     );
-    if let Some(v) = prior_host.or_else(|| host.clone()) {
+    // The client's Host is still in the map unless a `Connection` header named it (or there
+    // was none: HTTP/2 `:authority`, HTTP/1.0); then it is moved into X-Forwarded-Host
+    // rather than cloned, and the map is not asked again.
+    let host_in_map = seen.hosts > 0 && !seen.has(Seen::CONNECTION);
+    let forwarded_host = match prior_host {
+        Some(p) => Some(p),
+        None if host_in_map => host.take(),
+        None => host.clone(),
+    };
+    if let Some(v) = forwarded_host {
         h.insert(X_FORWARDED_HOST, v);
     }
     let (target, pool) = f.upstream.pick();
-    match host {
-        // Back if a `Connection` header named it; set from `:authority` on HTTP/2.
-        Some(host) => {
-            h.entry(header::HOST).or_insert(host);
-        }
-        // An HTTP/1.0 request may come without Host; the upstream hears HTTP/1.1, which
-        // requires one: the target's own authority, as nginx's default `$proxy_host`.
-        None => {
-            if let Ok(v) = HeaderValue::from_str(target.authority.as_str()) {
-                h.insert(header::HOST, v);
+    if !host_in_map {
+        match host {
+            // Back if a `Connection` header named it; set from `:authority` on HTTP/2.
+            Some(host) => {
+                h.entry(header::HOST).or_insert(host);
+            }
+            // An HTTP/1.0 request may come without Host; the upstream hears HTTP/1.1, which
+            // requires one: the target's own authority, as nginx's default `$proxy_host`.
+            None => {
+                if let Ok(v) = HeaderValue::from_str(target.authority.as_str()) {
+                    h.insert(header::HOST, v);
+                }
             }
         }
     }
