@@ -335,6 +335,21 @@ impl Validator {
         let ip = self.ip_lists("ip", &f.ip);
         let token = f.token.as_ref().and_then(|t| self.token(t));
         let refresh = self.refresh(f.refresh.as_ref(), token.is_some());
+        if let (Some(tc), Some(r)) = (&token, &refresh) {
+            if tc.set_cookie {
+                for (key, p) in [
+                    ("refresh.path", &r.path),
+                    ("refresh.logout_path", &r.logout_path),
+                ] {
+                    if !cookie_path_matches(&tc.cookie.path, p) {
+                        self.warnings.push(format!(
+                            "token.cookie.path `{}` does not cover {key} `{p}`: browsers will not send the cookies there, so refresh and logout by cookie cannot work",
+                            tc.cookie.path
+                        ));
+                    }
+                }
+            }
+        }
         let store = self.store(&f.store);
         let forward_auth = f.forward_auth.as_ref().map(|fa| {
             let p = fa.path.clone().unwrap_or_else(|| "/_iptgate/verify".into());
@@ -1247,6 +1262,14 @@ impl Validator {
             }
         }
     }
+}
+
+/// Whether a cookie with `Path=cookie_path` is sent to `path` (RFC 6265 §5.1.4 path-match).
+fn cookie_path_matches(cookie_path: &str, path: &str) -> bool {
+    path == cookie_path
+        || (path.starts_with(cookie_path)
+            && (cookie_path.ends_with('/')
+                || path.as_bytes().get(cookie_path.len()) == Some(&b'/')))
 }
 
 /// Claims the gateway sets itself; static or header claims may not override them.

@@ -303,32 +303,39 @@ pub fn strip_token(h: &mut HeaderMap, token: &TokenConfig) {
         }
     }
     h.remove(&token.header);
-    if h.contains_key(header::COOKIE) {
-        let name = token.cookie.name.as_str();
-        let refresh = format!("{name}_refresh");
-        let mut kept: Vec<&str> = Vec::new();
-        let all: Vec<String> = h
-            .get_all(header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok().map(str::to_string))
-            .collect();
-        let mut changed = false;
-        for line in &all {
-            for pair in line.split(';') {
-                let n = pair.split_once('=').map(|(n, _)| n).unwrap_or(pair).trim();
-                if n == name || n == refresh {
-                    changed = true;
-                } else if !pair.trim().is_empty() {
-                    kept.push(pair.trim());
-                }
+    strip_cookies(h, token, true);
+}
+
+/// Remove the gateway's cookies from `Cookie`: the refresh token's always, the access token's
+/// when `access` (it is forwarded with `forward_token`). Other cookies are kept in order.
+pub fn strip_cookies(h: &mut HeaderMap, token: &TokenConfig, access: bool) {
+    if !h.contains_key(header::COOKIE) {
+        return;
+    }
+    let name = token.cookie.name.as_str();
+    let refresh = format!("{name}_refresh");
+    let mut kept: Vec<&str> = Vec::new();
+    let all: Vec<String> = h
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok().map(str::to_string))
+        .collect();
+    let mut changed = false;
+    for line in &all {
+        for pair in line.split(';') {
+            let n = pair.split_once('=').map(|(n, _)| n).unwrap_or(pair).trim();
+            if n == refresh || (access && n == name) {
+                changed = true;
+            } else if !pair.trim().is_empty() {
+                kept.push(pair.trim());
             }
         }
-        if changed {
-            h.remove(header::COOKIE);
-            if !kept.is_empty() {
-                if let Ok(v) = HeaderValue::from_str(&kept.join("; ")) {
-                    h.insert(header::COOKIE, v);
-                }
+    }
+    if changed {
+        h.remove(header::COOKIE);
+        if !kept.is_empty() {
+            if let Ok(v) = HeaderValue::from_str(&kept.join("; ")) {
+                h.insert(header::COOKIE, v);
             }
         }
     }
@@ -528,6 +535,9 @@ pub async fn send(mut req: Request<Incoming>, f: Forward<'_>) -> Result<Response
         }
         if !tc.forward_token && seen.has(Seen::AUTHORIZATION | Seen::COOKIE | Seen::OURS) {
             strip_token(h, tc);
+        } else if tc.forward_token && seen.has(Seen::COOKIE) {
+            // The access token may go on; the refresh cookie, as the refresh header, never.
+            strip_cookies(h, tc, false);
         }
         if let Some(claims) = f.claims {
             for (claim, name) in &tc.forward_claims {

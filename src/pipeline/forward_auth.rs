@@ -38,6 +38,10 @@ pub async fn answer(
         return Err(Reject::IpDenied("forward auth asked by an untrusted peer"));
     }
     let h = req.headers();
+    // Resolved first, so that a refused request is logged with its client IP too.
+    let cip = client_ip::resolve(conn.peer.ip(), conn.proxied, h, &cfg.client_ip);
+    out.client_ip = Some(cip.ip);
+    out.ip_source = Some(cip.source);
     let method = first(h, &["x-forwarded-method", "x-original-method"])
         .map(|m| Method::from_bytes(m.to_ascii_uppercase().as_bytes()))
         .transpose()
@@ -51,9 +55,6 @@ pub async fn answer(
         .map_err(|_| Reject::BadRequest("forward auth: unparseable original URI"))?;
     let original_path = path::normalize(uri.path()).map_err(Reject::BadRequest)?;
     out.path_override = Some(original_path.clone());
-    let cip = client_ip::resolve(conn.peer.ip(), conn.proxied, h, &cfg.client_ip);
-    out.client_ip = Some(cip.ip);
-    out.ip_source = Some(cip.source);
     let host = first(h, &["x-forwarded-host"])
         .map(crate::pipeline::route::host_of)
         .or_else(|| request_host(h.get(http::header::HOST), req.uri()));

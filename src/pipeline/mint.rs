@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use http::{header, HeaderMap, HeaderValue, Response};
+use http::{header, HeaderMap, HeaderName, HeaderValue, Response};
 
 use crate::body::Body;
 use crate::config::{CookieConfig, MintRule, RefreshConfig, SameSite, TokenConfig};
@@ -64,6 +64,29 @@ pub fn drop_our_cookies(h: &mut HeaderMap, cookie_name: &str) {
     h.remove(header::SET_COOKIE);
     for v in keep {
         h.append(header::SET_COOKIE, v);
+    }
+}
+
+/// On routes that do not mint: drop an upstream's copies of the gateway's own token headers
+/// and cookies, so only the gateway ever hands them out. One pass over the names; the map is
+/// touched only for what is there.
+pub fn drop_our_headers(h: &mut HeaderMap, token: &TokenConfig, refresh: Option<&HeaderName>) {
+    let (mut cookie, mut ours) = (false, false);
+    for k in h.keys() {
+        if *k == header::SET_COOKIE {
+            cookie = true;
+        } else if *k == token.header || refresh.is_some_and(|r| r == k) {
+            ours = true;
+        }
+    }
+    if cookie {
+        drop_our_cookies(h, &token.cookie.name);
+    }
+    if ours {
+        h.remove(&token.header);
+        if let Some(r) = refresh {
+            h.remove(r);
+        }
     }
 }
 

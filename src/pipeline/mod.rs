@@ -184,7 +184,9 @@ async fn run(
     // Gateway-served paths come before routes (after the global IP policy).
     if session::is_served(path, active) {
         active.ip_policy.check(ip)?;
-        if let Some(resp) = Box::pin(session::serve(&req, path, ip, active, state)).await? {
+        if let Some(resp) =
+            Box::pin(session::serve(&req, path, ip, active, state, &mut out.sub)).await?
+        {
             return Ok(resp);
         }
     }
@@ -271,7 +273,7 @@ async fn run(
                 crate::metrics::minted("access");
             }
         } else {
-            mint::drop_our_cookies(resp.headers_mut(), &tc.cookie.name);
+            mint::drop_our_headers(resp.headers_mut(), tc, refresh_header);
         }
     }
     Ok(resp)

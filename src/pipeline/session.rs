@@ -10,7 +10,7 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use crate::body::{empty, full, Body};
-use crate::config::{TokenConfig, RESERVED_CLAIMS};
+use crate::config::{AuthMode, RouteConfig, TokenConfig, RESERVED_CLAIMS};
 use crate::error::Reject;
 use crate::pipeline::auth::{check_revoked, cookie, device_id, extract, map_token_error, now};
 use crate::pipeline::mint::set_cookie;
@@ -35,6 +35,7 @@ pub async fn serve(
     ip: IpAddr,
     active: &Active,
     state: &State,
+    sub: &mut Option<String>,
 ) -> Result<Option<Response<Body>>, Reject> {
     let cfg = &active.config;
     if path == "/.well-known/jwks.json" {
@@ -77,6 +78,7 @@ pub async fn serve(
             .map_err(map_token_error)?;
         check_revoked(store, on_error, &claims).await?;
         check_binding(tc, &claims, ip, device_id(h, tc)).map_err(map_token_error)?;
+        sub.clone_from(&claims.sub);
         let left = Duration::from_secs(claims.exp.saturating_sub(now()) + tc.leeway.as_secs());
         if let Some(jti) = &claims.jti {
             store
@@ -127,7 +129,8 @@ pub async fn serve(
         }
         Err(_) => return Err(Reject::StoreUnavailable),
     }
-    let extra = carried_claims(&claims);
+    sub.clone_from(&claims.sub);
+    let extra = carried_claims(&claims, &cfg.routes);
     let mint = |typ, ttl| {
         keys.mint(
             tc,
@@ -176,9 +179,21 @@ pub async fn serve(
 }
 
 /// Claims a rotated token keeps: everything the gateway does not set itself.
-fn carried_claims(c: &Claims) -> serde_json::Map<String, serde_json::Value> {
+/// The claims a refresh carries over: those the login took from the upstream's headers
+/// (`claims_from_headers` of a mint route in the current config). Static `claims` come from
+/// the current config at every mint, so a changed or removed one does not live on in a family.
+fn carried_claims(
+    c: &Claims,
+    routes: &[RouteConfig],
+) -> serde_json::Map<String, serde_json::Value> {
+    let from_headers = |k: &str| {
+        routes.iter().any(|r| match &r.auth {
+            AuthMode::Mint(rule) => rule.claims_from_headers.iter().any(|(claim, _)| claim == k),
+            _ => false,
+        })
+    };
     let mut m = c.to_map();
-    m.retain(|k, _| !RESERVED_CLAIMS.contains(&k.as_str()));
+    m.retain(|k, _| !RESERVED_CLAIMS.contains(&k.as_str()) && from_headers(k));
     m
 }
 

@@ -173,6 +173,38 @@ fn short_hs_secrets_and_missing_auth_are_refused() {
 }
 
 #[test]
+fn a_cookie_path_that_misses_the_refresh_paths_is_a_warning() {
+    let dir = std::env::temp_dir().join(format!(
+        "iptgate-cfg-{}",
+        iptgate::pipeline::mint::random_id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("secret"),
+        "a-secret-of-more-than-32-bytes-0123456789",
+    )
+    .unwrap();
+    let with_path = |path: &str| {
+        let text = format!(
+            "{BASE}[token]\nsecret = {{ file = \"secret\" }}\nset_cookie = true\ncookie = {{ name = \"ipt\", path = \"{path}\" }}\n[refresh]\nenabled = true\n[[routes]]\nname = \"a\"\nprefix = \"/\"\nauth = \"token\"\nupstream = \"app\"\n"
+        );
+        Config::from_toml(&text, &dir.join("gateway.toml"))
+            .unwrap()
+            .warnings
+    };
+    let w = with_path("/app");
+    assert_eq!(w.len(), 2, "{w:?}");
+    assert!(w[0].contains("refresh.path `/auth/refresh`"), "{w:?}");
+    assert!(w[1].contains("refresh.logout_path `/auth/logout`"), "{w:?}");
+    // `/auth` covers `/auth/refresh`, `/au` does not (path-match is by segment).
+    assert!(with_path("/").is_empty());
+    assert!(with_path("/auth").is_empty());
+    assert!(with_path("/auth/").is_empty());
+    assert_eq!(with_path("/au").len(), 2);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn check_command_exits_2_on_errors_and_0_on_a_valid_file() {
     let dir = std::env::temp_dir().join(format!(
         "iptgate-check-{}",

@@ -213,42 +213,85 @@ async fn dry_run_lets_a_refusal_through_and_records_it() {
     );
 }
 
+/// A gateway as its own process (plain HTTP, no admin listener), logging JSON at `info` to
+/// a pipe, so that a test can read its log lines.
+struct Logged {
+    child: tokio::process::Child,
+    base: String,
+    dir: std::path::PathBuf,
+}
+
+impl Logged {
+    async fn start(body: &str) -> Logged {
+        let dir = std::env::temp_dir().join(format!(
+            "iptgate-log-{}",
+            iptgate::pipeline::mint::random_id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let port = free_port();
+        let text = Gateway::config_text(
+            &dir,
+            &Opts {
+                tls: false,
+                listen: &format!("127.0.0.1:{port}"),
+                server: "",
+            },
+            body,
+        )
+        .replace("admin_listen = \"127.0.0.1:0\"", "admin_listen = \"off\"");
+        std::fs::write(dir.join("gateway.toml"), text).unwrap();
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_iptgate"))
+            .args(["--log-format", "json", "run", "--config"])
+            .arg(dir.join("gateway.toml"))
+            .env("RUST_LOG", "info")
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let base = format!("http://127.0.0.1:{port}");
+        let c = plain_client();
+        for _ in 0..100 {
+            if c.get(format!("{base}/open/up")).send().await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Logged { child, base, dir }
+    }
+
+    /// Stop it (SIGTERM) and return everything it logged.
+    async fn stop(self) -> String {
+        let pid = self.child.id().unwrap().to_string();
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        let out = tokio::time::timeout(Duration::from_secs(10), self.child.wait_with_output())
+            .await
+            .unwrap()
+            .unwrap();
+        let _ = std::fs::remove_dir_all(&self.dir);
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+}
+
+/// The access line (parsed) of the first request to `path`.
+fn access_line(log: &str, path: &str) -> serde_json::Value {
+    let line = log
+        .lines()
+        .find(|l| {
+            l.contains("\"target\":\"access\"") && l.contains(&format!("\"path\":\"{path}\""))
+        })
+        .unwrap_or_else(|| panic!("no access line for {path}: {log}"));
+    serde_json::from_str(line).unwrap()
+}
+
 #[tokio::test]
 async fn access_log_is_json_with_the_fields_and_never_a_token() {
     let up = Upstream::start().await;
-    let dir = std::env::temp_dir().join(format!(
-        "iptgate-log-{}",
-        iptgate::pipeline::mint::random_id()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    let port = free_port();
-    let text = Gateway::config_text(
-        &dir,
-        &Opts {
-            tls: false,
-            listen: &format!("127.0.0.1:{port}"),
-            server: "",
-        },
-        &routes(&up, ""),
-    )
-    .replace("admin_listen = \"127.0.0.1:0\"", "admin_listen = \"off\"");
-    std::fs::write(dir.join("gateway.toml"), text).unwrap();
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_iptgate"))
-        .args(["--log-format", "json", "run", "--config"])
-        .arg(dir.join("gateway.toml"))
-        .env("RUST_LOG", "info")
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
+    let gw = Logged::start(&routes(&up, "")).await;
+    let base = &gw.base;
     let c = plain_client();
-    for _ in 0..100 {
-        if c.get(format!("{base}/open/up")).send().await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     let secret_query = "eyJhbGciOiJIUzI1NiJ9.c2VjcmV0LXF1ZXJ5.sig-in-query";
     let secret_header = "eyJhbGciOiJIUzI1NiJ9.c2VjcmV0LWhlYWRlcg.sig-in-header";
     let r = c
@@ -259,16 +302,7 @@ async fn access_log_is_json_with_the_fields_and_never_a_token() {
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
-    let pid = child.id().unwrap().to_string();
-    std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    let out = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
-    let log = String::from_utf8_lossy(&out.stderr);
+    let log = gw.stop().await;
     assert!(
         !log.contains("sig-in-query")
             && !log.contains("sig-in-header")
@@ -279,11 +313,7 @@ async fn access_log_is_json_with_the_fields_and_never_a_token() {
         !log.contains("access_token"),
         "query strings are never logged: {log}"
     );
-    let line = log
-        .lines()
-        .find(|l| l.contains("\"target\":\"access\"") && l.contains("/private/page"))
-        .unwrap_or_else(|| panic!("no access line: {log}"));
-    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+    let v = access_line(&log, "/private/page");
     for field in [
         "timestamp",
         "client_ip",
@@ -296,7 +326,7 @@ async fn access_log_is_json_with_the_fields_and_never_a_token() {
         "total_ms",
         "bytes",
     ] {
-        assert!(v.get(field).is_some(), "missing {field}: {line}");
+        assert!(v.get(field).is_some(), "missing {field}: {v}");
     }
     assert_eq!(v["client_ip"], "127.0.0.1");
     assert_eq!(v["status"], 401);
@@ -308,5 +338,64 @@ async fn access_log_is_json_with_the_fields_and_never_a_token() {
     assert!(log
         .lines()
         .any(|l| l.contains("\"target\":\"security\"") && l.contains("token_invalid")));
-    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn refresh_and_logout_log_their_subject_and_a_refused_forward_auth_its_client_ip() {
+    let up = Upstream::start().await;
+    let login = r#"
+[[routes]]
+name = "login"
+path = "/login"
+methods = ["POST"]
+auth = "mint"
+mint = { status = [200], claims_from_headers = { sub = "X-User-Id" } }
+upstream = "app"
+"#;
+    let body = format!(
+        "[client_ip]\ntrusted_proxies = [\"127.0.0.1/32\"]\n[forward_auth]\npath = \"/_iptgate/verify\"\n[refresh]\nenabled = true\n{}",
+        routes(&up, login)
+    );
+    let gw = Logged::start(&body).await;
+    let base = &gw.base;
+    let c = plain_client();
+    let r = c
+        .post(format!("{base}/login"))
+        .body("user=carol")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let refresh = r.headers()["iptoken-refresh"].to_str().unwrap().to_string();
+    let r = c
+        .post(format!("{base}/auth/refresh"))
+        .header("IPToken-Refresh", &refresh)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let access = r.headers()["iptoken"].to_str().unwrap().to_string();
+    let r = c
+        .post(format!("{base}/auth/logout"))
+        .bearer_auth(&access)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let r = c
+        .get(format!("{base}/_iptgate/verify"))
+        .header("X-Forwarded-Uri", "/x/../..")
+        .header("X-Forwarded-For", "203.0.113.7")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let log = gw.stop().await;
+    assert_eq!(access_line(&log, "/auth/refresh")["sub"], "carol", "{log}");
+    assert_eq!(access_line(&log, "/auth/logout")["sub"], "carol", "{log}");
+    assert_eq!(
+        access_line(&log, "/_iptgate/verify")["client_ip"],
+        "203.0.113.7",
+        "{log}"
+    );
 }

@@ -583,6 +583,75 @@ async fn cookies_refresh_rotation_reuse_detection_and_logout() {
 }
 
 #[tokio::test]
+async fn with_forward_token_the_access_cookie_goes_on_and_the_refresh_cookie_never() {
+    let up = Upstream::start().await;
+    let extra = "forward_token = true\nset_cookie = true\ncookie = { name = \"ipt\", secure = true, http_only = true, same_site = \"Strict\", path = \"/\" }\n\n[refresh]\nenabled = true\n";
+    let gw = Gateway::start(&app(&up, extra)).await;
+    let c = client();
+    let r = login(&c, &gw, "user=carol").await;
+    let access = token_of(&r).unwrap();
+    let refresh = r.headers()["iptoken-refresh"].to_str().unwrap().to_string();
+    let both = format!("ipt={access}; ipt_refresh={refresh}; other=1");
+    // A token route and a public one (whose app answers 401 to a GET without a user).
+    for (path, status) in [("/x", 200), ("/other/login", 401)] {
+        let r = c
+            .get(gw.url(path))
+            .header("Cookie", &both)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), status, "{path}");
+        assert_eq!(
+            up.last().header("cookie"),
+            Some(format!("ipt={access}; other=1").as_str()),
+            "{path}: the access cookie forwarded, the refresh cookie not"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_refresh_takes_static_claims_from_the_current_config() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&app(
+        &up,
+        "claims = { app = \"demo\" }\n\n[refresh]\nenabled = true\n",
+    ))
+    .await;
+    let c = client();
+    let r = login(&c, &gw, "user=carol&role=admin").await;
+    let refresh = r.headers()["iptoken-refresh"].to_str().unwrap().to_string();
+    let path = gw.config_path();
+    let text = std::fs::read_to_string(&path).unwrap();
+    let changed = text.replace(
+        "claims = { app = \"demo\" }",
+        "claims = { app = \"v2\", tier = \"gold\" }",
+    );
+    assert_ne!(text, changed);
+    std::fs::write(&path, changed).unwrap();
+    let r = plain_client()
+        .post(gw.admin_url("/reload"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = c
+        .post(gw.url("/auth/refresh"))
+        .header("IPToken-Refresh", &refresh)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let token = token_of(&r).unwrap();
+    let claims: serde_json::Value =
+        serde_json::from_slice(&B64.decode(token.split('.').nth(1).unwrap()).unwrap()).unwrap();
+    assert_eq!(claims["app"], "v2", "{claims}");
+    assert_eq!(claims["tier"], "gold", "{claims}");
+    // What the login took from the app's answer is carried over.
+    assert_eq!(claims["sub"], "carol", "{claims}");
+    assert_eq!(claims["role"], "admin", "{claims}");
+}
+
+#[tokio::test]
 async fn an_upstream_set_cookie_for_our_cookie_is_dropped() {
     let up = Upstream::with(std::sync::Arc::new(|_s: &Seen| {
         respond(
@@ -612,13 +681,25 @@ async fn an_upstream_set_cookie_for_our_cookie_is_dropped() {
 async fn an_upstream_token_header_never_reaches_the_client() {
     // The app answers the login with a failure status and its own `IPToken` header.
     let up = Upstream::with(std::sync::Arc::new(|_s: &Seen| {
-        respond(401, &[("iptoken", "from-the-upstream")], "no")
+        respond(
+            401,
+            &[
+                ("iptoken", "from-the-upstream"),
+                ("iptoken-refresh", "from-the-upstream"),
+            ],
+            "no",
+        )
     }))
     .await;
-    let gw = Gateway::start(&app(&up, "")).await;
+    let gw = Gateway::start(&app(&up, "\n[refresh]\nenabled = true\n")).await;
     let r = client().post(gw.url("/login")).send().await.unwrap();
     assert_eq!(r.status(), 401);
     assert!(token_of(&r).is_none(), "nothing minted, nothing passed on");
+    // Nor on routes that do not mint (a public one here), refresh header included.
+    let r = client().get(gw.url("/other/login")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(token_of(&r).is_none());
+    assert!(r.headers().get("iptoken-refresh").is_none());
 }
 
 #[tokio::test]
