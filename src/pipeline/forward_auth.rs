@@ -15,12 +15,33 @@ use crate::error::Reject;
 use crate::pipeline::{client_ip, forward, judge, path, request_host, Ask, Conn, Outcome};
 use crate::state::{Active, State};
 
-fn first<'a>(h: &'a HeaderMap, names: &[&str]) -> Option<&'a str> {
-    names
-        .iter()
-        .find_map(|n| h.get(*n).and_then(|v| v.to_str().ok()))
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
+/// The one value the proxy gave under any of `names`. Two that differ (`X-Forwarded-Uri`
+/// beside `X-Original-URI`, or a header twice) are ambiguous: a proxy that sets one family
+/// may pass the client's copy of the other on (nginx `auth_request` passes every client
+/// header), so neither can be trusted to be the proxy's.
+/// Methods compare without case (`get` is read as `GET`), URIs and hosts exactly.
+fn one_of<'a>(
+    h: &'a HeaderMap,
+    names: &[&str],
+    fold_case: bool,
+    what: &'static str,
+) -> Result<Option<&'a str>, Reject> {
+    let mut found: Option<&str> = None;
+    for n in names {
+        for v in h.get_all(*n) {
+            let v = v.to_str().map_err(|_| Reject::BadRequest(what))?.trim();
+            if v.is_empty() {
+                continue;
+            }
+            match found {
+                Some(f) if f != v && !(fold_case && f.eq_ignore_ascii_case(v)) => {
+                    return Err(Reject::BadRequest(what));
+                }
+                _ => found = Some(v),
+            }
+        }
+    }
+    Ok(found)
 }
 
 pub async fn answer(
@@ -42,12 +63,23 @@ pub async fn answer(
     let cip = client_ip::resolve(conn.peer.ip(), conn.proxied, h, &cfg.client_ip);
     out.client_ip = Some(cip.ip);
     out.ip_source = Some(cip.source);
-    let method = first(h, &["x-forwarded-method", "x-original-method"])
-        .map(|m| Method::from_bytes(m.to_ascii_uppercase().as_bytes()))
-        .transpose()
-        .map_err(|_| Reject::BadRequest("forward auth: bad method header"))?
-        .unwrap_or(Method::GET);
-    let uri_text = first(h, &["x-forwarded-uri", "x-original-uri"]).ok_or(Reject::BadRequest(
+    let method = one_of(
+        h,
+        &["x-forwarded-method", "x-original-method"],
+        true,
+        "forward auth: ambiguous method",
+    )?
+    .map(|m| Method::from_bytes(m.to_ascii_uppercase().as_bytes()))
+    .transpose()
+    .map_err(|_| Reject::BadRequest("forward auth: bad method header"))?
+    .unwrap_or(Method::GET);
+    let uri_text = one_of(
+        h,
+        &["x-forwarded-uri", "x-original-uri"],
+        false,
+        "forward auth: ambiguous original URI",
+    )?
+    .ok_or(Reject::BadRequest(
         "forward auth: no X-Forwarded-Uri / X-Original-URI",
     ))?;
     let uri: Uri = uri_text
@@ -55,9 +87,14 @@ pub async fn answer(
         .map_err(|_| Reject::BadRequest("forward auth: unparseable original URI"))?;
     let original_path = path::normalize(uri.path()).map_err(Reject::BadRequest)?;
     out.path_override = Some(original_path.clone());
-    let host = first(h, &["x-forwarded-host"])
-        .map(crate::pipeline::route::host_of)
-        .or_else(|| request_host(h.get(http::header::HOST), req.uri()));
+    let host = one_of(
+        h,
+        &["x-forwarded-host"],
+        false,
+        "forward auth: ambiguous host",
+    )?
+    .map(crate::pipeline::route::host_of)
+    .or_else(|| request_host(h.get(http::header::HOST), req.uri()));
     let judged = judge(
         &Ask {
             method: &method,

@@ -76,6 +76,20 @@ async fn traefik_style_headers_are_judged_as_the_original_request() {
         .await
         .unwrap();
     assert_eq!(code_of(r).await, (401, "ip_mismatch".into()));
+    // Both header families, naming different requests: ambiguous.
+    let r = ask("/feed", "GET", "203.0.113.9")
+        .header("X-Original-URI", "/open/page")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(code_of(r).await, (400, "bad_request".into()));
+    let r = ask("/open/page", "GET", "203.0.113.9")
+        .header("X-Original-URI", "/open/page")
+        .header("X-Original-Method", "get")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "the same request twice is not ambiguous");
     assert_eq!(up.count(), 0, "forward auth never forwards");
     // From an untrusted peer: refused.
     let r = client_at(3)
@@ -183,6 +197,22 @@ http {{
     assert_eq!(r.status(), 200);
     let r = c.get(format!("{base}/private")).send().await.unwrap();
     assert_eq!(r.status(), 401, "nginx relays the gateway's refusal");
+    // nginx passes the client's own headers on to the auth request: a client's
+    // `X-Forwarded-Uri` naming a public path must not be judged instead of the real URI.
+    let before = up.count();
+    for (name, value) in [
+        ("X-Forwarded-Uri", "/open/x"),
+        ("X-Forwarded-Method", "OPTIONS"),
+    ] {
+        let r = c
+            .get(format!("{base}/private"))
+            .header(name, value)
+            .send()
+            .await
+            .unwrap();
+        assert_ne!(r.status(), 200, "{name}: {value}");
+    }
+    assert_eq!(up.count(), before, "nothing reached the upstream");
     let token = mint("127.0.0.1", "alice", json!({}));
     let r = c
         .get(format!("{base}/private"))
