@@ -11,7 +11,6 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 use crate::body::{full, Body};
 use crate::state::State;
@@ -48,21 +47,37 @@ async fn route(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Bod
             ),
             Err(e) => text(StatusCode::UNPROCESSABLE_ENTITY, format!("{e}\n"), PLAIN),
         },
-        (_, "/healthz" | "/readyz" | "/metrics" | "/reload") => text(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method not allowed\n",
-            PLAIN,
-        ),
+        (_, p @ ("/healthz" | "/readyz" | "/metrics" | "/reload")) => {
+            let mut r = text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed\n",
+                PLAIN,
+            );
+            let allow = match p {
+                "/reload" => "POST",
+                "/metrics" => "GET",
+                _ => "GET, HEAD",
+            };
+            r.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static(allow));
+            r
+        }
         _ => text(StatusCode::NOT_FOUND, "not found\n", PLAIN),
     };
     Ok(resp)
 }
 
-pub async fn serve(listener: TcpListener, state: Arc<State>, mut stop: watch::Receiver<bool>) {
+/// Serve the admin listener until the task is aborted: it stays up through the drain, so that
+/// `/readyz` answers 503 while in-flight requests finish ([`crate::server::Running::wait`]
+/// stops it once the drain is over).
+pub async fn serve(listener: TcpListener, state: Arc<State>) {
     loop {
-        let (stream, _) = tokio::select! {
-            r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
-            _ = stop.changed() => return,
+        let (stream, _) = match listener.accept().await {
+            Ok(x) => x,
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
         };
         let state = state.clone();
         tokio::spawn(async move {

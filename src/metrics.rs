@@ -66,6 +66,16 @@ fn describe() {
     );
     metrics::describe_gauge!("iptgate_active_connections", "Open client connections");
     metrics::describe_counter!("iptgate_config_reloads_total", "Config reloads by result");
+    // Series with a fixed label set are there from the start at 0, so that `rate()` and
+    // `absent()` work before the first event.
+    for result in ["ok", "failed"] {
+        counter!("iptgate_config_reloads_total", "result" => result).increment(0);
+    }
+    for kind in ["access", "refresh"] {
+        counter!("iptgate_tokens_minted_total", "kind" => kind).increment(0);
+    }
+    counter!("iptgate_tokens_revoked_total").increment(0);
+    gauge!("iptgate_active_connections").set(0.0);
 }
 
 /// Per-route metric handles, registered once per config generation so the hot path does no

@@ -41,16 +41,15 @@ pub struct Running {
     pub state: Arc<State>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    /// The admin listener, stopped after the drain (it answers `/readyz` 503 during it).
+    admin_task: Option<JoinHandle<()>>,
 }
 
 impl Running {
     /// Stop accepting, let in-flight requests finish (up to `shutdown_grace`), then return.
     pub async fn shutdown(self) {
-        self.state.draining.store(true, Ordering::SeqCst);
-        let _ = self.shutdown.send(true);
-        for t in self.tasks {
-            let _ = t.await;
-        }
+        self.begin_shutdown();
+        self.wait().await;
     }
 
     /// A receiver that flips to `true` when shutdown begins.
@@ -67,6 +66,10 @@ impl Running {
     /// Wait for every listener task to finish (after `begin_shutdown`).
     pub async fn wait(self) {
         for t in self.tasks {
+            let _ = t.await;
+        }
+        if let Some(t) = self.admin_task {
+            t.abort();
             let _ = t.await;
         }
     }
@@ -97,17 +100,12 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         .local_addr()
         .map_err(|e| ServeError::Setup(e.to_string()))?;
     let mut tasks = vec![tokio::spawn(accept_loop(main, state.clone(), rx.clone()))];
-    let admin_addr = match admin {
-        Some(l) => {
-            let a = l.local_addr().ok();
-            tasks.push(tokio::spawn(crate::admin::serve(
-                l,
-                state.clone(),
-                rx.clone(),
-            )));
-            a
-        }
-        None => None,
+    let (admin_addr, admin_task) = match admin {
+        Some(l) => (
+            l.local_addr().ok(),
+            Some(tokio::spawn(crate::admin::serve(l, state.clone()))),
+        ),
+        None => (None, None),
     };
     let redirect_addr = match redirect {
         Some(l) => {
@@ -126,6 +124,7 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         state,
         shutdown: tx,
         tasks,
+        admin_task,
     })
 }
 

@@ -213,11 +213,12 @@ async fn dry_run_lets_a_refusal_through_and_records_it() {
     );
 }
 
-/// A gateway as its own process (plain HTTP, no admin listener), logging JSON at `info` to
-/// a pipe, so that a test can read its log lines.
+/// A gateway as its own process (plain HTTP), logging JSON at `info` to a pipe, so that a
+/// test can read its log lines; its metrics are its own.
 struct Logged {
     child: tokio::process::Child,
     base: String,
+    admin: String,
     dir: std::path::PathBuf,
 }
 
@@ -229,6 +230,7 @@ impl Logged {
         ));
         std::fs::create_dir_all(&dir).unwrap();
         let port = free_port();
+        let admin_port = free_port();
         let text = Gateway::config_text(
             &dir,
             &Opts {
@@ -238,7 +240,10 @@ impl Logged {
             },
             body,
         )
-        .replace("admin_listen = \"127.0.0.1:0\"", "admin_listen = \"off\"");
+        .replace(
+            "admin_listen = \"127.0.0.1:0\"",
+            &format!("admin_listen = \"127.0.0.1:{admin_port}\""),
+        );
         std::fs::write(dir.join("gateway.toml"), text).unwrap();
         let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_iptgate"))
             .args(["--log-format", "json", "run", "--config"])
@@ -256,7 +261,13 @@ impl Logged {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Logged { child, base, dir }
+        let admin = format!("http://127.0.0.1:{admin_port}");
+        Logged {
+            child,
+            base,
+            admin,
+            dir,
+        }
     }
 
     /// Stop it (SIGTERM) and return everything it logged.
@@ -398,4 +409,33 @@ upstream = "app"
         "203.0.113.7",
         "{log}"
     );
+}
+
+#[tokio::test]
+async fn fixed_series_are_exported_at_zero_from_the_start() {
+    let up = Upstream::start().await;
+    let gw = Logged::start(&routes(&up, "")).await;
+    let text = plain_client()
+        .get(format!("{}/metrics", gw.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for (name, labels) in [
+        ("iptgate_config_reloads_total", &["result=\"ok\""][..]),
+        ("iptgate_config_reloads_total", &["result=\"failed\""]),
+        ("iptgate_tokens_minted_total", &["kind=\"access\""]),
+        ("iptgate_tokens_minted_total", &["kind=\"refresh\""]),
+        ("iptgate_tokens_revoked_total", &[]),
+    ] {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(name) && labels.iter().all(|x| l.contains(x))),
+            "{name} {labels:?} missing: {text}"
+        );
+        assert_eq!(metric(&text, name, labels), 0.0, "{name} {labels:?}");
+    }
+    gw.stop().await;
 }
