@@ -46,6 +46,10 @@ pub(super) fn build(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
         // errors that are consequences of that one.
         return Err(fail(errs.0));
     }
+    // Every error so far is a key that was dropped; validation must not report those keys
+    // (or the tables holding them) again as missing.
+    let shaped = errs.0.len();
+    let dropped: Vec<String> = errs.0.iter().map(|e| e.path.clone()).collect();
     let base_dir = path
         .parent()
         .map(Path::to_path_buf)
@@ -58,6 +62,18 @@ pub(super) fn build(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
         warnings: Vec::new(),
     };
     let cfg = v.config(file, path.to_path_buf(), base_dir);
+    let consequence = |p: &str| {
+        dropped.iter().any(|d| {
+            d == p
+                || d.strip_prefix(p)
+                    .is_some_and(|rest| rest.starts_with('.') || rest.starts_with('['))
+        })
+    };
+    let mut i = 0;
+    v.errs.0.retain(|e| {
+        i += 1;
+        i <= shaped || !consequence(&e.path)
+    });
     if v.errs.0.is_empty() {
         let mut cfg = cfg;
         cfg.warnings = v.warnings;
@@ -153,27 +169,103 @@ impl Shaping<'_> {
     }
 }
 
-/// Reads one section. An unknown key is reported and dropped, and the section read again
-/// without it (a bounded number of times), so every unknown key of a section is reported at
-/// once and the section still takes part in validation.
+/// Reads one section. A key that is unknown or of the wrong type, at any depth, is reported
+/// with its whole path and dropped, and the section read again without it (a bounded number
+/// of times): every such key of a section is reported at once, and the section still takes
+/// part in validation. Only a key the section cannot do without (one that was dropped, or is
+/// missing) stops it.
 fn de<T: DeserializeOwned>(mut v: toml::Value, path: &str, errs: &mut Shaping) -> Option<T> {
+    let mut dropped: Vec<String> = Vec::new();
     for _ in 0..64 {
-        let e = match v.clone().try_into::<T>() {
+        let (at, msg) = match serde_path_to_error::deserialize::<_, T>(v.clone()) {
             Ok(t) => return Some(t),
-            Err(e) => e.to_string(),
+            Err(e) => {
+                let at: Vec<serde_path_to_error::Segment> = e.path().iter().cloned().collect();
+                (at, e.into_inner().to_string())
+            }
         };
-        let dropped = match (unknown_field(&e), v.as_table_mut()) {
-            (Some(field), Some(t)) => t.remove(field).is_some(),
-            _ => false,
+        let msg = msg.split("\nin `").next().unwrap_or("").trim().to_string();
+        let unknown = unknown_field(&msg).map(str::to_string);
+        // The table holding the offending key, and that key.
+        let (parent, key) = match (&unknown, at.split_last()) {
+            (Some(f), _) => {
+                // The path may or may not end at the unknown key itself.
+                let ends_at_it = matches!(at.last(), Some(serde_path_to_error::Segment::Map { key }) if key == f);
+                let parent = if ends_at_it {
+                    &at[..at.len() - 1]
+                } else {
+                    &at[..]
+                };
+                (parent, Some(f.clone()))
+            }
+            (None, Some((serde_path_to_error::Segment::Map { key }, parent))) => {
+                (parent, Some(key.clone()))
+            }
+            _ => (&at[..], None),
         };
-        if !dropped {
-            errs.fatal(path, explain_serde(&e));
+        let where_ = key_path(path, parent, key.as_deref());
+        let removed = key.as_deref().is_some_and(|k| {
+            lookup(&mut v, parent)
+                .and_then(|t| t.as_table_mut())
+                .is_some_and(|t| t.remove(k).is_some())
+        });
+        if !removed {
+            // Nothing to drop (a missing key, a bad value at the section's top): the section
+            // cannot be read. A key missing only because it was dropped is already reported.
+            let missing = msg
+                .strip_prefix("missing field `")
+                .and_then(|m| m.split_once('`'))
+                .map(|(f, _)| key_path(path, &at, Some(f)));
+            if missing.is_none_or(|m| !dropped.contains(&m)) {
+                errs.fatal(&where_, explain_serde(&msg));
+            } else {
+                *errs.complete = false;
+            }
             return None;
         }
-        errs.errs.push(path, explain_serde(&e));
+        errs.errs.push(&where_, explain_serde(&msg));
+        dropped.push(where_);
     }
     *errs.complete = false;
     None
+}
+
+/// `section.key[0].sub` from a section path and a serde path.
+fn key_path(base: &str, at: &[serde_path_to_error::Segment], last: Option<&str>) -> String {
+    use serde_path_to_error::Segment;
+    let mut out = base.to_string();
+    for s in at {
+        match s {
+            Segment::Map { key } => {
+                out.push('.');
+                out.push_str(key);
+            }
+            Segment::Seq { index } => out.push_str(&format!("[{index}]")),
+            Segment::Enum { .. } | Segment::Unknown => {}
+        }
+    }
+    if let Some(k) = last {
+        out.push('.');
+        out.push_str(k);
+    }
+    out
+}
+
+/// The value at a serde path inside `v`.
+fn lookup<'a>(
+    v: &'a mut toml::Value,
+    at: &[serde_path_to_error::Segment],
+) -> Option<&'a mut toml::Value> {
+    use serde_path_to_error::Segment;
+    let mut cur = v;
+    for s in at {
+        cur = match s {
+            Segment::Map { key } => cur.as_table_mut()?.get_mut(key)?,
+            Segment::Seq { index } => cur.as_array_mut()?.get_mut(*index)?,
+            Segment::Enum { .. } | Segment::Unknown => cur,
+        };
+    }
+    Some(cur)
 }
 
 /// `string "…"` in a serde message becomes `a string`.
@@ -216,6 +308,14 @@ fn unknown_field(msg: &str) -> Option<&str> {
 /// was expected (`secret = "…"`), and `check` output ends up in CI logs.
 fn explain_serde(msg: &str) -> String {
     let msg = redact_strings(msg.trim().trim_end_matches('\n'));
+    if msg.contains("expected struct SecretFile") {
+        return "must be a table: { env = \"VARIABLE\" } or { file = \"path\" } (a secret is not written in the config)".into();
+    }
+    // Internal type names mean nothing to a user: `expected struct X` is a table.
+    let msg = match msg.find("expected struct ") {
+        Some(i) => format!("{}expected a table", &msg[..i]),
+        None => msg,
+    };
     if let Some(field) = unknown_field(&msg) {
         if let Some((_, tail)) = msg.split_once(&format!("`{field}`")) {
             let expected: Vec<&str> = tail
@@ -1122,13 +1222,22 @@ impl Validator {
         }
         let mut methods = Vec::new();
         for (j, m) in r.methods.iter().enumerate() {
-            match Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
-                Ok(m) if !methods.contains(&m) => methods.push(m),
-                Ok(_) => {}
-                Err(_) => self.err(
+            let upper = m.to_ascii_uppercase();
+            // A misspelt method would make the route never match, and its requests fall
+            // through to another route: only methods that exist are taken.
+            if !KNOWN_METHODS.contains(&upper.as_str()) {
+                let hint = closest(&upper, KNOWN_METHODS)
+                    .map(|c| format!("; did you mean `{c}`?"))
+                    .unwrap_or_default();
+                self.err(
                     format!("{key}.methods[{j}]"),
-                    format!("`{m}` is not an HTTP method"),
-                ),
+                    format!("`{m}` is not an HTTP method{hint}"),
+                );
+                continue;
+            }
+            match Method::from_bytes(upper.as_bytes()) {
+                Ok(m) if !methods.contains(&m) => methods.push(m),
+                _ => {}
             }
         }
         let mut rate_limit = Vec::new();
@@ -1236,8 +1345,10 @@ impl Validator {
                 }
                 let covers = a.methods.is_empty()
                     || (!b.methods.is_empty() && b.methods.iter().all(|m| a.methods.contains(m)));
+                let same_methods = a.methods.len() == b.methods.len()
+                    && b.methods.iter().all(|m| a.methods.contains(m));
                 if a.host == b.host {
-                    if covers {
+                    if same_methods {
                         self.err(
                             format!("routes[{j}]"),
                             format!(
@@ -1247,6 +1358,11 @@ impl Validator {
                                 b.describe_match()
                             ),
                         );
+                    } else if covers {
+                        self.warnings.push(format!(
+                            "route `{}` is shadowed by the earlier route `{}`: same match, and it takes every method `{}` names; move it above to let it answer",
+                            b.name, a.name, b.name
+                        ));
                     } else {
                         self.warnings.push(format!(
                             "route `{}` is partly shadowed by the earlier route `{}` (same match, overlapping methods)",
@@ -1271,6 +1387,44 @@ fn cookie_path_matches(cookie_path: &str, path: &str) -> bool {
             && (cookie_path.ends_with('/')
                 || path.as_bytes().get(cookie_path.len()) == Some(&b'/')))
 }
+
+/// The methods a route may name: RFC 9110, PATCH (RFC 5789) and WebDAV/CalDAV.
+const KNOWN_METHODS: &[&str] = &[
+    "GET",
+    "HEAD",
+    "POST",
+    "PUT",
+    "DELETE",
+    "CONNECT",
+    "OPTIONS",
+    "TRACE",
+    "PATCH",
+    "PROPFIND",
+    "PROPPATCH",
+    "MKCOL",
+    "COPY",
+    "MOVE",
+    "LOCK",
+    "UNLOCK",
+    "REPORT",
+    "SEARCH",
+    "MKCALENDAR",
+    "ACL",
+    "BIND",
+    "UNBIND",
+    "REBIND",
+    "CHECKOUT",
+    "CHECKIN",
+    "MERGE",
+    "VERSION-CONTROL",
+    "MKWORKSPACE",
+    "UPDATE",
+    "LABEL",
+    "BASELINE-CONTROL",
+    "MKACTIVITY",
+    "ORDERPATCH",
+    "QUERY",
+];
 
 /// Claims the gateway sets itself; static or header claims may not override them.
 pub const RESERVED_CLAIMS: &[&str] = &[

@@ -244,3 +244,95 @@ fn check_command_exits_2_on_errors_and_0_on_a_valid_file() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("prefix /"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn every_unknown_or_mistyped_key_is_reported_at_once_with_its_whole_path() {
+    let e = load(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+workers = -1
+idle_timeout = "5x"
+
+[token]
+secret = "an-inline-secret-which-must-never-be-echoed"
+cookie = { name = "ipt", httponly = true }
+forward_claim = { sub = "X" }
+
+[upstreams.app]
+url = "http://127.0.0.1:3000"
+
+[[routes]]
+name = "a"
+prefix = "/"
+dryrun = true
+ip = { alow = ["192.0.2.1"] }
+methods = "GET"
+auth = "tokn"
+upstream = "app"
+
+[[routes]]
+name = "login"
+path = "/login"
+auth = "mint"
+mint = { statuses = [200] }
+upstream = "app"
+"#,
+    )
+    .unwrap_err();
+    for expected in [
+        "server.workers:",
+        "server.idle_timeout:",
+        "token.secret: must be a table: { env",
+        "token.cookie.httponly: unknown key `httponly`; did you mean `http_only`?",
+        "token.forward_claim: unknown key `forward_claim`; did you mean `forward_claims`?",
+        "routes[0].dryrun: unknown key `dryrun`; did you mean `dry_run`?",
+        "routes[0].ip.alow: unknown key `alow`; did you mean `allow`?",
+        "routes[0].methods: invalid type: a string, expected a sequence",
+        "routes[0].auth:",
+        "routes[1].mint.statuses: unknown key `statuses`; did you mean `status`?",
+    ] {
+        assert!(e.contains(expected), "{expected} missing from: {e}");
+    }
+    assert!(e.contains("10 error(s)"), "nothing reported twice: {e}");
+    assert!(!e.contains("inline-secret"), "{e}");
+    assert!(!e.contains("SecretFile"), "{e}");
+}
+
+#[test]
+fn a_misspelt_method_is_an_error_and_a_route_covered_by_methods_a_warning() {
+    let route = |name: &str, methods: &str| {
+        format!("[[routes]]\nname = \"{name}\"\nprefix = \"/api\"\n{methods}\nauth = \"public\"\nupstream = \"app\"\n")
+    };
+    let e = load(&format!(
+        "{BASE}{}",
+        route("a", "methods = [\"GETT\", \"propfind\"]")
+    ))
+    .unwrap_err();
+    assert!(
+        e.contains("routes[0].methods[0]") && e.contains("did you mean `GET`?"),
+        "{e}"
+    );
+    assert!(e.contains("1 error(s)"), "WebDAV methods are methods: {e}");
+    // Any method, then GET only on the same match: the second never answers, a warning.
+    let cfg = load(&format!(
+        "{BASE}{}{}",
+        route("all", ""),
+        route("get", "methods = [\"GET\"]")
+    ))
+    .unwrap();
+    assert_eq!(cfg.warnings.len(), 1, "{:?}", cfg.warnings);
+    assert!(
+        cfg.warnings[0].contains("`get` is shadowed"),
+        "{:?}",
+        cfg.warnings
+    );
+    // The same methods on the same match: an error.
+    let e = load(&format!(
+        "{BASE}{}{}",
+        route("one", "methods = [\"GET\"]"),
+        route("two", "methods = [\"get\"]")
+    ))
+    .unwrap_err();
+    assert!(e.contains("same match"), "{e}");
+}
