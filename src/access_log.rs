@@ -30,7 +30,7 @@ pub fn record(
         .unwrap_or(&active.unrouted_metrics)
         .request(status, out.code, total, out.upstream_ms.map(|m| m / 1000.0));
     let access = tracing::enabled!(target: "access", tracing::Level::INFO);
-    if !access && out.code.is_none() {
+    if !access && out.code.is_none() && out.dry_run.is_empty() {
         // Nothing to log: skip formatting the line's fields.
         return;
     }
@@ -50,7 +50,26 @@ pub fn record(
             total_ms = total * 1000.0,
             bytes = bytes.unwrap_or(0),
             minted = out.minted,
-            dry_run = out.dry_run.join(",").as_str(),
+            dry_run = out
+                .dry_run
+                .iter()
+                .map(|(c, _)| *c)
+                .collect::<Vec<_>>()
+                .join(",")
+                .as_str(),
+        );
+    }
+    for (code, cause) in &out.dry_run {
+        tracing::warn!(
+            target: "security",
+            client_ip = client_ip.as_deref().unwrap_or(""),
+            method = method.as_str(),
+            path = path.unwrap_or(""),
+            route,
+            code,
+            cause = cause.as_str(),
+            dry_run = true,
+            "would refuse (dry run)"
         );
     }
     if let Some(code) = out.code {

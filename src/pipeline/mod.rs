@@ -86,7 +86,7 @@ pub struct Outcome {
     pub upstream_ms: Option<f64>,
     pub minted: bool,
     /// Refusals a dry-run route let through.
-    pub dry_run: Vec<&'static str>,
+    pub dry_run: Vec<(&'static str, String)>,
     /// `RateLimit-Policy` / `RateLimit` for the route's first policy.
     pub ratelimit: Option<(HeaderValue, HeaderValue)>,
 }
@@ -95,9 +95,9 @@ pub struct Outcome {
 fn enforce(r: Result<(), Reject>, dry_run: bool, out: &mut Outcome) -> Result<(), Reject> {
     match r {
         Err(e) if dry_run => {
-            tracing::warn!(target: "security", code = e.code(), cause = e.cause(), dry_run = true, "would refuse (dry run)");
+            // Logged with the request's fields by the access log, at the end.
             crate::metrics::dry_run(e.code());
-            out.dry_run.push(e.code());
+            out.dry_run.push((e.code(), e.cause().to_string()));
             Ok(())
         }
         other => other,

@@ -439,3 +439,34 @@ async fn fixed_series_are_exported_at_zero_from_the_start() {
     }
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn a_dry_run_refusal_is_logged_with_the_request() {
+    let up = Upstream::start().await;
+    let body = routes(&up, "").replace(
+        "name = \"app\"\nprefix = \"/\"\nauth = \"token\"",
+        "name = \"dry\"\nprefix = \"/\"\nauth = \"token\"\ndry_run = true",
+    );
+    let gw = Logged::start(&body).await;
+    let r = plain_client()
+        .get(format!("{}/would-be-refused", gw.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let log = gw.stop().await;
+    let line = log
+        .lines()
+        .find(|l| l.contains("\"target\":\"security\"") && l.contains("dry run"))
+        .unwrap_or_else(|| panic!("no dry-run line: {log}"));
+    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(v["client_ip"], "127.0.0.1", "{line}");
+    assert_eq!(v["path"], "/would-be-refused", "{line}");
+    assert_eq!(v["route"], "dry", "{line}");
+    assert_eq!(v["method"], "GET", "{line}");
+    assert_eq!(v["code"], "token_missing", "{line}");
+    assert_eq!(
+        access_line(&log, "/would-be-refused")["dry_run"],
+        "token_missing"
+    );
+}
