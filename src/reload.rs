@@ -24,7 +24,9 @@ pub fn reload(state: &State) -> Result<u64, String> {
                 tracing::warn!("TLS on/off changed: it takes effect after a restart");
             }
             if current.config.store.backend != cfg.store.backend {
-                tracing::warn!("store backend changed: it takes effect after a restart");
+                tracing::warn!(
+                    "store backend or url changed: it takes effect after a restart (on_error applies now)"
+                );
             }
             state.swap(cfg)
         });

@@ -111,7 +111,9 @@ fn build_active(
 ) -> Result<Active, String> {
     let tls = match &config.server.tls {
         Some(p) => Some(crate::tls::server_config(p).map_err(|e| format!("server.tls: {e}"))?),
-        None => None,
+        // TLS taken out by a reload: the listener was bound speaking TLS and does until a
+        // restart, so it keeps the certificate it has.
+        None => prev.and_then(|p| p.tls.clone()),
     };
     let keys = match &config.token {
         Some(t) => Some(Keys::new(t).map_err(|e| format!("token: {e}"))?),
