@@ -341,6 +341,26 @@ pub fn strip_cookies(h: &mut HeaderMap, token: &TokenConfig, access: bool) {
     }
 }
 
+/// Several `Cookie` fields become one, joined with "; ": HTTP/2 clients send each cookie as
+/// its own field (RFC 9113 §8.2.3), and an HTTP/1.1 upstream expects a single one (RFC 6265
+/// §5.4).
+fn join_cookies(h: &mut HeaderMap) {
+    let mut all = h.get_all(header::COOKIE).iter();
+    if all.next().is_none() || all.next().is_none() {
+        return;
+    }
+    let mut joined: Vec<u8> = Vec::new();
+    for v in h.get_all(header::COOKIE) {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(v.as_bytes());
+    }
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        h.insert(header::COOKIE, v);
+    }
+}
+
 /// The request body, refused once it passes `max`.
 struct LimitedBody {
     inner: Incoming,
@@ -553,6 +573,9 @@ pub async fn send(mut req: Request<Incoming>, f: Forward<'_>) -> Result<Response
                 }
             }
         }
+    }
+    if seen.has(Seen::COOKIE) {
+        join_cookies(h);
     }
     if upgrade {
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));

@@ -78,6 +78,30 @@ async fn h2_is_negotiated_by_alpn_and_forwarded_as_http1() {
     let resp = h1.get(gw.url("/x")).send().await.unwrap();
     assert_eq!(resp.version(), http::Version::HTTP_11);
     assert_eq!(up.count(), 2);
+    // HTTP/2 clients send each cookie as its own field; the HTTP/1.1 upstream gets one.
+    for c in [client(), client_h1()] {
+        let resp = c
+            .get(gw.url("/x"))
+            .header("cookie", "sid=abc")
+            .header("cookie", "csrf=xyz")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let seen = up.last();
+        let cookies: Vec<&[u8]> = seen
+            .headers
+            .get_all("cookie")
+            .iter()
+            .map(|v| v.as_bytes())
+            .collect();
+        assert_eq!(
+            cookies,
+            vec![&b"sid=abc; csrf=xyz"[..]],
+            "{:?}",
+            resp.version()
+        );
+    }
 }
 
 #[tokio::test]
