@@ -509,12 +509,24 @@ async fn redirect_loop(listener: TcpListener, https_port: u16, mut stop: watch::
         tokio::spawn(async move {
             let svc = service_fn(
                 move |req: http::Request<hyper::body::Incoming>| async move {
-                    let host = req
-                        .headers()
-                        .get(http::header::HOST)
-                        .and_then(|v| v.to_str().ok())
-                        .map(|h| crate::pipeline::route::host_of(h).to_string())
-                        .unwrap_or_else(|| "localhost".into());
+                    // The Location is built from Host: one, a plain `host[:port]` (no userinfo,
+                    // path or query smuggled in), or the request is refused.
+                    let mut hosts = req.headers().get_all(http::header::HOST).iter();
+                    let host = match (hosts.next(), hosts.next()) {
+                        (Some(v), None) => v
+                            .to_str()
+                            .ok()
+                            .and_then(|h| h.parse::<http::uri::Authority>().ok())
+                            .filter(|a| !a.as_str().contains('@') && !a.host().is_empty())
+                            .map(|a| a.host().to_string()),
+                        (None, _) => Some("localhost".into()),
+                        _ => None,
+                    };
+                    let Some(host) = host else {
+                        let mut resp = http::Response::new(crate::body::empty());
+                        *resp.status_mut() = http::StatusCode::BAD_REQUEST;
+                        return Ok::<_, std::convert::Infallible>(resp);
+                    };
                     let port = if https_port == 443 {
                         String::new()
                     } else {

@@ -920,4 +920,24 @@ async fn admin_health_and_redirect_listener() {
         r.headers()["location"],
         format!("https://example.com:{}/login?x=1", gw.addr.port()).as_str()
     );
+    // The Location is built from Host: anything but one plain host[:port] is refused.
+    for host in [
+        "Host: evil.example/foo?\r\n",
+        "Host: a@evil.example\r\n",
+        "Host: example.com\r\nHost: evil.example\r\n",
+    ] {
+        let mut s = TcpStream::connect(("127.0.0.1", redirect_port))
+            .await
+            .unwrap();
+        s.write_all(format!("GET /x HTTP/1.1\r\n{host}Connection: close\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut got = String::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut got))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(got.starts_with("HTTP/1.1 400"), "{host:?}: {got}");
+        assert!(!got.to_ascii_lowercase().contains("location"), "{got}");
+    }
 }
