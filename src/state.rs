@@ -8,13 +8,16 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use http::{Request, Response};
+
+use crate::body::Body;
 
 use crate::config::{Config, RouteConfig, Target, UpstreamConfig};
 use crate::pipeline::ip_policy::IpPolicy;
 use crate::pipeline::rate_limit::{Limiters, LoginGuard};
 use crate::store::Store;
 use crate::token::Keys;
-use crate::upstream::{Pool, Pools};
+use crate::upstream::{Pool, PooledBody, Pools, SendError};
 
 /// A route compiled for the hot path.
 pub struct Route {
@@ -30,11 +33,56 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// Round robin over the targets: the target and its connection pool.
-    pub fn pick(&self) -> (&Target, &Arc<Pool>) {
+    /// Round robin over the targets: the index of the next one and the target.
+    pub fn pick(&self) -> (usize, &Target) {
         let n = self.cfg.targets.len().max(1);
         let i = self.next.fetch_add(1, Ordering::Relaxed) % n;
-        (&self.cfg.targets[i], &self.pools[i])
+        (i, &self.cfg.targets[i])
+    }
+
+    /// Send to target `first`; when it cannot be connected to (refused, unreachable, TLS
+    /// handshake failed, `connect_timeout`), nothing was sent, and the request goes to the next
+    /// target that takes the same path (same base path), each tried once. An error once the
+    /// request is on its way is not retried: the upstream may have acted on it.
+    pub async fn send(
+        &self,
+        first: usize,
+        mut req: Request<Body>,
+    ) -> Result<Response<PooledBody>, SendError> {
+        let n = self.pools.len();
+        let base = &self.cfg.targets[first].base_path;
+        let mut i = first;
+        let mut tried = 0;
+        loop {
+            match self.pools[i].send(req).await {
+                Ok(r) => return Ok(r),
+                Err((e, Some(back))) => {
+                    tried += 1;
+                    let next = (1..n)
+                        .map(|k| (i + k) % n)
+                        .find(|&j| self.cfg.targets[j].base_path == *base && j != first);
+                    match next {
+                        Some(j) if tried < n => {
+                            tracing::warn!(target = self.pools[i].addr(), error = %e, "upstream target unreachable: trying the next one");
+                            req = back;
+                            // An HTTP/1.0 request without Host was given the target's own.
+                            if req.headers().get(http::header::HOST).map(|h| h.as_bytes())
+                                == Some(self.cfg.targets[i].authority.as_str().as_bytes())
+                            {
+                                if let Ok(v) = http::HeaderValue::from_str(
+                                    self.cfg.targets[j].authority.as_str(),
+                                ) {
+                                    req.headers_mut().insert(http::header::HOST, v);
+                                }
+                            }
+                            i = j;
+                        }
+                        _ => return Err(e),
+                    }
+                }
+                Err((e, None)) => return Err(e),
+            }
+        }
     }
 }
 

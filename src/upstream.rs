@@ -117,11 +117,12 @@ impl Pool {
     }
 
     /// Sends `req` (origin-form URI) and returns the response, its body streaming from the
-    /// connection, which rejoins the pool when the body ends.
+    /// connection, which rejoins the pool when the body ends. When no connection could be
+    /// opened, nothing was sent and the request comes back with the error, for another target.
     pub async fn send(
         self: &Arc<Self>,
         mut req: Request<Body>,
-    ) -> Result<Response<PooledBody>, SendError> {
+    ) -> Result<Response<PooledBody>, (SendError, Option<Request<Body>>)> {
         loop {
             let taken = self.idle().pop_back();
             let Some(Idle { mut tx, .. }) = taken else {
@@ -135,15 +136,26 @@ impl Pool {
                 Err(mut e) => match e.take_message() {
                     // Never written: the connection was gone; the next one gets it.
                     Some(unsent) => req = unsent,
-                    None => return Err(SendError::Http(e.into_error())),
+                    None => return Err((SendError::Http(e.into_error()), None)),
                 },
             }
         }
         // Boxed: the connect future (TLS handshake state included) is kilobytes, and inline it
         // would be copied with every request's future, pooled or not.
-        let mut tx = Box::pin(self.connect()).await?;
-        let resp = tx.send_request(req).await.map_err(SendError::Http)?;
+        let mut tx = match Box::pin(self.connect()).await {
+            Ok(tx) => tx,
+            Err(e) => return Err((e, Some(req))),
+        };
+        let resp = tx
+            .send_request(req)
+            .await
+            .map_err(|e| (SendError::Http(e), None))?;
         Ok(self.wrap(resp, tx))
+    }
+
+    /// `host:port` this pool connects to.
+    pub fn addr(&self) -> &str {
+        &self.addr
     }
 
     fn wrap(

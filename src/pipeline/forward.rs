@@ -528,7 +528,7 @@ pub async fn send(mut req: Request<Incoming>, f: Forward<'_>) -> Result<Response
     if let Some(v) = forwarded_host {
         h.insert(X_FORWARDED_HOST, v);
     }
-    let (target, pool) = f.upstream.pick();
+    let (picked, target) = f.upstream.pick();
     if !host_in_map {
         match host {
             // Back if a `Connection` header named it; set from `:authority` on HTTP/2.
@@ -618,16 +618,17 @@ pub async fn send(mut req: Request<Incoming>, f: Forward<'_>) -> Result<Response
     // From when the caller sent it on (already read from the clock, for the upstream time).
     let deadline = tokio::time::Instant::from_std(f.sent + f.upstream.cfg.timeout);
     // Boxed: the send future is about a kilobyte, and `timeout` would copy it in twice.
-    let mut resp = match tokio::time::timeout_at(deadline, Box::pin(pool.send(up_req))).await {
-        Err(_) => return Err(Reject::UpstreamTimeout),
-        Ok(Err(e)) => {
-            if caused_by_too_large(&e) {
-                return Err(Reject::PayloadTooLarge);
+    let mut resp =
+        match tokio::time::timeout_at(deadline, Box::pin(f.upstream.send(picked, up_req))).await {
+            Err(_) => return Err(Reject::UpstreamTimeout),
+            Ok(Err(e)) => {
+                if caused_by_too_large(&e) {
+                    return Err(Reject::PayloadTooLarge);
+                }
+                return Err(Reject::UpstreamUnavailable(error_chain(&e)));
             }
-            return Err(Reject::UpstreamUnavailable(error_chain(&e)));
-        }
-        Ok(Ok(r)) => r,
-    };
+            Ok(Ok(r)) => r,
+        };
 
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client_up) = client_upgrade {

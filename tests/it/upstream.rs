@@ -284,3 +284,40 @@ async fn an_upstream_response_with_both_length_and_chunks_reaches_the_client_who
     .expect("the client gets the whole response");
     assert_eq!(r, (http::StatusCode::OK, "ok".to_string()));
 }
+
+#[tokio::test]
+async fn a_target_that_refuses_connections_is_passed_over_for_the_next() {
+    let (a, _) = counting_upstream(Duration::from_secs(30)).await;
+    let (b, _) = counting_upstream(Duration::from_secs(30)).await;
+    let dead = format!("127.0.0.1:{}", free_port());
+    let gw = Gateway::start(&format!(
+        r#"
+[upstreams.app]
+targets = ["http://{a}", "http://{dead}", "http://{b}"]
+
+[upstreams.gone]
+targets = ["http://{dead}"]
+
+[[routes]]
+name = "gone"
+prefix = "/gone"
+auth = "public"
+upstream = "gone"
+
+[[routes]]
+name = "all"
+prefix = "/"
+auth = "public"
+upstream = "app"
+"#
+    ))
+    .await;
+    let c = client();
+    for i in 0..9 {
+        let r = c.get(gw.url("/x")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "request {i}");
+    }
+    // With no target left, still a 502.
+    let r = c.get(gw.url("/gone")).send().await.unwrap();
+    assert_eq!(code_of(r).await, (502, "upstream_unavailable".into()));
+}
