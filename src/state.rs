@@ -47,42 +47,54 @@ impl Upstream {
     pub async fn send(
         &self,
         first: usize,
+        req: Request<Body>,
+    ) -> Result<Response<PooledBody>, SendError> {
+        let mut unsent = None;
+        match self.pools[first].send(req, &mut unsent).await {
+            Ok(r) => Ok(r),
+            Err(e) => match unsent {
+                // Boxed: taken only when a target is down, it would grow every request's
+                // future.
+                Some(back) if self.pools.len() > 1 => Box::pin(self.failover(first, e, back)).await,
+                _ => Err(e),
+            },
+        }
+    }
+
+    /// The rest of [`Upstream::send`] after target `first` could not be connected to.
+    async fn failover(
+        &self,
+        first: usize,
+        mut e: SendError,
         mut req: Request<Body>,
     ) -> Result<Response<PooledBody>, SendError> {
         let n = self.pools.len();
         let base = &self.cfg.targets[first].base_path;
         let mut i = first;
-        let mut tried = 0;
-        loop {
-            match self.pools[i].send(req).await {
-                Ok(r) => return Ok(r),
-                Err((e, Some(back))) => {
-                    tried += 1;
-                    let next = (1..n)
-                        .map(|k| (i + k) % n)
-                        .find(|&j| self.cfg.targets[j].base_path == *base && j != first);
-                    match next {
-                        Some(j) if tried < n => {
-                            tracing::warn!(target = self.pools[i].addr(), error = %e, "upstream target unreachable: trying the next one");
-                            req = back;
-                            // An HTTP/1.0 request without Host was given the target's own.
-                            if req.headers().get(http::header::HOST).map(|h| h.as_bytes())
-                                == Some(self.cfg.targets[i].authority.as_str().as_bytes())
-                            {
-                                if let Ok(v) = http::HeaderValue::from_str(
-                                    self.cfg.targets[j].authority.as_str(),
-                                ) {
-                                    req.headers_mut().insert(http::header::HOST, v);
-                                }
-                            }
-                            i = j;
-                        }
-                        _ => return Err(e),
-                    }
+        for k in 1..n {
+            let j = (first + k) % n;
+            if self.cfg.targets[j].base_path != *base {
+                continue;
+            }
+            tracing::warn!(target = self.pools[i].addr(), error = %e, "upstream target unreachable: trying the next one");
+            // An HTTP/1.0 request without Host was given the target's own.
+            if req.headers().get(http::header::HOST).map(|h| h.as_bytes())
+                == Some(self.cfg.targets[i].authority.as_str().as_bytes())
+            {
+                if let Ok(v) = http::HeaderValue::from_str(self.cfg.targets[j].authority.as_str()) {
+                    req.headers_mut().insert(http::header::HOST, v);
                 }
-                Err((e, None)) => return Err(e),
+            }
+            let mut unsent = None;
+            match self.pools[j].send(req, &mut unsent).await {
+                Ok(r) => return Ok(r),
+                Err(err) => match unsent {
+                    Some(back) => (e, req, i) = (err, back, j),
+                    None => return Err(err),
+                },
             }
         }
+        Err(e)
     }
 }
 

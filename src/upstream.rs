@@ -118,11 +118,13 @@ impl Pool {
 
     /// Sends `req` (origin-form URI) and returns the response, its body streaming from the
     /// connection, which rejoins the pool when the body ends. When no connection could be
-    /// opened, nothing was sent and the request comes back with the error, for another target.
+    /// opened, nothing was sent and the request is put in `unsent`, for another target (there,
+    /// not in the error: a larger result would be copied on every request's way back).
     pub async fn send(
         self: &Arc<Self>,
         mut req: Request<Body>,
-    ) -> Result<Response<PooledBody>, (SendError, Option<Request<Body>>)> {
+        unsent: &mut Option<Request<Body>>,
+    ) -> Result<Response<PooledBody>, SendError> {
         loop {
             let taken = self.idle().pop_back();
             let Some(Idle { mut tx, .. }) = taken else {
@@ -136,7 +138,7 @@ impl Pool {
                 Err(mut e) => match e.take_message() {
                     // Never written: the connection was gone; the next one gets it.
                     Some(unsent) => req = unsent,
-                    None => return Err((SendError::Http(e.into_error()), None)),
+                    None => return Err(SendError::Http(e.into_error())),
                 },
             }
         }
@@ -144,12 +146,12 @@ impl Pool {
         // would be copied with every request's future, pooled or not.
         let mut tx = match Box::pin(self.connect()).await {
             Ok(tx) => tx,
-            Err(e) => return Err((e, Some(req))),
+            Err(e) => {
+                *unsent = Some(req);
+                return Err(e);
+            }
         };
-        let resp = tx
-            .send_request(req)
-            .await
-            .map_err(|e| (SendError::Http(e), None))?;
+        let resp = tx.send_request(req).await.map_err(SendError::Http)?;
         Ok(self.wrap(resp, tx))
     }
 
