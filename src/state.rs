@@ -17,7 +17,7 @@ use crate::pipeline::ip_policy::IpPolicy;
 use crate::pipeline::rate_limit::{Limiters, LoginGuard};
 use crate::store::Store;
 use crate::token::Keys;
-use crate::upstream::{Pool, PooledBody, Pools, SendError};
+use crate::upstream::{Pool, PooledBody, Pools, SendFail};
 
 /// A route compiled for the hot path.
 pub struct Route {
@@ -33,41 +33,31 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// Round robin over the targets: the index of the next one and the target.
-    pub fn pick(&self) -> (usize, &Target) {
+    /// Round robin over the targets: the next one's index, target and connection pool.
+    pub fn pick(&self) -> (usize, &Target, &Arc<Pool>) {
         let n = self.cfg.targets.len().max(1);
         let i = self.next.fetch_add(1, Ordering::Relaxed) % n;
-        (i, &self.cfg.targets[i])
+        (i, &self.cfg.targets[i], &self.pools[i])
     }
 
-    /// Send to target `first`; when it cannot be connected to (refused, unreachable, TLS
-    /// handshake failed, `connect_timeout`), nothing was sent, and the request goes to the next
-    /// target that takes the same path (same base path), each tried once. An error once the
-    /// request is on its way is not retried: the upstream may have acted on it.
-    pub async fn send(
-        &self,
-        first: usize,
-        req: Request<Body>,
-    ) -> Result<Response<PooledBody>, SendError> {
-        let mut unsent = None;
-        match self.pools[first].send(req, &mut unsent).await {
-            Ok(r) => Ok(r),
-            Err(e) => match unsent {
-                // Boxed: taken only when a target is down, it would grow every request's
-                // future.
-                Some(back) if self.pools.len() > 1 => Box::pin(self.failover(first, e, back)).await,
-                _ => Err(e),
-            },
-        }
+    /// Whether there are targets to fail over to.
+    pub fn has_others(&self) -> bool {
+        self.pools.len() > 1
     }
 
-    /// The rest of [`Upstream::send`] after target `first` could not be connected to.
-    async fn failover(
+    /// Target `first` could not be connected to (refused, unreachable, TLS handshake failed,
+    /// `connect_timeout`), so nothing was sent: the request goes to the next target that takes
+    /// the same path (same base path), each tried once. An error once the request is on its
+    /// way is not retried: the upstream may have acted on it.
+    pub async fn failover(
         &self,
         first: usize,
-        mut e: SendError,
-        mut req: Request<Body>,
-    ) -> Result<Response<PooledBody>, SendError> {
+        mut fail: SendFail,
+    ) -> Result<Response<PooledBody>, SendFail> {
+        let Some(req) = fail.unsent.take() else {
+            return Err(fail);
+        };
+        let mut req: Request<Body> = *req;
         let n = self.pools.len();
         let base = &self.cfg.targets[first].base_path;
         let mut i = first;
@@ -76,7 +66,7 @@ impl Upstream {
             if self.cfg.targets[j].base_path != *base {
                 continue;
             }
-            tracing::warn!(target = self.pools[i].addr(), error = %e, "upstream target unreachable: trying the next one");
+            tracing::warn!(target = self.pools[i].addr(), error = %fail.err, "upstream target unreachable: trying the next one");
             // An HTTP/1.0 request without Host was given the target's own.
             if req.headers().get(http::header::HOST).map(|h| h.as_bytes())
                 == Some(self.cfg.targets[i].authority.as_str().as_bytes())
@@ -85,16 +75,18 @@ impl Upstream {
                     req.headers_mut().insert(http::header::HOST, v);
                 }
             }
-            let mut unsent = None;
-            match self.pools[j].send(req, &mut unsent).await {
+            match self.pools[j].send(req).await {
                 Ok(r) => return Ok(r),
-                Err(err) => match unsent {
-                    Some(back) => (e, req, i) = (err, back, j),
-                    None => return Err(err),
-                },
+                Err(SendFail {
+                    err,
+                    unsent: Some(back),
+                }) => {
+                    (fail, req, i) = (err.into(), *back, j);
+                }
+                Err(f) => return Err(f),
             }
         }
-        Err(e)
+        Err(fail)
     }
 }
 

@@ -71,6 +71,20 @@ impl StdError for SendError {
     }
 }
 
+/// A failed send: the error, and the request when it was never sent (no connection could be
+/// opened), for another target. Boxed, so that the result stays the size of a response.
+#[derive(Debug)]
+pub struct SendFail {
+    pub err: SendError,
+    pub unsent: Option<Box<Request<Body>>>,
+}
+
+impl From<SendError> for SendFail {
+    fn from(err: SendError) -> SendFail {
+        SendFail { err, unsent: None }
+    }
+}
+
 struct Idle {
     tx: SendRequest<Body>,
     since: Instant,
@@ -118,13 +132,11 @@ impl Pool {
 
     /// Sends `req` (origin-form URI) and returns the response, its body streaming from the
     /// connection, which rejoins the pool when the body ends. When no connection could be
-    /// opened, nothing was sent and the request is put in `unsent`, for another target (there,
-    /// not in the error: a larger result would be copied on every request's way back).
+    /// opened, nothing was sent and the request comes back in the error, for another target.
     pub async fn send(
         self: &Arc<Self>,
         mut req: Request<Body>,
-        unsent: &mut Option<Request<Body>>,
-    ) -> Result<Response<PooledBody>, SendError> {
+    ) -> Result<Response<PooledBody>, SendFail> {
         loop {
             let taken = self.idle().pop_back();
             let Some(Idle { mut tx, .. }) = taken else {
@@ -138,7 +150,7 @@ impl Pool {
                 Err(mut e) => match e.take_message() {
                     // Never written: the connection was gone; the next one gets it.
                     Some(unsent) => req = unsent,
-                    None => return Err(SendError::Http(e.into_error())),
+                    None => return Err(SendError::Http(e.into_error()).into()),
                 },
             }
         }
@@ -146,12 +158,17 @@ impl Pool {
         // would be copied with every request's future, pooled or not.
         let mut tx = match Box::pin(self.connect()).await {
             Ok(tx) => tx,
-            Err(e) => {
-                *unsent = Some(req);
-                return Err(e);
+            Err(err) => {
+                return Err(SendFail {
+                    err,
+                    unsent: Some(Box::new(req)),
+                })
             }
         };
-        let resp = tx.send_request(req).await.map_err(SendError::Http)?;
+        let resp = tx
+            .send_request(req)
+            .await
+            .map_err(|e| SendFail::from(SendError::Http(e)))?;
         Ok(self.wrap(resp, tx))
     }
 

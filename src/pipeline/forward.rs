@@ -528,7 +528,7 @@ pub async fn send(mut req: Request<Incoming>, f: Forward<'_>) -> Result<Response
     if let Some(v) = forwarded_host {
         h.insert(X_FORWARDED_HOST, v);
     }
-    let (picked, target) = f.upstream.pick();
+    let (picked, target, pool) = f.upstream.pick();
     if !host_in_map {
         match host {
             // Back if a `Connection` header named it; set from `:authority` on HTTP/2.
@@ -617,18 +617,26 @@ pub async fn send(mut req: Request<Incoming>, f: Forward<'_>) -> Result<Response
     let up_req = Request::from_parts(parts, body);
     // From when the caller sent it on (already read from the clock, for the upstream time).
     let deadline = tokio::time::Instant::from_std(f.sent + f.upstream.cfg.timeout);
-    // Boxed: the send future is about a kilobyte, and `timeout` would copy it in twice.
-    let mut resp =
-        match tokio::time::timeout_at(deadline, Box::pin(f.upstream.send(picked, up_req))).await {
-            Err(_) => return Err(Reject::UpstreamTimeout),
-            Ok(Err(e)) => {
-                if caused_by_too_large(&e) {
-                    return Err(Reject::PayloadTooLarge);
-                }
-                return Err(Reject::UpstreamUnavailable(error_chain(&e)));
+    // Boxed: the send future is about a kilobyte, and `timeout` would copy it in twice. The
+    // picked target's pool is asked directly; only when it could not connect (the request is
+    // back, unsent) do the other targets get it, so the common path has no extra layer.
+    let mut sent = tokio::time::timeout_at(deadline, Box::pin(pool.send(up_req))).await;
+    if f.upstream.has_others() && matches!(&sent, Ok(Err(fail)) if fail.unsent.is_some()) {
+        if let Ok(Err(fail)) = sent {
+            sent = tokio::time::timeout_at(deadline, Box::pin(f.upstream.failover(picked, fail)))
+                .await;
+        }
+    }
+    let mut resp = match sent {
+        Err(_) => return Err(Reject::UpstreamTimeout),
+        Ok(Err(crate::upstream::SendFail { err: e, .. })) => {
+            if caused_by_too_large(&e) {
+                return Err(Reject::PayloadTooLarge);
             }
-            Ok(Ok(r)) => r,
-        };
+            return Err(Reject::UpstreamUnavailable(error_chain(&e)));
+        }
+        Ok(Ok(r)) => r,
+    };
 
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client_up) = client_upgrade {
