@@ -59,20 +59,16 @@ pub fn record(
                 .as_str(),
         );
     }
-    for (code, cause) in &out.dry_run {
-        tracing::warn!(
-            target: "security",
-            client_ip = client_ip.as_deref().unwrap_or(""),
-            method = method.as_str(),
-            path = path.unwrap_or(""),
-            route,
-            code,
-            cause = cause.as_str(),
-            dry_run = true,
-            "would refuse (dry run)"
+    // Refusals on target `security`: those a dry-run route let through, then the real one.
+    let refusals = out
+        .dry_run
+        .iter()
+        .map(|(code, cause)| (*code, cause.as_str(), true))
+        .chain(
+            out.code
+                .map(|c| (c, out.cause.as_deref().unwrap_or(""), false)),
         );
-    }
-    if let Some(code) = out.code {
+    for (code, cause, dry_run) in refusals {
         tracing::warn!(
             target: "security",
             client_ip = client_ip.as_deref().unwrap_or(""),
@@ -81,8 +77,10 @@ pub fn record(
             route,
             status,
             code,
-            cause = out.cause.as_deref().unwrap_or(""),
-            "refused"
+            cause,
+            dry_run,
+            "{}",
+            if dry_run { "would refuse (dry run)" } else { "refused" }
         );
     }
 }

@@ -516,9 +516,8 @@ async fn redirect_loop(listener: TcpListener, https_port: u16, mut stop: watch::
                         (Some(v), None) => v
                             .to_str()
                             .ok()
-                            .and_then(|h| h.parse::<http::uri::Authority>().ok())
-                            .filter(|a| !a.as_str().contains('@') && !a.host().is_empty())
-                            .map(|a| a.host().to_string()),
+                            .filter(|h| crate::pipeline::valid_host(h.as_bytes()))
+                            .map(|h| crate::pipeline::route::host_of(h).to_string()),
                         (None, _) => Some("localhost".into()),
                         _ => None,
                     };

@@ -69,11 +69,10 @@ pub(super) fn build(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
                     .is_some_and(|rest| rest.starts_with('.') || rest.starts_with('['))
         })
     };
-    let mut i = 0;
-    v.errs.0.retain(|e| {
-        i += 1;
-        i <= shaped || !consequence(&e.path)
-    });
+    let found = v.errs.0.split_off(shaped);
+    v.errs
+        .0
+        .extend(found.into_iter().filter(|e| !consequence(&e.path)));
     if v.errs.0.is_empty() {
         let mut cfg = cfg;
         cfg.warnings = v.warnings;
@@ -185,26 +184,15 @@ fn de<T: DeserializeOwned>(mut v: toml::Value, path: &str, errs: &mut Shaping) -
             }
         };
         let msg = msg.split("\nin `").next().unwrap_or("").trim().to_string();
-        let unknown = unknown_field(&msg).map(str::to_string);
-        // The table holding the offending key, and that key.
-        let (parent, key) = match (&unknown, at.split_last()) {
-            (Some(f), _) => {
-                // The path may or may not end at the unknown key itself.
-                let ends_at_it = matches!(at.last(), Some(serde_path_to_error::Segment::Map { key }) if key == f);
-                let parent = if ends_at_it {
-                    &at[..at.len() - 1]
-                } else {
-                    &at[..]
-                };
-                (parent, Some(f.clone()))
-            }
-            (None, Some((serde_path_to_error::Segment::Map { key }, parent))) => {
-                (parent, Some(key.clone()))
+        // The path ends at the offending key (unknown, or of the wrong type); its table holds it.
+        let (parent, key) = match at.split_last() {
+            Some((serde_path_to_error::Segment::Map { key }, parent)) => {
+                (parent, Some(key.as_str()))
             }
             _ => (&at[..], None),
         };
-        let where_ = key_path(path, parent, key.as_deref());
-        let removed = key.as_deref().is_some_and(|k| {
+        let where_ = key_path(path, parent, key);
+        let removed = key.is_some_and(|k| {
             lookup(&mut v, parent)
                 .and_then(|t| t.as_table_mut())
                 .is_some_and(|t| t.remove(k).is_some())
@@ -783,6 +771,7 @@ impl Validator {
             );
         }
         let cookie = CookieConfig {
+            refresh_name: format!("{cookie_name}_refresh"),
             name: cookie_name,
             secure,
             http_only: c.http_only.unwrap_or(true),

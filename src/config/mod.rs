@@ -221,6 +221,8 @@ pub enum SameSite {
 #[derive(Debug, Clone)]
 pub struct CookieConfig {
     pub name: String,
+    /// `<name>_refresh`: the refresh token's cookie.
+    pub refresh_name: String,
     pub secure: bool,
     pub http_only: bool,
     pub same_site: SameSite,

@@ -18,10 +18,11 @@ use hyper_util::rt::TokioIo;
 
 use crate::activity::{Activity, BodyOpen};
 use crate::body::{Body, BoxError};
-use crate::config::TokenConfig;
+use crate::config::{CookieConfig, TokenConfig};
 use crate::error::Reject;
 use crate::state::Upstream;
 use crate::token::Claims;
+use crate::upstream::SendFail;
 
 /// What the forward phase needs to know about the request besides the request itself.
 pub struct Forward<'a> {
@@ -282,7 +283,8 @@ pub fn claim_header_value(v: &serde_json::Value) -> Option<HeaderValue> {
     HeaderValue::from_bytes(s.as_bytes()).ok()
 }
 
-/// Remove the token (Authorization with one of our schemes, the token header, our cookies).
+/// Remove the token from `Authorization` (our schemes) and the token header; the cookie goes in
+/// [`rewrite_cookies`].
 pub fn strip_token(h: &mut HeaderMap, token: &TokenConfig) {
     let ours = |v: &HeaderValue| {
         v.to_str()
@@ -303,62 +305,52 @@ pub fn strip_token(h: &mut HeaderMap, token: &TokenConfig) {
         }
     }
     h.remove(&token.header);
-    strip_cookies(h, token, true);
 }
 
-/// Remove the gateway's cookies from `Cookie`: the refresh token's always, the access token's
-/// when `access` (it is forwarded with `forward_token`). Other cookies are kept in order.
-pub fn strip_cookies(h: &mut HeaderMap, token: &TokenConfig, access: bool) {
-    if !h.contains_key(header::COOKIE) {
-        return;
-    }
-    let name = token.cookie.name.as_str();
-    let refresh = format!("{name}_refresh");
-    let mut kept: Vec<&str> = Vec::new();
-    let all: Vec<String> = h
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok().map(str::to_string))
-        .collect();
-    let mut changed = false;
-    for line in &all {
-        for pair in line.split(';') {
-            let n = pair.split_once('=').map(|(n, _)| n).unwrap_or(pair).trim();
-            if n == refresh || (access && n == name) {
-                changed = true;
-            } else if !pair.trim().is_empty() {
-                kept.push(pair.trim());
-            }
-        }
-    }
-    if changed {
-        h.remove(header::COOKIE);
-        if !kept.is_empty() {
-            if let Ok(v) = HeaderValue::from_str(&kept.join("; ")) {
-                h.insert(header::COOKIE, v);
-            }
-        }
-    }
-}
-
-/// Several `Cookie` fields become one, joined with "; ": HTTP/2 clients send each cookie as
-/// its own field (RFC 9113 §8.2.3), and an HTTP/1.1 upstream expects a single one (RFC 6265
-/// §5.4).
-fn join_cookies(h: &mut HeaderMap) {
-    let mut all = h.get_all(header::COOKIE).iter();
-    if all.next().is_none() || all.next().is_none() {
+/// The request's cookies as one `Cookie` field, without the gateway's own (`ours`: the cookie
+/// config, and whether the access token's cookie goes too; the refresh token's always does).
+/// HTTP/2 clients send each cookie as its own field (RFC 9113 §8.2.3) and an HTTP/1.1 upstream
+/// expects one (RFC 6265 §5.4). A single field with none of ours is left as it is, unread.
+fn rewrite_cookies(h: &mut HeaderMap, ours: Option<(&CookieConfig, bool)>) {
+    let is_ours = |pair: &[u8]| {
+        let name = pair
+            .split(|&c| c == b'=')
+            .next()
+            .unwrap_or(pair)
+            .trim_ascii();
+        ours.is_some_and(|(c, access)| {
+            name == c.refresh_name.as_bytes() || (access && name == c.name.as_bytes())
+        })
+    };
+    let fields = h.get_all(header::COOKIE);
+    let several = fields.iter().nth(1).is_some();
+    let any_ours = || ours.is_some() && fields.iter().flat_map(cookie_pairs).any(is_ours);
+    if !several && !any_ours() {
         return;
     }
     let mut joined: Vec<u8> = Vec::new();
-    for v in h.get_all(header::COOKIE) {
-        if !joined.is_empty() {
-            joined.extend_from_slice(b"; ");
+    for v in fields {
+        for pair in cookie_pairs(v).filter(|p| !is_ours(p)) {
+            if !joined.is_empty() {
+                joined.extend_from_slice(b"; ");
+            }
+            joined.extend_from_slice(pair);
         }
-        joined.extend_from_slice(v.as_bytes());
     }
-    if let Ok(v) = HeaderValue::from_bytes(&joined) {
-        h.insert(header::COOKIE, v);
+    h.remove(header::COOKIE);
+    if !joined.is_empty() {
+        if let Ok(v) = HeaderValue::from_bytes(&joined) {
+            h.insert(header::COOKIE, v);
+        }
     }
+}
+
+/// The `name=value` pairs of a `Cookie` field, trimmed.
+fn cookie_pairs(v: &HeaderValue) -> impl Iterator<Item = &[u8]> {
+    v.as_bytes()
+        .split(|&c| c == b';')
+        .map(<[u8]>::trim_ascii)
+        .filter(|p| !p.is_empty())
 }
 
 /// The request body, refused once it passes `max`.
@@ -553,11 +545,8 @@ pub async fn send(mut req: Request<Incoming>, f: Forward<'_>) -> Result<Response
                 h.remove(r);
             }
         }
-        if !tc.forward_token && seen.has(Seen::AUTHORIZATION | Seen::COOKIE | Seen::OURS) {
+        if !tc.forward_token && seen.has(Seen::AUTHORIZATION | Seen::OURS) {
             strip_token(h, tc);
-        } else if tc.forward_token && seen.has(Seen::COOKIE) {
-            // The access token may go on; the refresh cookie, as the refresh header, never.
-            strip_cookies(h, tc, false);
         }
         if let Some(claims) = f.claims {
             for (claim, name) in &tc.forward_claims {
@@ -575,7 +564,9 @@ pub async fn send(mut req: Request<Incoming>, f: Forward<'_>) -> Result<Response
         }
     }
     if seen.has(Seen::COOKIE) {
-        join_cookies(h);
+        // The access token's cookie goes on only with `forward_token`; the refresh token's,
+        // as its header, never.
+        rewrite_cookies(h, f.token.map(|tc| (&tc.cookie, !tc.forward_token)));
     }
     if upgrade {
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
@@ -621,15 +612,20 @@ pub async fn send(mut req: Request<Incoming>, f: Forward<'_>) -> Result<Response
     // picked target's pool is asked directly; only when it could not connect (the request is
     // back, unsent) do the other targets get it, so the common path has no extra layer.
     let mut sent = tokio::time::timeout_at(deadline, Box::pin(pool.send(up_req))).await;
-    if f.upstream.has_others() && matches!(&sent, Ok(Err(fail)) if fail.unsent.is_some()) {
-        if let Ok(Err(fail)) = sent {
+    if f.upstream.has_others() {
+        if let Ok(Err(
+            fail @ SendFail {
+                unsent: Some(_), ..
+            },
+        )) = sent
+        {
             sent = tokio::time::timeout_at(deadline, Box::pin(f.upstream.failover(picked, fail)))
                 .await;
         }
     }
     let mut resp = match sent {
         Err(_) => return Err(Reject::UpstreamTimeout),
-        Ok(Err(crate::upstream::SendFail { err: e, .. })) => {
+        Ok(Err(SendFail { err: e, .. })) => {
             if caused_by_too_large(&e) {
                 return Err(Reject::PayloadTooLarge);
             }

@@ -43,11 +43,7 @@ pub fn set_cookie(
 }
 
 /// Drop an upstream `Set-Cookie` for the gateway's own cookie names.
-pub fn drop_our_cookies(h: &mut HeaderMap, cookie_name: &str) {
-    if !h.contains_key(header::SET_COOKIE) {
-        return;
-    }
-    let refresh = format!("{cookie_name}_refresh");
+fn drop_our_cookies(h: &mut HeaderMap, cookie: &CookieConfig) {
     let keep: Vec<HeaderValue> = h
         .get_all(header::SET_COOKIE)
         .iter()
@@ -57,7 +53,7 @@ pub fn drop_our_cookies(h: &mut HeaderMap, cookie_name: &str) {
                 .ok()
                 .and_then(|s| s.split_once('='))
                 .map(|(n, _)| n.trim());
-            name != Some(cookie_name) && name != Some(refresh.as_str())
+            name != Some(cookie.name.as_str()) && name != Some(cookie.refresh_name.as_str())
         })
         .cloned()
         .collect();
@@ -67,9 +63,9 @@ pub fn drop_our_cookies(h: &mut HeaderMap, cookie_name: &str) {
     }
 }
 
-/// On routes that do not mint: drop an upstream's copies of the gateway's own token headers
-/// and cookies, so only the gateway ever hands them out. One pass over the names; the map is
-/// touched only for what is there.
+/// Drop an upstream's copies of the gateway's own token headers and cookies (on every route,
+/// minting or not), so only the gateway ever hands them out. One pass over the names; the
+/// map is touched only for what is there.
 pub fn drop_our_headers(h: &mut HeaderMap, token: &TokenConfig, refresh: Option<&HeaderName>) {
     let (mut cookie, mut ours) = (false, false);
     for k in h.keys() {
@@ -80,7 +76,7 @@ pub fn drop_our_headers(h: &mut HeaderMap, token: &TokenConfig, refresh: Option<
         }
     }
     if cookie {
-        drop_our_cookies(h, &token.cookie.name);
+        drop_our_cookies(h, &token.cookie);
     }
     if ours {
         h.remove(&token.header);
@@ -126,13 +122,9 @@ pub fn apply(resp: &mut Response<Body>, m: &MintCtx<'_>) -> Result<Minted, Rejec
             }
         }
     }
-    drop_our_cookies(resp.headers_mut(), &m.token.cookie.name);
     // Only the gateway hands out tokens: the upstream's own copies of our headers go, minted
     // or not, so a client never takes an upstream's value for one of ours.
-    resp.headers_mut().remove(&m.token.header);
-    if let Some(r) = m.refresh {
-        resp.headers_mut().remove(&r.header);
-    }
+    drop_our_headers(resp.headers_mut(), m.token, m.refresh.map(|r| &r.header));
     if !m.rule.status.contains(&resp.status().as_u16()) {
         return Ok(Minted::No);
     }
@@ -212,8 +204,8 @@ pub fn apply(resp: &mut Response<Body>, m: &MintCtx<'_>) -> Result<Minted, Rejec
             .map_err(|_| Reject::Internal("token not header-safe".into()))?;
         h.insert(r.header.clone(), hv);
         if m.token.set_cookie {
-            let name = format!("{}_refresh", m.token.cookie.name);
-            if let Some(c) = set_cookie(&m.token.cookie, &name, &refresh.token, r.ttl) {
+            let name = &m.token.cookie.refresh_name;
+            if let Some(c) = set_cookie(&m.token.cookie, name, &refresh.token, r.ttl) {
                 h.append(header::SET_COOKIE, c);
             }
         }

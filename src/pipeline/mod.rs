@@ -475,10 +475,7 @@ fn check_head(
         // Allowed for a target without an authority; nothing to route on.
         return Ok(());
     }
-    let valid = plain_host(host.as_bytes())
-        || (!host.as_bytes().contains(&b'@')
-            && http::uri::Authority::try_from(host.as_bytes()).is_ok());
-    if !valid {
+    if !valid_host(host.as_bytes()) {
         return Err(Reject::BadRequest("invalid Host header"));
     }
     let h1 = matches!(version, http::Version::HTTP_10 | http::Version::HTTP_11);
@@ -488,6 +485,11 @@ fn check_head(
         }
     }
     Ok(())
+}
+
+/// A Host value that is one authority, `host[:port]`, with no userinfo.
+pub fn valid_host(h: &[u8]) -> bool {
+    plain_host(h) || (!h.contains(&b'@') && http::uri::Authority::try_from(h).is_ok())
 }
 
 /// `name[:port]` with a name of letters, digits, `.` and `-` and a port up to 65535: the Host

@@ -102,11 +102,10 @@ pub async fn serve(
     }
 
     // Refresh: the refresh token in its header or the `<cookie>_refresh` cookie.
-    let refresh_cookie = format!("{}_refresh", tc.cookie.name);
     let token = h
         .get(&refresh.header)
         .and_then(|v| v.to_str().ok())
-        .or_else(|| cookie(h, &refresh_cookie))
+        .or_else(|| cookie(h, &tc.cookie.refresh_name))
         .map(str::trim)
         .filter(|t| !t.is_empty())
         .ok_or(Reject::TokenMissing)?;
@@ -171,7 +170,12 @@ pub async fn serve(
         if let Some(c) = set_cookie(&tc.cookie, &tc.cookie.name, &access.token, tc.ttl) {
             hm.append(header::SET_COOKIE, c);
         }
-        if let Some(c) = set_cookie(&tc.cookie, &refresh_cookie, &next.token, refresh.ttl) {
+        if let Some(c) = set_cookie(
+            &tc.cookie,
+            &tc.cookie.refresh_name,
+            &next.token,
+            refresh.ttl,
+        ) {
             hm.append(header::SET_COOKIE, c);
         }
     }
@@ -198,11 +202,8 @@ fn carried_claims(
 }
 
 fn clear_cookies(r: &mut Response<Body>, tc: &TokenConfig) {
-    for name in [
-        tc.cookie.name.clone(),
-        format!("{}_refresh", tc.cookie.name),
-    ] {
-        if let Some(c) = set_cookie(&tc.cookie, &name, "", Duration::ZERO) {
+    for name in [&tc.cookie.name, &tc.cookie.refresh_name] {
+        if let Some(c) = set_cookie(&tc.cookie, name, "", Duration::ZERO) {
             r.headers_mut().append(header::SET_COOKIE, c);
         }
     }

@@ -26,6 +26,7 @@ fn cfg(algorithm: Algorithm, keys: KeyMaterial) -> TokenConfig {
         header: http::HeaderName::from_static("iptoken"),
         cookie: CookieConfig {
             name: "ipt".into(),
+            refresh_name: "ipt_refresh".into(),
             secure: true,
             http_only: true,
             same_site: SameSite::Strict,

@@ -300,9 +300,21 @@ impl Gateway {
         self.running.as_ref().unwrap()
     }
 
-    /// Rewrite gateway.toml and reload through the admin endpoint.
+    /// The gateway's config file.
     pub fn config_path(&self) -> PathBuf {
         self.dir.join("gateway.toml")
+    }
+
+    /// Rewrite gateway.toml with `text` and reload through the admin endpoint: its status.
+    pub async fn reload_with(&self, text: &str) -> u16 {
+        std::fs::write(self.config_path(), text).unwrap();
+        plain_client()
+            .post(self.admin_url("/reload"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
     }
 
     pub async fn shutdown(mut self) {

@@ -475,21 +475,14 @@ async fn a_dry_run_refusal_is_logged_with_the_request() {
 async fn a_reload_that_takes_tls_out_keeps_the_tls_listener_serving() {
     let up = Upstream::start().await;
     let gw = Gateway::start(&public_routes(&up)).await;
-    let path = gw.config_path();
-    let text = std::fs::read_to_string(&path).unwrap();
+    let text = std::fs::read_to_string(gw.config_path()).unwrap();
     let plain: String = text
         .lines()
         .filter(|l| !l.starts_with("tls = "))
         .map(|l| format!("{l}\n"))
         .collect();
     assert_ne!(text, plain);
-    std::fs::write(&path, plain).unwrap();
-    let r = plain_client()
-        .post(gw.admin_url("/reload"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(gw.reload_with(&plain).await, 200);
     // The listener was bound with TLS: it speaks TLS, with its certificate, until a restart.
     for _ in 0..3 {
         let r = client().get(gw.url("/x")).send().await.unwrap();

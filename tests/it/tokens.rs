@@ -55,6 +55,20 @@ async fn login(c: &reqwest::Client, gw: &Gateway, body: &str) -> reqwest::Respon
         .unwrap()
 }
 
+/// The claims of a token, decoded without checking it.
+fn claims_of(token: &str) -> serde_json::Value {
+    serde_json::from_slice(&B64.decode(token.split('.').nth(1).unwrap()).unwrap()).unwrap()
+}
+
+/// `POST /auth/refresh` with a refresh token in its header.
+async fn refresh_with(c: &reqwest::Client, gw: &Gateway, refresh: &str) -> reqwest::Response {
+    c.post(gw.url("/auth/refresh"))
+        .header("IPToken-Refresh", refresh)
+        .send()
+        .await
+        .unwrap()
+}
+
 fn token_of(r: &reqwest::Response) -> Option<String> {
     r.headers()
         .get("iptoken")
@@ -102,8 +116,7 @@ async fn a_utf8_claim_from_the_login_answer_is_minted_and_forwarded() {
     let r = login(&c, &gw, "").await;
     assert_eq!(r.status(), 200);
     let token = token_of(&r).expect("minted");
-    let claims: serde_json::Value =
-        serde_json::from_slice(&B64.decode(token.split('.').nth(1).unwrap()).unwrap()).unwrap();
+    let claims = claims_of(&token);
     assert_eq!(claims["sub"], "élise");
     let r = c
         .get(gw.url("/x"))
@@ -529,12 +542,7 @@ async fn cookies_refresh_rotation_reuse_detection_and_logout() {
         .unwrap();
     assert_eq!(code_of(r).await, (401, "token_invalid".into()));
     // Rotate.
-    let r = c
-        .post(gw.url("/auth/refresh"))
-        .header("IPToken-Refresh", &refresh)
-        .send()
-        .await
-        .unwrap();
+    let r = refresh_with(&c, &gw, &refresh).await;
     assert_eq!(r.status(), 200);
     let access2 = token_of(&r).unwrap();
     let refresh2 = r.headers()["iptoken-refresh"].to_str().unwrap().to_string();
@@ -549,12 +557,7 @@ async fn cookies_refresh_rotation_reuse_detection_and_logout() {
         200
     );
     // Reusing the spent refresh token revokes the whole family.
-    let r = c
-        .post(gw.url("/auth/refresh"))
-        .header("IPToken-Refresh", &refresh)
-        .send()
-        .await
-        .unwrap();
+    let r = refresh_with(&c, &gw, &refresh).await;
     assert_eq!(code_of(r).await, (401, "token_revoked".into()));
     let r = c
         .get(gw.url("/x"))
@@ -620,30 +623,17 @@ async fn a_refresh_takes_static_claims_from_the_current_config() {
     let c = client();
     let r = login(&c, &gw, "user=carol&role=admin").await;
     let refresh = r.headers()["iptoken-refresh"].to_str().unwrap().to_string();
-    let path = gw.config_path();
-    let text = std::fs::read_to_string(&path).unwrap();
+    let text = std::fs::read_to_string(gw.config_path()).unwrap();
     let changed = text.replace(
         "claims = { app = \"demo\" }",
         "claims = { app = \"v2\", tier = \"gold\" }",
     );
     assert_ne!(text, changed);
-    std::fs::write(&path, changed).unwrap();
-    let r = plain_client()
-        .post(gw.admin_url("/reload"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let r = c
-        .post(gw.url("/auth/refresh"))
-        .header("IPToken-Refresh", &refresh)
-        .send()
-        .await
-        .unwrap();
+    assert_eq!(gw.reload_with(&changed).await, 200);
+    let r = refresh_with(&c, &gw, &refresh).await;
     assert_eq!(r.status(), 200);
     let token = token_of(&r).unwrap();
-    let claims: serde_json::Value =
-        serde_json::from_slice(&B64.decode(token.split('.').nth(1).unwrap()).unwrap()).unwrap();
+    let claims = claims_of(&token);
     assert_eq!(claims["app"], "v2", "{claims}");
     assert_eq!(claims["tier"], "gold", "{claims}");
     // What the login took from the app's answer is carried over.
