@@ -121,11 +121,15 @@ fn class(k: &str) -> u32 {
     }
 }
 
-/// A name an app framework may read as a forwarding header (`_` for `-`, any case).
+/// A name an app framework may read as a forwarding header (`_` for `-`, any case), or as
+/// the path it really serves (`X-Original-URL`, `X-Rewrite-URL`: IIS, older Symfony and
+/// Laravel route on them, so a client could name a path the gateway never judged).
 fn forwarding_spelling(k: &str) -> bool {
     (k.len() > 12 && same_spelling(&k[..12], "x-forwarded-"))
         || same_spelling(k, "forwarded")
         || same_spelling(k, "x-real-ip")
+        || same_spelling(k, "x-original-url")
+        || same_spelling(k, "x-rewrite-url")
 }
 
 /// One pass over a request's headers.
@@ -227,6 +231,20 @@ fn is_upgrade(h: &HeaderMap) -> bool {
         })
     };
     has_token(header::UPGRADE, "websocket") && has_token(header::CONNECTION, "upgrade")
+}
+
+/// Whether a `101` answers the WebSocket key that was sent (RFC 6455 §4.2.2:
+/// `Sec-WebSocket-Accept` is base64(SHA-1(key + the protocol's GUID))).
+fn websocket_accepted(key: Option<&HeaderValue>, resp: &HeaderMap) -> bool {
+    use base64::Engine as _;
+    let (Some(key), Some(accept)) = (key, resp.get(header::SEC_WEBSOCKET_ACCEPT)) else {
+        return false;
+    };
+    let mut sha1 = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY);
+    sha1.update(key.as_bytes().trim_ascii());
+    sha1.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    let want = base64::engine::general_purpose::STANDARD.encode(sha1.finish());
+    accept.as_bytes().trim_ascii() == want.as_bytes()
 }
 
 /// Header names compared the way a lenient app framework would: case-insensitive, `_` = `-`.
@@ -372,6 +390,22 @@ impl fmt::Display for BodyTooLarge {
 
 impl std::error::Error for BodyTooLarge {}
 
+/// The client's request body could not be read (bad chunked framing, a connection gone).
+#[derive(Debug)]
+pub struct ClientBodyError(hyper::Error);
+
+impl fmt::Display for ClientBodyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("reading the request body failed")
+    }
+}
+
+impl std::error::Error for ClientBodyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
+
 impl HttpBody for LimitedBody {
     type Data = Bytes;
     type Error = BoxError;
@@ -392,7 +426,7 @@ impl HttpBody for LimitedBody {
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(ClientBodyError(e))))),
             Poll::Ready(None) => {
                 self.open = None;
                 Poll::Ready(None)
@@ -410,10 +444,11 @@ impl HttpBody for LimitedBody {
     }
 }
 
-fn caused_by_too_large(e: &(dyn std::error::Error + 'static)) -> bool {
+/// Whether `e` or an error under it is a `T`.
+fn caused_by<T: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
-        if err.is::<BodyTooLarge>() {
+        if err.is::<T>() {
             return true;
         }
         cur = err.source();
@@ -451,6 +486,9 @@ pub async fn send(mut req: Request<Incoming>, f: Forward<'_>) -> Result<Response
         && is_upgrade(req.headers())
         && req.version() == Version::HTTP_11;
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let ws_key = upgrade
+        .then(|| req.headers().get(header::SEC_WEBSOCKET_KEY).cloned())
+        .flatten();
     let (mut parts, body) = req.into_parts();
 
     // Host as the client sent it (HTTP/2: from :authority).
@@ -626,8 +664,12 @@ pub async fn send(mut req: Request<Incoming>, f: Forward<'_>) -> Result<Response
     let mut resp = match sent {
         Err(_) => return Err(Reject::UpstreamTimeout),
         Ok(Err(SendFail { err: e, .. })) => {
-            if caused_by_too_large(&e) {
+            if caused_by::<BodyTooLarge>(&e) {
                 return Err(Reject::PayloadTooLarge);
+            }
+            // The client's own body failed: its error, not the upstream's.
+            if caused_by::<ClientBodyError>(&e) {
+                return Err(Reject::BadRequest("the request body could not be read"));
             }
             return Err(Reject::UpstreamUnavailable(error_chain(&e)));
         }
@@ -636,6 +678,13 @@ pub async fn send(mut req: Request<Incoming>, f: Forward<'_>) -> Result<Response
 
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client_up) = client_upgrade {
+            // Only a WebSocket handshake completed for this very key opens the tunnel: after
+            // it, nothing on the connection is judged any more.
+            if !is_upgrade(resp.headers()) || !websocket_accepted(ws_key.as_ref(), resp.headers()) {
+                return Err(Reject::UpstreamUnavailable(
+                    "101 without a matching WebSocket handshake".into(),
+                ));
+            }
             let upstream_up = hyper::upgrade::on(&mut resp);
             tokio::spawn(async move {
                 if let (Ok(c), Ok(u)) = (client_up.await, upstream_up.await) {
@@ -665,6 +714,21 @@ pub async fn send(mut req: Request<Incoming>, f: Forward<'_>) -> Result<Response
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn websocket_accept_follows_rfc_6455() {
+        let key = HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ==");
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::SEC_WEBSOCKET_ACCEPT,
+            HeaderValue::from_static("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+        );
+        assert!(websocket_accepted(Some(&key), &h));
+        assert!(!websocket_accepted(None, &h));
+        let other = HeaderValue::from_static("AQIDBAUGBwgJCgsMDQ4PEC==");
+        assert!(!websocket_accepted(Some(&other), &h));
+        assert!(!websocket_accepted(Some(&key), &HeaderMap::new()));
+    }
 
     #[test]
     fn spellings() {

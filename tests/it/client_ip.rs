@@ -138,6 +138,8 @@ ip = {{ allow = ["127.0.0.1"] }}
         .header("X_Real_IP", "6.6.6.6")
         .header("X-Forwarded-Host", "evil.example")
         .header("X-Forwarded-Proto", "http")
+        .header("X-Original-URL", "/admin")
+        .header("X_Rewrite_URL", "/admin")
         .send()
         .await
         .unwrap();
@@ -150,7 +152,14 @@ ip = {{ allow = ["127.0.0.1"] }}
         1,
         "exactly one X-Forwarded-For line"
     );
-    for h in ["x-real-ip", "forwarded", "x_forwarded_for", "x_real_ip"] {
+    for h in [
+        "x-real-ip",
+        "forwarded",
+        "x_forwarded_for",
+        "x_real_ip",
+        "x-original-url",
+        "x_rewrite_url",
+    ] {
         assert_eq!(seen.header(h), None, "{h} reached the upstream");
     }
     assert_eq!(seen.header("x-forwarded-proto"), Some("https"));

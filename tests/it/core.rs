@@ -827,6 +827,64 @@ async fn websocket_upgrade_passes_through() {
     }
 }
 
+/// A `101` opens a tunnel nothing on the connection is judged in after it, so only one that
+/// completes the WebSocket handshake for the key sent does: not a bare `101`, not one without
+/// `Upgrade`, not one with a wrong `Sec-WebSocket-Accept`.
+#[tokio::test]
+async fn a_101_without_a_matching_websocket_handshake_is_a_502() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let answers: [&[u8]; 3] = [
+            b"HTTP/1.1 101 Switching Protocols\r\ncontent-length: 0\r\n\r\n",
+            b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nsec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n",
+            b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\nsec-websocket-accept: AAAAAAAAAAAAAAAAAAAAAAAAAAA=\r\n\r\n",
+        ];
+        for answer in answers {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            let _ = s.write_all(answer).await;
+            tokio::spawn(async move {
+                // Held open, as a tunnel would be.
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                drop(s);
+            });
+        }
+    });
+    let body = format!(
+        "[upstreams.app]\nurl = \"http://{addr}\"\n\n[[routes]]\nname = \"all\"\nprefix = \"/\"\nauth = \"public\"\nupstream = \"app\"\n"
+    );
+    let gw = Gateway::start_with(plain(), &body).await;
+    for i in 0..3 {
+        let out = raw(
+            gw.addr,
+            b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\nGET /admin HTTP/1.1\r\nHost: x\r\n\r\n",
+            Duration::from_secs(2),
+        )
+        .await;
+        assert!(out.starts_with("HTTP/1.1 502"), "answer {i}: {out}");
+        assert!(out.contains("upstream_unavailable"), "answer {i}: {out}");
+    }
+}
+
+/// A client whose chunked body is malformed gets 400, its own error, not a 502 that would
+/// count against the upstream.
+#[tokio::test]
+async fn a_malformed_chunked_request_body_is_a_400() {
+    let (_up, gw) = plain_public("").await;
+    let out = raw(
+        gw.addr,
+        b"POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\nFFFFFFFFFFFFFFFFF1\r\nabcde\r\n0\r\n\r\n",
+        Duration::from_secs(3),
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    assert!(out.contains("bad_request"), "{out}");
+}
+
 #[tokio::test]
 async fn only_websocket_upgrades_are_passed_on() {
     let up = Upstream::start().await;
