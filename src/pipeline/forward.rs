@@ -95,6 +95,7 @@ impl Seen {
     /// A header only the gateway reads or sets: the token header, the refresh header, a
     /// claim header (any spelling).
     pub const OURS: u32 = 1 << 13;
+    pub const EXPECT: u32 = 1 << 14;
 
     /// Whether any of `bits` was seen.
     pub fn has(&self, bits: u32) -> bool {
@@ -117,6 +118,7 @@ fn class(k: &str) -> u32 {
         "content-length" => Seen::CONTENT_LENGTH,
         "authorization" => Seen::AUTHORIZATION,
         "cookie" => Seen::COOKIE,
+        "expect" => Seen::EXPECT,
         _ => 0,
     }
 }
@@ -519,6 +521,12 @@ pub async fn send(mut req: Request<Incoming>, f: Forward<'_>) -> Result<Response
         .then(|| h.get(&X_FORWARDED_HOST).cloned())
         .flatten();
     strip_hop_by_hop(h, &seen);
+    if seen.has(Seen::EXPECT) {
+        // `100-continue` is answered by the gateway itself, when the body is first read: the
+        // upstream gets the body as any other, never a question it could answer with a 417
+        // after the client was told to go on.
+        h.remove(header::EXPECT);
+    }
     if !f.peer_trusted && seen.has(Seen::FORWARDING) {
         let doomed: Vec<HeaderName> = h
             .keys()

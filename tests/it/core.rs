@@ -870,6 +870,33 @@ async fn a_101_without_a_matching_websocket_handshake_is_a_502() {
     }
 }
 
+/// `Expect: 100-continue` is the gateway's to answer: the client is told to go on, and the
+/// upstream gets the body with no question it could still refuse.
+#[tokio::test]
+async fn expect_100_continue_is_answered_by_the_gateway() {
+    let (up, gw) = plain_public("").await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(
+        b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut buf = vec![0u8; 25];
+    tokio::time::timeout(Duration::from_secs(3), s.read_exact(&mut buf))
+        .await
+        .expect("a 100 Continue")
+        .unwrap();
+    assert!(buf.starts_with(b"HTTP/1.1 100 Continue\r\n"), "{buf:?}");
+    s.write_all(b"hello").await.unwrap();
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut rest)).await;
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(rest.contains("HTTP/1.1 200"), "{rest}");
+    let seen = up.last();
+    assert_eq!(seen.body.as_ref(), b"hello");
+    assert_eq!(seen.header("expect"), None, "Expect reached the upstream");
+}
+
 /// A client whose chunked body is malformed gets 400, its own error, not a 502 that would
 /// count against the upstream.
 #[tokio::test]
