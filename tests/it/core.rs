@@ -405,9 +405,7 @@ async fn counting_upstream(first: Option<tokio::sync::oneshot::Sender<()>>) -> S
             .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
             .await;
     });
-    format!(
-        "[upstreams.app]\nurl = \"http://{addr}\"\n\n[[routes]]\nname = \"all\"\nprefix = \"/\"\nauth = \"public\"\nupstream = \"app\"\n"
-    )
+    route_to(&format!("http://{addr}"), "")
 }
 
 #[tokio::test]
@@ -794,9 +792,7 @@ async fn websocket_upgrade_passes_through() {
             });
         }
     });
-    let body = format!(
-        "[upstreams.app]\nurl = \"http://{addr}\"\n\n[[routes]]\nname = \"all\"\nprefix = \"/\"\nauth = \"public\"\nupstream = \"app\"\n"
-    );
+    let body = route_to(&format!("http://{addr}"), "");
     let o = Opts {
         tls: false,
         server: "header_read_timeout = \"300ms\"",
@@ -854,9 +850,7 @@ async fn a_101_without_a_matching_websocket_handshake_is_a_502() {
             });
         }
     });
-    let body = format!(
-        "[upstreams.app]\nurl = \"http://{addr}\"\n\n[[routes]]\nname = \"all\"\nprefix = \"/\"\nauth = \"public\"\nupstream = \"app\"\n"
-    );
+    let body = route_to(&format!("http://{addr}"), "");
     let gw = Gateway::start_with(plain(), &body).await;
     for i in 0..3 {
         let out = raw(

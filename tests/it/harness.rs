@@ -550,3 +550,32 @@ pub fn insecure_tls() -> rustls::ClientConfig {
     .with_custom_certificate_verifier(Arc::new(AnyCert))
     .with_no_client_auth()
 }
+
+/// One public route `/` to upstream `app` at `url`, with `extra` lines in `[upstreams.app]`.
+pub fn route_to(url: &str, extra: &str) -> String {
+    format!(
+        r#"
+[upstreams.app]
+url = "{url}"
+{extra}
+
+[[routes]]
+name = "all"
+prefix = "/"
+auth = "public"
+upstream = "app"
+"#
+    )
+}
+
+/// The admin listener's `/metrics` text (`admin`: its base URL).
+pub async fn scrape(admin: &str) -> String {
+    plain_client()
+        .get(format!("{admin}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}

@@ -195,14 +195,7 @@ async fn dry_run_lets_a_refusal_through_and_records_it() {
         .unwrap();
     assert_eq!(r.status(), 200, "dry run lets the request through");
     assert_eq!(up.last().uri, "/would-be-refused");
-    let text = plain_client()
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = scrape(&gw.admin_url("")).await;
     assert!(
         metric(&text, "iptgate_dry_run_total", &["code=\"token_missing\""]) >= 1.0,
         "{text}"
@@ -415,14 +408,7 @@ upstream = "app"
 async fn fixed_series_are_exported_at_zero_from_the_start() {
     let up = Upstream::start().await;
     let gw = Logged::start(&routes(&up, "")).await;
-    let text = plain_client()
-        .get(format!("{}/metrics", gw.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = scrape(&gw.admin).await;
     for (name, labels) in [
         ("iptgate_config_reloads_total", &["result=\"ok\""][..]),
         ("iptgate_config_reloads_total", &["result=\"failed\""]),

@@ -102,22 +102,6 @@ fn rustls_pemfile_certs(pem: &str) -> Vec<CertificateDer<'static>> {
         .collect()
 }
 
-fn route_to(url: &str, extra: &str) -> String {
-    format!(
-        r#"
-[upstreams.app]
-url = "{url}"
-{extra}
-
-[[routes]]
-name = "all"
-prefix = "/"
-auth = "public"
-upstream = "app"
-"#
-    )
-}
-
 #[tokio::test]
 async fn sequential_requests_reuse_one_upstream_connection() {
     let (addr, conns) = counting_upstream(Duration::from_secs(30)).await;
