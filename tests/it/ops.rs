@@ -136,17 +136,8 @@ async fn metrics_count_refusals_by_route_and_code() {
     let up = Upstream::start().await;
     let body = routes(&up, "").replace("name = \"app\"", "name = \"metrics-app\"");
     let gw = Gateway::start(&body).await;
-    let admin = plain_client();
-    let scrape = || async {
-        admin
-            .get(gw.admin_url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    };
+    let admin = gw.admin_url("");
+    let scrape = || scrape(&admin);
     let c = client();
     for _ in 0..3 {
         assert_eq!(c.get(gw.url("/x")).send().await.unwrap().status(), 401);
