@@ -54,36 +54,27 @@ pub async fn login_locked(
     }
 }
 
-/// Record a login answer: a mint resets the count, a `failure_status` answer counts.
+/// Record a login answer: a `failure_status` answer that minted nothing counts as a failure. A
+/// success clears nothing (see `rate_limit::login`).
 pub async fn login_outcome(active: &Active, state: &State, ip: IpAddr, minted: bool, status: u16) {
     let Some(lp) = &active.config.login_protection else {
         return;
     };
-    let failure = !minted && lp.failure_status.contains(&status);
-    if !minted && !failure {
+    if minted || !lp.failure_status.contains(&status) {
         return;
     }
     match state.store.shared() {
         Some(r) => {
-            let key = login_key(ip);
-            let result = if minted {
-                r.login_success(&key).await
-            } else {
-                r.login_failure(&key, lp.window, lp.max_failures, lp.lockout)
-                    .await
-                    .map(|_| ())
-            };
+            let result = r
+                .login_failure(&login_key(ip), lp.window, lp.max_failures, lp.lockout)
+                .await;
             if let Err(e) = result {
                 tracing::warn!(error = %e, "store unavailable: login outcome not recorded");
             }
         }
         None => {
             if let Some(g) = &active.login {
-                if minted {
-                    g.success(ip);
-                } else {
-                    g.failure(ip);
-                }
+                g.failure(ip);
             }
         }
     }

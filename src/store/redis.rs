@@ -2,6 +2,14 @@
 //!
 //! Connecting gives up after [`CONNECT_TIMEOUT`], each operation after [`OP_TIMEOUT`]; errors
 //! are [`StoreError`]s that never include the URL (it may carry a password).
+//!
+//! An operation that finds its connection dropped (Redis restarted, a proxy or Redis's own
+//! `timeout` closed an idle client, `CLIENT KILL`) is sent once more on the connection the
+//! manager makes anew, within the same [`OP_TIMEOUT`]: a dropped connection is not a store
+//! outage, and with `on_error = "open"` treating it as one would skip a revocation check. Every
+//! operation is safe to send twice: reads and revocations are idempotent, a spend carries a
+//! nonce so that its own first attempt is not taken for a reuse, and a counted login failure or
+//! rate-limit hit counted twice errs on the side of refusing.
 
 use std::time::Duration;
 
@@ -21,10 +29,11 @@ redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
 return 1
 ";
 
-/// Spend KEYS[1] (a jti) with `SET NX PX`; when already spent, revoke KEYS[2] (its family) as
-/// REVOKE does and return 1.
+/// Spend KEYS[1] (a jti) with `SET NX PX`, the value being this spend's nonce ARGV[2]; when
+/// already spent by another spend, revoke KEYS[2] (its family) as REVOKE does and return 1.
 const SPEND: &str = r"
-if redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then return 0 end
+if redis.call('SET', KEYS[1], ARGV[2], 'NX', 'PX', ARGV[1]) then return 0 end
+if redis.call('GET', KEYS[1]) == ARGV[2] then return 0 end
 local cur = redis.call('PTTL', KEYS[2])
 if cur ~= -1 and cur < tonumber(ARGV[1]) then
   redis.call('SET', KEYS[2], '1', 'PX', ARGV[1])
@@ -82,10 +91,20 @@ pub struct RedisStore {
     gcra: Script,
 }
 
-async fn timed<T>(
-    f: impl std::future::Future<Output = redis::RedisResult<T>>,
-) -> Result<T, StoreError> {
-    match tokio::time::timeout(OP_TIMEOUT, f).await {
+/// Runs `op` on a handle of `conn`, once more when the connection turns out dropped (see the
+/// module docs), all within [`OP_TIMEOUT`].
+async fn timed<T, F, Fut>(conn: &ConnectionManager, mut op: F) -> Result<T, StoreError>
+where
+    F: FnMut(ConnectionManager) -> Fut,
+    Fut: std::future::Future<Output = redis::RedisResult<T>>,
+{
+    let attempts = async {
+        match op(conn.clone()).await {
+            Err(e) if e.is_connection_dropped() => op(conn.clone()).await,
+            r => r,
+        }
+    };
+    match tokio::time::timeout(OP_TIMEOUT, attempts).await {
         Ok(r) => r.map_err(err),
         Err(_) => Err(StoreError("redis: operation timed out".into())),
     }
@@ -122,8 +141,12 @@ impl RedisStore {
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
-        let mut c = self.conn.clone();
-        let pong: String = timed(redis::cmd("PING").query_async(&mut c)).await?;
+        let cmd = &redis::cmd("PING");
+        let pong: String = timed(
+            &self.conn,
+            |mut c| async move { cmd.query_async(&mut c).await },
+        )
+        .await?;
         if pong == "PONG" {
             Ok(())
         } else {
@@ -132,10 +155,14 @@ impl RedisStore {
     }
 
     pub async fn revoke(&self, id: &str, ttl: Duration) -> Result<(), StoreError> {
-        let mut c = self.conn.clone();
         let mut inv = self.revoke.key(revoked_key(id));
         inv.arg(px(ttl));
-        let _: i64 = timed(inv.invoke_async(&mut c)).await?;
+        let inv = &inv;
+        let _: i64 = timed(
+            &self.conn,
+            |mut c| async move { inv.invoke_async(&mut c).await },
+        )
+        .await?;
         Ok(())
     }
 
@@ -148,16 +175,29 @@ impl RedisStore {
         if keys.is_empty() {
             return Ok(false);
         }
-        let mut c = self.conn.clone();
-        let n: i64 = timed(redis::cmd("EXISTS").arg(&keys).query_async(&mut c)).await?;
+        let mut cmd = redis::cmd("EXISTS");
+        cmd.arg(&keys);
+        let cmd = &cmd;
+        let n: i64 = timed(
+            &self.conn,
+            |mut c| async move { cmd.query_async(&mut c).await },
+        )
+        .await?;
         Ok(n > 0)
     }
 
     pub async fn spend(&self, jti: &str, fam: &str, ttl: Duration) -> Result<Spend, StoreError> {
-        let mut c = self.conn.clone();
+        let nonce: u128 = rand::random();
         let mut inv = self.spend.key(spent_key(jti));
-        inv.key(revoked_key(fam)).arg(px(ttl));
-        let reused: i64 = timed(inv.invoke_async(&mut c)).await?;
+        inv.key(revoked_key(fam))
+            .arg(px(ttl))
+            .arg(format!("{nonce:032x}"));
+        let inv = &inv;
+        let reused: i64 = timed(
+            &self.conn,
+            |mut c| async move { inv.invoke_async(&mut c).await },
+        )
+        .await?;
         Ok(if reused == 1 {
             Spend::Reused
         } else {
@@ -167,11 +207,12 @@ impl RedisStore {
 
     /// Remaining lock-out of a login key, if locked.
     pub async fn login_locked(&self, key: &str) -> Result<Option<Duration>, StoreError> {
-        let mut c = self.conn.clone();
+        let mut cmd = redis::cmd("PTTL");
+        cmd.arg(format!("iptgate:lock:{key}"));
+        let cmd = &cmd;
         let ms: i64 = timed(
-            redis::cmd("PTTL")
-                .arg(format!("iptgate:lock:{key}"))
-                .query_async(&mut c),
+            &self.conn,
+            |mut c| async move { cmd.query_async(&mut c).await },
         )
         .await?;
         Ok((ms > 0).then(|| Duration::from_millis(ms as u64)))
@@ -185,26 +226,18 @@ impl RedisStore {
         max: u32,
         lockout: Duration,
     ) -> Result<bool, StoreError> {
-        let mut c = self.conn.clone();
         let mut inv = self.login_failure.key(format!("iptgate:fail:{key}"));
         inv.key(format!("iptgate:lock:{key}"))
             .arg(px(window))
             .arg(max)
             .arg(px(lockout));
-        let locked: i64 = timed(inv.invoke_async(&mut c)).await?;
-        Ok(locked == 1)
-    }
-
-    /// A successful login resets the failure count.
-    pub async fn login_success(&self, key: &str) -> Result<(), StoreError> {
-        let mut c = self.conn.clone();
-        let _: i64 = timed(
-            redis::cmd("DEL")
-                .arg(format!("iptgate:fail:{key}"))
-                .query_async(&mut c),
+        let inv = &inv;
+        let locked: i64 = timed(
+            &self.conn,
+            |mut c| async move { inv.invoke_async(&mut c).await },
         )
         .await?;
-        Ok(())
+        Ok(locked == 1)
     }
 
     /// One GCRA decision on a shared bucket: (allowed, remaining, reset, retry_after).
@@ -214,10 +247,14 @@ impl RedisStore {
         interval: Duration,
         burst: u32,
     ) -> Result<(bool, u32, Duration, Duration), StoreError> {
-        let mut c = self.conn.clone();
         let mut inv = self.gcra.key(format!("iptgate:rl:{key}"));
         inv.arg(interval.as_secs_f64() * 1000.0).arg(burst);
-        let r: Vec<i64> = timed(inv.invoke_async(&mut c)).await?;
+        let inv = &inv;
+        let r: Vec<i64> = timed(
+            &self.conn,
+            |mut c| async move { inv.invoke_async(&mut c).await },
+        )
+        .await?;
         let get = |i: usize| r.get(i).copied().unwrap_or(0).max(0) as u64;
         Ok((
             get(0) == 1,

@@ -320,6 +320,56 @@ async fn redis_down_is_503_when_closed_and_skips_the_check_when_open() {
     }
 }
 
+/// Closes every client connection of the server on `port` (`CLIENT KILL TYPE normal`), as a
+/// Redis restart, an idle `timeout` or a proxy in between would; the data stays.
+fn kill_clients(port: u16) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    s.write_all(b"CLIENT KILL TYPE normal\r\n").unwrap();
+    let mut buf = [0u8; 16];
+    let n = s.read(&mut buf).unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    let killed: u32 = answer.trim_start_matches(':').trim().parse().unwrap();
+    assert!(killed >= 2, "both gateways' connections killed: {answer:?}");
+}
+
+#[tokio::test]
+async fn a_dropped_redis_connection_is_not_an_outage() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let up = Upstream::start().await;
+    let closed = Gateway::start(&app(&up, &redis.url(), "closed")).await;
+    let open = Gateway::start(&app(&up, &redis.url(), "open")).await;
+    let c = client();
+    let (valid, _) = login(&c, &closed, "alice").await;
+    let (revoked, _) = login(&c, &closed, "mallory").await;
+    let out = c
+        .post(closed.url("/auth/logout"))
+        .bearer_auth(&revoked)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), 204);
+
+    for round in 0..3 {
+        kill_clients(redis.port);
+        // The first request after the drop finds its connection gone: it is sent again on a
+        // new one instead of failing (closed: 503) or skipping the revocation check (open).
+        assert_eq!(
+            use_token(&c, &open, &revoked).await,
+            refused(401, "token_revoked"),
+            "round {round}"
+        );
+        assert_eq!(use_token(&c, &closed, &valid).await, ok(), "round {round}");
+        assert_eq!(
+            use_token(&c, &closed, &revoked).await,
+            refused(401, "token_revoked"),
+            "round {round}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_redis_backed_gateway_does_not_start_without_redis() {
     let Some(mut redis) = Redis::start() else {

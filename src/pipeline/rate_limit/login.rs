@@ -3,9 +3,11 @@
 //! A client is an IPv4 address, or an IPv6 /64 ([`LOGIN_IPV6_PREFIX`]): one subscriber usually
 //! holds a whole /64, so counting single IPv6 addresses would let it rotate addresses and never
 //! be locked. Failures are counted in a fixed window that opens at the first failure and lasts
-//! `window`; the `max_failures`-th failure inside it locks the client for `lockout`. A success
-//! clears the count (an active lock stays). While locked, failures are not counted (the
-//! pipeline refuses the requests before they reach the upstream).
+//! `window`; the `max_failures`-th failure inside it locks the client for `lockout`. A successful
+//! login does not clear the count: the key is the client, not the account, so a reset would let
+//! anyone holding one valid account interleave its logins with guesses at others' passwords and
+//! never be locked. While locked, failures are not counted (the pipeline refuses the requests
+//! before they reach the upstream).
 //!
 //! At most [`MAX_TRACKED_LOGIN_KEYS`] clients are tracked; [`LoginGuard::prune`] drops those
 //! with neither an open window nor a lock. At the cap a new client's failure is not recorded
@@ -122,16 +124,6 @@ impl LoginGuard {
             return Some(self.cfg.lockout);
         }
         None
-    }
-
-    /// Clears the failure count (an active lock stays).
-    pub fn success(&self, ip: IpAddr) {
-        self.success_at(ip, Instant::now());
-    }
-
-    pub fn success_at(&self, ip: IpAddr, now: Instant) {
-        self.clients
-            .remove_if(&client_key(ip), |_, c| c.lock_left(now).is_none());
     }
 
     /// Drops clients with neither an open window nor an active lock; called by a background task.
