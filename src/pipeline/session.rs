@@ -28,6 +28,19 @@ pub fn is_served(path: &str, active: &Active) -> bool {
             .is_some_and(|r| path == r.path || path == r.logout_path)
 }
 
+/// The refresh token in its header or the `<cookie>_refresh` cookie.
+fn refresh_token<'a>(
+    h: &'a http::HeaderMap,
+    refresh: &crate::config::RefreshConfig,
+    tc: &TokenConfig,
+) -> Option<&'a str> {
+    h.get(&refresh.header)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| cookie(h, &tc.cookie.refresh_name))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
 /// Answer a gateway-served path, or `None` to go on to routing.
 pub async fn serve(
     req: &Request<Incoming>,
@@ -72,10 +85,29 @@ pub async fn serve(
     let store = &state.store;
 
     if is_logout {
-        let token = extract(h, tc)?.ok_or(Reject::TokenMissing)?;
-        let claims = keys
-            .verify(tc, token, TokenType::Access, now())
-            .map_err(map_token_error)?;
+        // Either token names the session: the access token where requests carry it, else the
+        // refresh token. An access token that expired less than `refresh.ttl` ago still counts
+        // (its family may live on; a browser holds it long after it expired); signature,
+        // issuer, type and binding are checked as always.
+        let access = extract(h, tc)?;
+        let refresh_token = refresh_token(h, refresh, tc);
+        let grace = refresh.ttl.as_secs();
+        let verified = match (access, refresh_token) {
+            (None, None) => Err(Reject::TokenMissing),
+            (Some(t), None) => keys
+                .verify_within(tc, t, TokenType::Access, now(), grace)
+                .map_err(map_token_error),
+            (None, Some(r)) => keys
+                .verify(tc, r, TokenType::Refresh, now())
+                .map_err(map_token_error),
+            (Some(t), Some(r)) => keys
+                .verify_within(tc, t, TokenType::Access, now(), grace)
+                .or_else(|e| {
+                    keys.verify(tc, r, TokenType::Refresh, now())
+                        .map_err(|_| map_token_error(e))
+                }),
+        };
+        let claims = verified?;
         check_revoked(store, on_error, &claims).await?;
         check_binding(tc, &claims, ip, device_id(h, tc)).map_err(map_token_error)?;
         sub.clone_from(&claims.sub);
@@ -101,14 +133,7 @@ pub async fn serve(
         return Ok(Some(r));
     }
 
-    // Refresh: the refresh token in its header or the `<cookie>_refresh` cookie.
-    let token = h
-        .get(&refresh.header)
-        .and_then(|v| v.to_str().ok())
-        .or_else(|| cookie(h, &tc.cookie.refresh_name))
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .ok_or(Reject::TokenMissing)?;
+    let token = refresh_token(h, refresh, tc).ok_or(Reject::TokenMissing)?;
     let claims = keys
         .verify(tc, token, TokenType::Refresh, now())
         .map_err(map_token_error)?;

@@ -465,6 +465,20 @@ impl Keys {
         typ: TokenType,
         now: u64,
     ) -> Result<Claims, TokenError> {
+        self.verify_within(cfg, token, typ, now, 0)
+    }
+
+    /// [`Keys::verify`], also accepting a token that expired (beyond the leeway) at most
+    /// `grace` seconds ago. Only for ending a session: a logout must work with the token a
+    /// client still holds, which has usually expired while its refresh family lives on.
+    pub fn verify_within(
+        &self,
+        cfg: &TokenConfig,
+        token: &str,
+        typ: TokenType,
+        now: u64,
+        grace: u64,
+    ) -> Result<Claims, TokenError> {
         if token.len() > MAX_TOKEN_LEN {
             return Err(TokenError::Invalid("oversized token"));
         }
@@ -489,7 +503,7 @@ impl Keys {
             .map_err(|_| TokenError::Invalid("payload not base64url"))?;
         let payload =
             String::from_utf8(payload).map_err(|_| TokenError::Invalid("payload not UTF-8"))?;
-        check_claims(cfg, Claims::parse(payload)?, typ, now)
+        check_claims(cfg, Claims::parse(payload)?, typ, now, grace)
     }
 
     /// The verifier a header names, from its decoded `alg` and `kid`.

@@ -131,12 +131,14 @@ pub(crate) fn build_claims(
     m
 }
 
-/// Check the registered claims of a signature-verified payload.
+/// Check the registered claims of a signature-verified payload; `grace` extends the expiry
+/// (see [`Keys::verify_within`]).
 pub(crate) fn check_claims(
     cfg: &TokenConfig,
     mut c: Claims,
     typ: TokenType,
     now: u64,
+    grace: u64,
 ) -> Result<Claims, TokenError> {
     let leeway = cfg.leeway.as_secs();
     let exp = c
@@ -176,7 +178,7 @@ pub(crate) fn check_claims(
         Err(_) => return Err(TokenError::Invalid("ip claim malformed")),
     };
     // Expiry last among the checks, so a forged token never learns it merely expired.
-    if exp.saturating_add(leeway) < now {
+    if exp.saturating_add(leeway).saturating_add(grace) < now {
         return Err(TokenError::Expired);
     }
     let owned = |v: Option<std::borrow::Cow<'_, str>>| v.map(|s| s.into_owned());

@@ -586,6 +586,76 @@ async fn cookies_refresh_rotation_reuse_detection_and_logout() {
 }
 
 #[tokio::test]
+async fn logout_ends_the_session_with_an_expired_access_token_or_the_refresh_token_alone() {
+    let up = Upstream::start().await;
+    let extra = "ttl = \"1s\"\nleeway = \"0s\"\nset_cookie = true\n\n[refresh]\nenabled = true\n";
+    let gw = Gateway::start(&app(&up, extra)).await;
+    let c = client();
+    let logout = |auth: Option<String>, refresh: Option<String>| {
+        let mut r = c.post(gw.url("/auth/logout"));
+        if let Some(a) = auth {
+            r = r.bearer_auth(a);
+        }
+        if let Some(t) = refresh {
+            r = r.header("IPToken-Refresh", t);
+        }
+        r.send()
+    };
+
+    let r = login(&c, &gw, "user=carol").await;
+    let (access, refresh) = (
+        token_of(&r).unwrap(),
+        r.headers()["iptoken-refresh"].to_str().unwrap().to_string(),
+    );
+    let r = login(&c, &gw, "user=dave").await;
+    let refresh2 = r.headers()["iptoken-refresh"].to_str().unwrap().to_string();
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let r = c
+        .get(gw.url("/x"))
+        .bearer_auth(&access)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(code_of(r).await, (401, "token_expired".into()));
+
+    // The expired access token still ends its session: 204, cookies cleared, family revoked.
+    let r = logout(Some(access.clone()), None).await.unwrap();
+    assert_eq!(r.status(), 204);
+    let cleared: Vec<_> = r
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .collect();
+    assert!(
+        cleared
+            .iter()
+            .any(|c| c.starts_with("ipt=;") && c.contains("Max-Age=0")),
+        "{cleared:?}"
+    );
+    let r = refresh_with(&c, &gw, &refresh).await;
+    assert_eq!(code_of(r).await, (401, "token_revoked".into()));
+
+    // The refresh token alone ends its session too.
+    let r = logout(None, Some(refresh2.clone())).await.unwrap();
+    assert_eq!(r.status(), 204);
+    let r = refresh_with(&c, &gw, &refresh2).await;
+    assert_eq!(code_of(r).await, (401, "token_revoked".into()));
+
+    // Still no logout without a genuine token: a forged expired one, or nothing.
+    let n = now();
+    let forged = hs256(
+        json!({"alg":"HS256","typ":"JWT"}),
+        json!({"iss":"iptgate","sub":"carol","typ":"access","ip":"127.0.0.1","iat":n-60,"nbf":n-60,"exp":n-30,"jti":"x","fam":"y"}),
+        b"another secret of at least thirty-two bytes",
+    );
+    let r = logout(Some(forged), None).await.unwrap();
+    assert_eq!(code_of(r).await, (401, "token_invalid".into()));
+    let r = logout(None, None).await.unwrap();
+    assert_eq!(code_of(r).await, (401, "token_missing".into()));
+}
+
+#[tokio::test]
 async fn with_forward_token_the_access_cookie_goes_on_and_the_refresh_cookie_never() {
     let up = Upstream::start().await;
     let extra = "forward_token = true\nset_cookie = true\ncookie = { name = \"ipt\", secure = true, http_only = true, same_site = \"Strict\", path = \"/\" }\n\n[refresh]\nenabled = true\n";
