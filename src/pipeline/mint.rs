@@ -111,7 +111,10 @@ pub fn apply(resp: &mut Response<Body>, m: &MintCtx<'_>) -> Result<Minted, Rejec
     for (claim, name) in &m.rule.claims_from_headers {
         let values: Vec<HeaderValue> = resp.headers().get_all(name).iter().cloned().collect();
         resp.headers_mut().remove(name);
-        if let Some(v) = values.first() {
+        if values.len() > 1 {
+            // Two identities in one answer: which one logged in is ambiguous; mint neither.
+            bad_value = true;
+        } else if let Some(v) = values.first() {
             // UTF-8 (a user called Élise) is a valid claim; other bytes are not text.
             match std::str::from_utf8(v.as_bytes()) {
                 Ok(s) if !s.is_empty() => {
@@ -130,7 +133,8 @@ pub fn apply(resp: &mut Response<Body>, m: &MintCtx<'_>) -> Result<Minted, Rejec
     }
     if bad_value {
         return Err(Reject::UpstreamUnavailable(
-            "a claim header from the upstream is not a valid header value".into(),
+            "a claim header from the upstream is not a valid header value, or is there twice"
+                .into(),
         ));
     }
     if let Some(missing) = m

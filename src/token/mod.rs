@@ -245,10 +245,18 @@ pub fn check_binding(
     Ok(())
 }
 
+/// A scalar claim equals one of `accepted`; an array claim has a scalar element that does (one
+/// level: `[["admin"]]` is not `admin`).
 fn value_matches(v: &Value, accepted: &[String]) -> bool {
     match v {
+        Value::Array(items) => items.iter().any(|i| scalar_matches(i, accepted)),
+        v => scalar_matches(v, accepted),
+    }
+}
+
+fn scalar_matches(v: &Value, accepted: &[String]) -> bool {
+    match v {
         Value::String(s) => accepted.iter().any(|a| a == s),
-        Value::Array(items) => items.iter().any(|i| value_matches(i, accepted)),
         Value::Number(n) => accepted.iter().any(|a| *a == n.to_string()),
         Value::Bool(b) => accepted.iter().any(|a| *a == b.to_string()),
         _ => false,

@@ -388,6 +388,9 @@ fn require_rules() {
     assert!(!check_require(&cl, &r(&[("role", &["root"])])));
     assert!(!check_require(&cl, &r(&[("missing", &["x"])])));
     assert!(check_require(&cl, &[]));
+    // One level of array only: a nested array does not carry its inner values.
+    let nested = Claims::from_map(json!({"role": [["admin"]]}).as_object().unwrap());
+    assert!(!check_require(&nested, &r(&[("role", &["admin"])])));
 }
 
 /// `jsonwebtoken`'s algorithm and PEM key constructors for `alg`: the standard JWT library

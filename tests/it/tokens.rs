@@ -132,6 +132,25 @@ async fn a_utf8_claim_from_the_login_answer_is_minted_and_forwarded() {
 }
 
 #[tokio::test]
+async fn a_login_answer_naming_two_identities_mints_nothing() {
+    let handler: Handler = Arc::new(|s: &Seen| {
+        let mut r = respond(200, &[], "welcome");
+        if s.uri.starts_with("/login") {
+            r.headers_mut()
+                .append("x-user-id", http::HeaderValue::from_static("alice"));
+            r.headers_mut()
+                .append("x-user-id", http::HeaderValue::from_static("mallory"));
+        }
+        r
+    });
+    let up = Upstream::with(handler).await;
+    let gw = Gateway::start(&app(&up, "")).await;
+    let r = login(&client(), &gw, "").await;
+    assert!(token_of(&r).is_none(), "no token for an ambiguous identity");
+    assert_eq!(code_of(r).await, (502, "upstream_unavailable".into()));
+}
+
+#[tokio::test]
 async fn login_mints_a_token_bound_to_the_client_ip() {
     let up = Upstream::start().await;
     let gw = Gateway::start(&app(&up, "")).await;
