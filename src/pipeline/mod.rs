@@ -127,7 +127,16 @@ pub async fn handle(
             rej.to_response()
         }
     };
-    if let Some((policy, now)) = out.ratelimit.take() {
+    // Every response of a limited route carries its first policy's state; one refused before
+    // the limits ran (the route's IP policy, the store) reports the whole quota: nothing was
+    // counted.
+    let ratelimit = out.ratelimit.take().or_else(|| {
+        let &pi = active.routes[out.route?].cfg.rate_limit.first()?;
+        let (policy_hdr, name) = &active.ratelimit_headers[pi];
+        let full = rate_limit::Decision::untouched(active.limiters.policy(pi).burst);
+        Some((policy_hdr.clone(), rate_limit::state_header(name, &full)))
+    });
+    if let Some((policy, now)) = ratelimit {
         let h = resp.headers_mut();
         h.reserve(2);
         h.insert(HeaderName::from_static("ratelimit-policy"), policy);
@@ -421,7 +430,22 @@ async fn limits(
             out.ratelimit = Some((policy_hdr.clone(), rate_limit::state_header(name, &d)));
         }
         if !d.allowed {
-            crate::metrics::rate_limited(&policy.name);
+            if !rc.dry_run {
+                // On a dry-run route the refusal is counted as one (`iptgate_dry_run_total`).
+                crate::metrics::rate_limited(&policy.name);
+                let shared_store = state.store.shared().is_some();
+                refund(
+                    a,
+                    active,
+                    idx,
+                    sub,
+                    subject_phase,
+                    n,
+                    now,
+                    shared_store,
+                    out,
+                );
+            }
             enforce(
                 Err(Reject::RateLimited {
                     policy: policy.name.clone(),
@@ -433,6 +457,46 @@ async fn limits(
         }
     }
     Ok(())
+}
+
+/// A request one policy refuses costs nothing in the route's others: what the policies checked
+/// before it counted is given back, so a client that waits out `Retry-After` gets in. (A
+/// `global` policy's count lives in the store when there is one, and is not given back.)
+#[allow(clippy::too_many_arguments)]
+fn refund(
+    a: &Ask<'_>,
+    active: &Active,
+    idx: usize,
+    sub: Option<&str>,
+    subject_phase: bool,
+    refused: usize,
+    now: rate_limit::Time,
+    shared_store: bool,
+    out: &mut Outcome,
+) {
+    let rc = &active.routes[idx].cfg;
+    for (m, &pi) in rc.rate_limit.iter().enumerate() {
+        let key = &active.limiters.policy(pi).key;
+        let is_subject = *key == LimitKey::Subject;
+        // Earlier in the same phase; every non-subject policy passed before the subject phase.
+        let counted =
+            (m < refused && is_subject == subject_phase) || (subject_phase && !is_subject);
+        if !counted || (*key == LimitKey::Global && shared_store) {
+            continue;
+        }
+        let input = rate_limit::KeyInput {
+            ip: a.ip,
+            sub,
+            route: &rc.name,
+            headers: a.headers,
+        };
+        if let Some(d) = active.limiters.refund_at(pi, &input, now) {
+            if m == 0 {
+                let (policy_hdr, name) = &active.ratelimit_headers[pi];
+                out.ratelimit = Some((policy_hdr.clone(), rate_limit::state_header(name, &d)));
+            }
+        }
+    }
 }
 
 /// The request's framing and host must be unambiguous. No transfer coding but `chunked`.

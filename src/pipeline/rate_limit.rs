@@ -336,6 +336,21 @@ impl<C: Clock> Limiters<C> {
         }
     }
 
+    /// Gives back one request counted against policy `idx` at `now` (a later policy refused
+    /// it): the bucket's state after, or `None` when nothing was counted for that key.
+    pub fn refund_at(&self, idx: usize, input: &KeyInput<'_>, now: Time) -> Option<Decision> {
+        let slot = &self.slots[idx];
+        match slot.gcra.refund_at(slot.key(input)?, now.0)? {
+            Outcome::Allowed { remaining, reset } => Some(Decision {
+                allowed: true,
+                remaining,
+                reset: Duration::from_nanos(reset),
+                retry_after: Duration::ZERO,
+            }),
+            _ => None,
+        }
+    }
+
     /// Keys currently tracked by policy `idx`.
     pub fn tracked_keys(&self, idx: usize) -> usize {
         self.slots[idx].gcra.len()

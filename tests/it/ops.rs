@@ -172,9 +172,11 @@ async fn dry_run_lets_a_refusal_through_and_records_it() {
     let up = Upstream::start().await;
     let body = routes(&up, "").replace(
         "name = \"app\"\nprefix = \"/\"\nauth = \"token\"",
-        "name = \"dry\"\nprefix = \"/\"\nauth = \"token\"\ndry_run = true\nip = { allow = [\"10.0.0.0/8\"] }",
+        "name = \"dry\"\nprefix = \"/\"\nauth = \"token\"\ndry_run = true\nip = { allow = [\"10.0.0.0/8\"] }\nrate_limit = [\"dry_one\"]",
     );
-    let body = format!("[ip]\ndeny = [\"127.0.0.66\"]\n{body}");
+    let body = format!(
+        "[ip]\ndeny = [\"127.0.0.66\"]\n[rate_limits.dry_one]\nkey = \"ip\"\nrate = \"1/h\"\nburst = 1\n{body}"
+    );
     let gw = Gateway::start(&body).await;
     // The global deny list is a blocklist: it holds on a dry-run route too.
     let r = client_at(66).get(gw.url("/x")).send().await.unwrap();
@@ -186,7 +188,18 @@ async fn dry_run_lets_a_refusal_through_and_records_it() {
         .unwrap();
     assert_eq!(r.status(), 200, "dry run lets the request through");
     assert_eq!(up.last().uri, "/would-be-refused");
+    // Over the rate limit too; counted as a dry-run refusal, not as a real one.
+    let r = client().get(gw.url("/again")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
     let text = scrape(&gw.admin_url("")).await;
+    assert!(
+        metric(&text, "iptgate_dry_run_total", &["code=\"rate_limited\""]) >= 1.0,
+        "{text}"
+    );
+    assert!(
+        !text.contains("policy=\"dry_one\""),
+        "a dry-run refusal is not a real one: {text}"
+    );
     assert!(
         metric(&text, "iptgate_dry_run_total", &["code=\"token_missing\""]) >= 1.0,
         "{text}"

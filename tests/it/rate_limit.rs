@@ -253,6 +253,55 @@ async fn route_policy_is_shared_per_route_across_clients() {
     assert_eq!(up.count(), 6);
 }
 
+#[tokio::test]
+async fn a_request_one_policy_refuses_costs_nothing_in_the_others() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&format!(
+        "{}{}\n[rate_limits.small]\nkey = \"ip\"\nrate = \"1/h\"\nburst = 2\n{}",
+        upstream(&up),
+        policy("big", "ip").replace("burst = 3", "burst = 5"),
+        route("two", "/two", "public", &["big", "small"]),
+    ))
+    .await;
+    let c = client_at(31);
+    assert_eq!(statuses(&c, &gw, "/two", 2).await, [200, 200]);
+    // `small` refuses from now on; `big` (the first policy, in the headers) keeps its 3 left
+    // however often the client tries, so it gets in as soon as `small` lets it.
+    for _ in 0..4 {
+        let r = get(&c, &gw, "/two").await;
+        assert_eq!(
+            header(&r, "ratelimit").as_deref(),
+            Some("\"big\";r=3;t=7200"),
+            "refused requests are not charged to `big`"
+        );
+        assert_limited(r).await;
+    }
+    assert_eq!(up.count(), 2);
+}
+
+#[tokio::test]
+async fn responses_refused_before_the_limits_carry_the_whole_quota() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&format!(
+        "{}{}{}ip = {{ deny = [\"127.0.0.32\"] }}\n",
+        upstream(&up),
+        policy("burst3", "ip"),
+        route("guarded", "/guarded", "public", &["burst3"]),
+    ))
+    .await;
+    let r = get(&client_at(32), &gw, "/guarded").await;
+    assert_eq!(
+        header(&r, "ratelimit-policy").as_deref(),
+        Some("\"burst3\";q=3;w=10800")
+    );
+    assert_eq!(
+        header(&r, "ratelimit").as_deref(),
+        Some("\"burst3\";r=3;t=0")
+    );
+    assert_eq!(code_of(r).await, (403, "ip_denied".to_string()));
+    assert_eq!(up.count(), 0);
+}
+
 fn login_app(up: &Upstream) -> String {
     format!(
         r#"{TOKEN}{}

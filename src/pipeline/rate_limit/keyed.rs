@@ -271,6 +271,29 @@ impl<C: Clock> KeyedGcra<C> {
         out
     }
 
+    /// Gives back one request `key` was allowed at `now` (another policy refused it): its TAT
+    /// moves back one interval, never before `now`. `None` when the key is not tracked.
+    pub(crate) fn refund_at(&self, key: u64, now: u64) -> Option<Outcome> {
+        let hash = self.hasher.hash_one(key);
+        let mut shard = self.shard(hash);
+        if shard.slots.is_empty() {
+            return None;
+        }
+        let i = shard.find(key, hash);
+        let slot = &mut shard.slots[i];
+        if slot.tat == 0 {
+            return None;
+        }
+        // Still non-zero (tracked); `retain_recent` drops it once it is not after now.
+        slot.tat = slot.tat.saturating_sub(self.t).max(now).max(1);
+        let full = self.tau.saturating_add(self.t);
+        let room = now.saturating_add(full).saturating_sub(slot.tat).min(full);
+        Some(Outcome::Allowed {
+            remaining: u32::try_from(room / self.t).unwrap_or(u32::MAX),
+            reset: slot.tat.saturating_sub(now),
+        })
+    }
+
     fn gcra(&self, cell: &mut u64, now: u64) -> Outcome {
         let tat = if *cell == 0 { now } else { *cell };
         let earliest = tat.saturating_sub(self.tau);
