@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -379,6 +380,53 @@ struct LimitedBody {
     remaining: u64,
     /// Held while the body is being forwarded (dropped at its end).
     open: Option<BodyOpen>,
+    /// When the body last moved (see [`BodyProgress`]).
+    progress: Option<Arc<BodyProgress>>,
+}
+
+/// When a request body last passed a frame on, in nanoseconds since the request was sent on:
+/// the upstream `timeout` ("until response headers") counts from the end of the request, so an
+/// upload that takes longer than it is not cut off while it still moves. One atomic store per
+/// body frame, only for requests with a body.
+struct BodyProgress {
+    since: std::time::Instant,
+    last: std::sync::atomic::AtomicU64,
+}
+
+impl BodyProgress {
+    fn moved(&self) {
+        let n = u64::try_from(self.since.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.last.store(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn last(&self) -> std::time::Instant {
+        self.since + Duration::from_nanos(self.last.load(std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
+/// `fut` within `timeout` of the request's end: from `sent`, or, while a request body is still
+/// moving, from its last frame. `None` when it ran out.
+async fn within<F: std::future::Future>(
+    fut: F,
+    sent: std::time::Instant,
+    timeout: Duration,
+    progress: Option<&BodyProgress>,
+) -> Option<F::Output> {
+    let mut fut = std::pin::pin!(fut);
+    let mut deadline = sent + timeout;
+    loop {
+        match tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), fut.as_mut()).await
+        {
+            Ok(out) => return Some(out),
+            Err(_) => {
+                let later = progress.map(|p| p.last() + timeout);
+                match later {
+                    Some(d) if d > deadline => deadline = d,
+                    _ => return None,
+                }
+            }
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -418,6 +466,9 @@ impl HttpBody for LimitedBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
+                if let Some(p) = &self.progress {
+                    p.moved();
+                }
                 if let Some(d) = frame.data_ref() {
                     let n = d.len() as u64;
                     if n > self.remaining {
@@ -644,34 +695,48 @@ pub async fn send(mut req: Request<Incoming>, f: Forward<'_>) -> Result<Response
     }
     parts.version = Version::HTTP_11;
 
-    let open = (!body.is_end_stream()).then(|| f.activity.body_forwarded());
+    let has_body = !body.is_end_stream();
+    let open = has_body.then(|| f.activity.body_forwarded());
+    let progress = has_body.then(|| {
+        Arc::new(BodyProgress {
+            since: f.sent,
+            last: Default::default(),
+        })
+    });
     let body = LimitedBody {
         inner: body,
         remaining: f.max_body,
         open,
+        progress: progress.clone(),
     }
     .boxed();
     let up_req = Request::from_parts(parts, body);
+    let timeout = f.upstream.cfg.timeout;
+    let progress = progress.as_deref();
     // From when the caller sent it on (already read from the clock, for the upstream time).
-    let deadline = tokio::time::Instant::from_std(f.sent + f.upstream.cfg.timeout);
     // Boxed: the send future is about a kilobyte, and `timeout` would copy it in twice. The
     // picked target's pool is asked directly; only when it could not connect (the request is
     // back, unsent) do the other targets get it, so the common path has no extra layer.
-    let mut sent = tokio::time::timeout_at(deadline, Box::pin(pool.send(up_req))).await;
+    let mut sent = within(Box::pin(pool.send(up_req)), f.sent, timeout, progress).await;
     if f.upstream.has_others() {
-        if let Ok(Err(
+        if let Some(Err(
             fail @ SendFail {
                 unsent: Some(_), ..
             },
         )) = sent
         {
-            sent = tokio::time::timeout_at(deadline, Box::pin(f.upstream.failover(picked, fail)))
-                .await;
+            sent = within(
+                Box::pin(f.upstream.failover(picked, fail)),
+                f.sent,
+                timeout,
+                progress,
+            )
+            .await;
         }
     }
     let mut resp = match sent {
-        Err(_) => return Err(Reject::UpstreamTimeout),
-        Ok(Err(SendFail { err: e, .. })) => {
+        None => return Err(Reject::UpstreamTimeout),
+        Some(Err(SendFail { err: e, .. })) => {
             if caused_by::<BodyTooLarge>(&e) {
                 return Err(Reject::PayloadTooLarge);
             }
@@ -681,7 +746,7 @@ pub async fn send(mut req: Request<Incoming>, f: Forward<'_>) -> Result<Response
             }
             return Err(Reject::UpstreamUnavailable(error_chain(&e)));
         }
-        Ok(Ok(r)) => r,
+        Some(Ok(r)) => r,
     };
 
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {

@@ -377,6 +377,14 @@ async fn body_over_the_limit_is_413() {
 /// answers the count; `first` hears when the first chunk arrives. Returns the gateway config
 /// body routing everything to it.
 async fn counting_upstream(first: Option<tokio::sync::oneshot::Sender<()>>) -> String {
+    counting_upstream_with(first, "").await
+}
+
+/// [`counting_upstream`] with `extra` lines in its `[upstreams.app]`.
+async fn counting_upstream_with(
+    first: Option<tokio::sync::oneshot::Sender<()>>,
+    extra: &str,
+) -> String {
     use http_body_util::BodyExt;
     let first = std::sync::Arc::new(std::sync::Mutex::new(first));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -405,7 +413,60 @@ async fn counting_upstream(first: Option<tokio::sync::oneshot::Sender<()>>) -> S
             .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
             .await;
     });
-    route_to(&format!("http://{addr}"), "")
+    route_to(&format!("http://{addr}"), extra)
+}
+
+#[tokio::test]
+async fn the_upstream_timeout_counts_from_the_end_of_the_request_body() {
+    // `timeout` is "until response headers": an upload longer than it, still moving, is not
+    // cut off; a body that stops moving for longer than it is.
+    let body = counting_upstream_with(None, "timeout = \"400ms\"").await;
+    let gw = Gateway::start(&body).await;
+    let slow = futures_util::stream::unfold(0u32, |i| async move {
+        if i == 8 {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        Some((
+            Ok::<_, std::io::Error>(Bytes::from_static(b"0123456789")),
+            i + 1,
+        ))
+    });
+    let t = Instant::now();
+    let resp = client()
+        .post(gw.url("/upload"))
+        .body(reqwest::Body::wrap_stream(slow))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        t.elapsed() > Duration::from_millis(1000),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!(resp.status(), 200, "a 1.2 s upload under a 400 ms timeout");
+    assert_eq!(resp.text().await.unwrap(), "80");
+
+    let body = counting_upstream_with(None, "timeout = \"400ms\"").await;
+    let gw = Gateway::start(&body).await;
+    let stalled = futures_util::stream::unfold(0u32, |i| async move {
+        match i {
+            0 => Some((Ok::<_, std::io::Error>(Bytes::from_static(b"start")), 1)),
+            _ => {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                None
+            }
+        }
+    });
+    let t = Instant::now();
+    let resp = client()
+        .post(gw.url("/upload"))
+        .body(reqwest::Body::wrap_stream(stalled))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(code_of(resp).await, (504, "upstream_timeout".into()));
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
 }
 
 #[tokio::test]
