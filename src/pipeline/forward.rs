@@ -374,6 +374,36 @@ fn cookie_pairs(v: &HeaderValue) -> impl Iterator<Item = &[u8]> {
         .filter(|p| !p.is_empty())
 }
 
+/// The scheme a trusted proxy recorded in its `Forwarded` element (RFC 7239 `proto`, the
+/// right-most element that has one), for `X-Forwarded-Proto` when it sent none.
+fn forwarded_proto(h: &HeaderMap) -> Option<&'static str> {
+    let lines: Vec<&str> = h
+        .get_all(header::FORWARDED)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    lines
+        .iter()
+        .rev()
+        .flat_map(|l| l.rsplit(','))
+        .find_map(|element| {
+            element.split(';').find_map(|pair| {
+                let (k, v) = pair.split_once('=')?;
+                if !k.trim().eq_ignore_ascii_case("proto") {
+                    return None;
+                }
+                let v = v.trim().trim_matches('"');
+                if v.eq_ignore_ascii_case("https") {
+                    Some("https")
+                } else if v.eq_ignore_ascii_case("http") {
+                    Some("http")
+                } else {
+                    None
+                }
+            })
+        })
+}
+
 /// The request body, refused once it passes `max`.
 struct LimitedBody {
     inner: Incoming,
@@ -566,7 +596,11 @@ pub async fn send(mut req: Request<Incoming>, f: Forward<'_>) -> Result<Response
         None
     };
     let prior_proto = forwarded
-        .then(|| h.get(&X_FORWARDED_PROTO).cloned())
+        .then(|| {
+            h.get(&X_FORWARDED_PROTO)
+                .cloned()
+                .or_else(|| forwarded_proto(h).map(HeaderValue::from_static))
+        })
         .flatten();
     let prior_host = forwarded
         .then(|| h.get(&X_FORWARDED_HOST).cloned())
@@ -592,6 +626,11 @@ pub async fn send(mut req: Request<Incoming>, f: Forward<'_>) -> Result<Response
     h.reserve(4);
     let xff = match prior_xff {
         Some(p) => HeaderValue::from_str(&format!("{p}, {}", f.peer)).ok(),
+        // A trusted proxy that named the client in `Forwarded` or `X-Real-IP` only: the
+        // upstream still learns the client the gateway decided on, in the usual header.
+        None if forwarded && f.client_ip != f.peer => {
+            HeaderValue::from_str(&format!("{}, {}", f.client_ip, f.peer)).ok()
+        }
         None => Some(f.peer_header.clone()),
     };
     if let Some(v) = xff {

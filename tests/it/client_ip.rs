@@ -281,6 +281,42 @@ ip = {{ allow = ["203.0.113.9"] }}
     assert_eq!(up.count(), count);
 }
 
+#[tokio::test]
+async fn a_client_named_in_forwarded_or_x_real_ip_reaches_the_upstream_in_x_forwarded_for() {
+    let up = Upstream::start().await;
+    for (header, name, value) in [
+        (
+            "forwarded",
+            "Forwarded",
+            "for=203.0.113.9;proto=http;by=10.0.0.1",
+        ),
+        ("x-real-ip", "X-Real-IP", "203.0.113.9"),
+    ] {
+        let gw = Gateway::start(&format!(
+            "[client_ip]\ntrusted_proxies = [\"127.0.0.1/32\"]\nheader = \"{header}\"\n{}",
+            route_to(&up.url(), "")
+        ))
+        .await;
+        let resp = client()
+            .get(gw.url("/x"))
+            .header(name, value)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let seen = up.last();
+        assert_eq!(
+            seen.header("x-forwarded-for"),
+            Some("203.0.113.9, 127.0.0.1"),
+            "{header}"
+        );
+        if header == "forwarded" {
+            // The scheme the front proxy recorded, not the gateway's own hop (TLS here).
+            assert_eq!(seen.header("x-forwarded-proto"), Some("http"));
+        }
+    }
+}
+
 /// Phase 2: a denied peer stays denied whatever it says it forwards for; deny beats allow;
 /// route allow lists; `deny_file` with comments, relative to the config's folder.
 #[tokio::test]
