@@ -8,7 +8,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method};
 
 use crate::config::{AuthMode, Config, LimitKey};
 use crate::error::Reject;
-use crate::pipeline::{auth, client_ip, path, rate_limit, route};
+use crate::pipeline::{auth, client_ip, forward_auth, path, rate_limit, route, session};
 use crate::state::Active;
 use crate::token::{check_binding, check_require, TokenType};
 
@@ -63,10 +63,36 @@ pub fn explain(active: &Active, a: &Args) -> Result<(String, Result<(), Reject>)
             .map_err(|_| "--token: not header-safe".to_string())?;
         headers.insert(http::header::AUTHORIZATION, v);
     }
-    let verdict = (|| -> Result<(), Reject> {
+    let verdict = (|| -> Result<Answer, Reject> {
         let (raw_path, _query) = a.path.split_once('?').unwrap_or((&a.path, ""));
-        let p = path::normalize(raw_path).map_err(Reject::BadRequest)?;
+        let mut p = path::normalize(raw_path).map_err(Reject::BadRequest)?;
         line(format!("path      {raw_path} -> normalized {p}"));
+        let mut method = method.clone();
+        let mut host = a
+            .host
+            .as_deref()
+            .map(|h| route::host_of(h).to_ascii_lowercase());
+        // Forward auth is answered before anything else: only a trusted proxy may ask, and the
+        // request judged is the one its headers name.
+        let forward_auth = cfg.forward_auth.as_deref() == Some(p.as_str());
+        if forward_auth {
+            if !client_ip::is_trusted(peer, &cfg.client_ip) {
+                line(format!(
+                    "served    forward auth endpoint: asked by {peer}, not a trusted proxy"
+                ));
+                return Err(Reject::IpDenied("forward auth asked by an untrusted peer"));
+            }
+            let o = forward_auth::original(&headers)?;
+            line(format!(
+                "served    forward auth endpoint: judging the original request {} {}",
+                o.method, o.path
+            ));
+            if let Some(h) = o.host {
+                host = Some(h.to_ascii_lowercase());
+            }
+            method = o.method;
+            p = o.path;
+        }
         let cip = client_ip::resolve(peer, None, &headers, &cfg.client_ip);
         line(format!(
             "client ip {} (from {:?}; peer {} {})",
@@ -86,10 +112,17 @@ pub fn explain(active: &Active, a: &Args) -> Result<(String, Result<(), Reject>)
                 return Err(e);
             }
         }
-        let host = a
-            .host
-            .as_deref()
-            .map(|h| route::host_of(h).to_ascii_lowercase());
+        // Gateway-served paths come before routes.
+        if !forward_auth && session::is_served(&p, active) {
+            if let Some(served) = served(active, &p) {
+                line(format!("served    by the gateway: {}", served.what));
+                if !served.methods.contains(&method) {
+                    let allow: Vec<&str> = served.methods.iter().map(Method::as_str).collect();
+                    return Err(Reject::MethodNotAllowed(allow.join(", ").into()));
+                }
+                return Ok(Answer::Served);
+            }
+        }
         let idx = route::find(&active.routes, &method, host.as_deref(), &p).inspect_err(|e| {
             line(format!(
                 "route     none: {} {}",
@@ -226,13 +259,66 @@ pub fn explain(active: &Active, a: &Args) -> Result<(String, Result<(), Reject>)
                 rule.required_claims
             ));
         }
-        Ok(())
+        Ok(if forward_auth {
+            Answer::ForwardAuthAllowed
+        } else {
+            Answer::Forwarded
+        })
     })();
     match &verdict {
-        Ok(()) => line("verdict   forwarded upstream".into()),
+        Ok(Answer::Forwarded) => line("verdict   forwarded upstream".into()),
+        Ok(Answer::Served) => line("verdict   answered by the gateway".into()),
+        Ok(Answer::ForwardAuthAllowed) => {
+            line("verdict   200 (forward auth: allowed, with the claim headers)".into());
+        }
         Err(e) => line(format!("verdict   {} {}", e.status().as_u16(), e.code())),
     }
-    Ok((out, verdict))
+    Ok((out, verdict.map(|_| ())))
+}
+
+/// What a request the phases let through comes to.
+enum Answer {
+    Forwarded,
+    /// A gateway-served path.
+    Served,
+    ForwardAuthAllowed,
+}
+
+struct Served {
+    what: String,
+    methods: &'static [Method],
+}
+
+/// The gateway-served path `p`, when the gateway answers it itself (the JWKS only exists for
+/// asymmetric algorithms; otherwise that path goes on to the routes).
+fn served(active: &Active, p: &str) -> Option<Served> {
+    const POST: &[Method] = &[Method::POST];
+    if p == "/.well-known/jwks.json" {
+        active.keys.as_ref().and_then(|k| k.jwks())?;
+        return Some(Served {
+            what: "the JWKS (public verification keys)".into(),
+            methods: &[Method::GET, Method::HEAD],
+        });
+    }
+    let refresh = active.config.refresh.as_ref()?;
+    let tc = active.config.token.as_ref()?;
+    if p == refresh.path {
+        Some(Served {
+            what: format!(
+                "refresh: rotates the refresh token sent in `{}` or the cookie `{}`",
+                refresh.header, tc.cookie.refresh_name
+            ),
+            methods: POST,
+        })
+    } else if p == refresh.logout_path {
+        Some(Served {
+            what: "logout: revokes the access token (or refresh token) presented, and its family"
+                .into(),
+            methods: POST,
+        })
+    } else {
+        None
+    }
 }
 
 pub fn run(mut cfg: Config, a: Args) -> ExitCode {

@@ -44,25 +44,17 @@ fn one_of<'a>(
     Ok(found)
 }
 
-pub async fn answer(
-    req: &Request<Incoming>,
-    conn: &Conn,
-    active: &Active,
-    state: &State,
-    started: Instant,
-    out: &mut Outcome,
-) -> Result<Response<Body>, Reject> {
-    let cfg = &active.config;
-    let peer = conn.proxied.unwrap_or(conn.peer.ip()).to_canonical();
-    if !client_ip::is_trusted(peer, &cfg.client_ip) {
-        out.client_ip = Some(peer);
-        return Err(Reject::IpDenied("forward auth asked by an untrusted peer"));
-    }
-    let h = req.headers();
-    // Resolved first, so that a refused request is logged with its client IP too.
-    let cip = client_ip::resolve(conn.peer.ip(), conn.proxied, h, &cfg.client_ip);
-    out.client_ip = Some(cip.ip);
-    out.ip_source = Some(cip.source);
+/// The request a proxy asks about, from its headers.
+pub struct Original<'a> {
+    pub method: Method,
+    /// Normalized.
+    pub path: String,
+    /// `X-Forwarded-Host`, when the proxy sent one.
+    pub host: Option<&'a str>,
+}
+
+/// Reads the original request's method, URI and host from the proxy's headers.
+pub fn original(h: &HeaderMap) -> Result<Original<'_>, Reject> {
     let method = one_of(
         h,
         &["x-forwarded-method", "x-original-method"],
@@ -85,16 +77,43 @@ pub async fn answer(
     let uri: Uri = uri_text
         .parse()
         .map_err(|_| Reject::BadRequest("forward auth: unparseable original URI"))?;
-    let original_path = path::normalize(uri.path()).map_err(Reject::BadRequest)?;
-    out.path_override = Some(original_path.clone());
+    let path = path::normalize(uri.path()).map_err(Reject::BadRequest)?;
     let host = one_of(
         h,
         &["x-forwarded-host"],
         false,
         "forward auth: ambiguous host",
     )?
-    .map(crate::pipeline::route::host_of)
-    .or_else(|| request_host(h.get(http::header::HOST), req.uri()));
+    .map(crate::pipeline::route::host_of);
+    Ok(Original { method, path, host })
+}
+
+pub async fn answer(
+    req: &Request<Incoming>,
+    conn: &Conn,
+    active: &Active,
+    state: &State,
+    started: Instant,
+    out: &mut Outcome,
+) -> Result<Response<Body>, Reject> {
+    let cfg = &active.config;
+    let peer = conn.proxied.unwrap_or(conn.peer.ip()).to_canonical();
+    if !client_ip::is_trusted(peer, &cfg.client_ip) {
+        out.client_ip = Some(peer);
+        return Err(Reject::IpDenied("forward auth asked by an untrusted peer"));
+    }
+    let h = req.headers();
+    // Resolved first, so that a refused request is logged with its client IP too.
+    let cip = client_ip::resolve(conn.peer.ip(), conn.proxied, h, &cfg.client_ip);
+    out.client_ip = Some(cip.ip);
+    out.ip_source = Some(cip.source);
+    let original = original(h)?;
+    out.path_override = Some(original.path.clone());
+    let original_path = original.path;
+    let method = original.method;
+    let host = original
+        .host
+        .or_else(|| request_host(h.get(http::header::HOST), req.uri()));
     let judged = judge(
         &Ask {
             method: &method,

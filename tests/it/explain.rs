@@ -123,3 +123,94 @@ upstream = "app"
     );
     assert!(out.contains("verdict   401 token_expired"), "{out}");
 }
+
+#[tokio::test]
+async fn explain_knows_the_gateway_served_paths() {
+    let up = Upstream::start().await;
+    let body = format!(
+        r#"
+[client_ip]
+trusted_proxies = ["10.0.0.5/32"]
+{TOKEN}
+[refresh]
+enabled = true
+
+[forward_auth]
+path = "/_iptgate/verify"
+
+[upstreams.app]
+url = "{u}"
+
+[[routes]]
+name = "open"
+prefix = "/open"
+auth = "public"
+upstream = "app"
+
+[[routes]]
+name = "app"
+prefix = "/"
+auth = "token"
+upstream = "app"
+"#,
+        u = up.url()
+    );
+    let gw = Gateway::start(&body).await;
+    let cfg = gw.config_path();
+    let verdict = |out: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix("verdict").map(|v| v.trim().to_string()))
+            .unwrap_or_else(|| panic!("no verdict: {out}"))
+    };
+
+    // Forward auth asked by an untrusted peer: refused, as the live gateway does.
+    let out = explain(&cfg, &["--path", "/_iptgate/verify", "--ip", "127.0.0.1"]);
+    assert_eq!(verdict(&out), "403 ip_denied", "{out}");
+    // Asked by the trusted proxy: the original request is judged.
+    let out = explain(
+        &cfg,
+        &[
+            "--path",
+            "/_iptgate/verify",
+            "--ip",
+            "10.0.0.5",
+            "--header",
+            "X-Forwarded-Uri: /open/page",
+            "--header",
+            "X-Forwarded-Method: GET",
+        ],
+    );
+    assert!(out.contains("route     #0 `open`"), "{out}");
+    assert!(verdict(&out).starts_with("200"), "{out}");
+    let out = explain(
+        &cfg,
+        &[
+            "--path",
+            "/_iptgate/verify",
+            "--ip",
+            "10.0.0.5",
+            "--header",
+            "X-Forwarded-Uri: /private",
+        ],
+    );
+    assert_eq!(verdict(&out), "401 token_missing", "{out}");
+
+    // Refresh and logout are the gateway's own, never a route's.
+    for p in ["/auth/refresh", "/auth/logout"] {
+        let out = explain(
+            &cfg,
+            &["--method", "POST", "--path", p, "--ip", "127.0.0.1"],
+        );
+        assert!(out.contains("served    by the gateway"), "{out}");
+        assert!(!out.contains("route     #"), "{out}");
+        assert_eq!(verdict(&out), "answered by the gateway", "{out}");
+        let out = explain(&cfg, &["--path", p, "--ip", "127.0.0.1"]);
+        assert_eq!(verdict(&out), "405 method_not_allowed", "{out}");
+    }
+    // No JWKS for an HS algorithm: that path goes on to the routes.
+    let out = explain(
+        &cfg,
+        &["--path", "/.well-known/jwks.json", "--ip", "127.0.0.1"],
+    );
+    assert!(out.contains("route     #1 `app`"), "{out}");
+}
