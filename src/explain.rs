@@ -118,7 +118,7 @@ pub fn explain(active: &Active, a: &Args) -> Result<(String, Result<(), Reject>)
                 line(format!("served    by the gateway: {}", served.what));
                 if !served.methods.contains(&method) {
                     let allow: Vec<&str> = served.methods.iter().map(Method::as_str).collect();
-                    return Err(Reject::MethodNotAllowed(allow.join(", ").into()));
+                    return Err(Reject::MethodNotAllowed(allow.join(", ")));
                 }
                 return Ok(Answer::Served);
             }
