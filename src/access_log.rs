@@ -4,17 +4,23 @@
 
 use std::time::Instant;
 
-use http::{Method, Response};
-use http_body::Body as _;
+use http::Method;
 
-use crate::body::Body;
 use crate::pipeline::Outcome;
 use crate::state::Active;
 
+/// Codes of answers the upstream caused (502, 504): logged and counted as failures, not as
+/// refusals (`iptgate_denials_total`, target `security`).
+pub fn is_upstream_failure(code: &str) -> bool {
+    matches!(code, "upstream_unavailable" | "upstream_timeout")
+}
+
+/// `bytes`: the response body's length when known up front.
 pub fn record(
     method: &Method,
     path: Option<&str>,
-    resp: &Response<Body>,
+    status: u16,
+    bytes: Option<u64>,
     out: &Outcome,
     active: &Active,
     started: Instant,
@@ -24,7 +30,6 @@ pub fn record(
         .route
         .map(|i| active.routes[i].cfg.name.as_str())
         .unwrap_or("");
-    let status = resp.status().as_u16();
     out.route
         .map(|i| &active.route_metrics[i])
         .unwrap_or(&active.unrouted_metrics)
@@ -36,9 +41,9 @@ pub fn record(
     }
     let client_ip = out.client_ip.map(|i| i.to_string());
     if access {
-        let bytes = resp.body().size_hint().exact();
         tracing::info!(
             target: "access",
+            time = %humantime::format_rfc3339_millis(std::time::SystemTime::now()),
             client_ip = client_ip.as_deref().unwrap_or(""),
             method = method.as_str(),
             path = path.unwrap_or(""),
@@ -69,6 +74,21 @@ pub fn record(
                 .map(|c| (c, out.cause.as_deref().unwrap_or(""), false)),
         );
     for (code, cause, dry_run) in refusals {
+        if is_upstream_failure(code) {
+            // Not a refusal of the client: the upstream failed it.
+            tracing::warn!(
+                target: "upstream",
+                client_ip = client_ip.as_deref().unwrap_or(""),
+                method = method.as_str(),
+                path = path.unwrap_or(""),
+                route,
+                status,
+                code,
+                cause,
+                "upstream failed"
+            );
+            continue;
+        }
         tracing::warn!(
             target: "security",
             client_ip = client_ip.as_deref().unwrap_or(""),

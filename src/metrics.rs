@@ -119,7 +119,7 @@ impl RouteMetrics {
         if let Some(u) = upstream {
             self.upstream.record(u);
         }
-        if let Some(c) = code {
+        if let Some(c) = code.filter(|c| !crate::access_log::is_upstream_failure(c)) {
             denial(c);
         }
     }

@@ -132,7 +132,10 @@ pub async fn check_revoked(
     }
 }
 
-/// Verify the request's access token for a `token` route.
+/// Verify the request's access token for a `token` route. `sub` gets the subject of a
+/// genuine token (signature and registered claims verified) even when a later check refuses
+/// it (revoked, another IP, `require`): the log then says whose token was refused.
+#[allow(clippy::too_many_arguments)]
 pub async fn verify(
     h: &HeaderMap,
     cfg: &TokenConfig,
@@ -141,11 +144,13 @@ pub async fn verify(
     on_error: OnError,
     ip: IpAddr,
     require: &[(String, Vec<String>)],
+    sub: &mut Option<String>,
 ) -> Result<Claims, Reject> {
     let token = extract(h, cfg)?.ok_or(Reject::TokenMissing)?;
     let claims = keys
         .verify(cfg, token, TokenType::Access, now())
         .map_err(map_token_error)?;
+    sub.clone_from(&claims.sub);
     check_revoked(store, on_error, &claims).await?;
     check_binding(cfg, &claims, ip, device_id(h, cfg)).map_err(map_token_error)?;
     if !check_require(&claims, require) {

@@ -113,11 +113,32 @@ pub async fn handle(
     conn.activity
         .request_started(req.version() == http::Version::HTTP_2);
     let active = state.active.load_full();
-    let method = req.method().clone();
-    let mut out = Outcome::default();
-    // Normalized here, outside `run`, so that the access log can borrow it.
+    // Normalized here, outside `run`, so that the access log can borrow it. A rejected path is
+    // logged as sent (never with its query).
     let path = path::normalize(req.uri().path());
-    let mut resp = match run(req, &path, &conn, &active, &state, started, &mut out).await {
+    let raw_path = path.is_err().then(|| req.uri().path().to_owned());
+    let mut pending = Pending {
+        method: req.method().clone(),
+        path: &path,
+        raw_path: raw_path.as_deref(),
+        active: &active,
+        started,
+        out: Outcome::default(),
+        answered: false,
+    };
+    let run = run(
+        req,
+        &path,
+        &conn,
+        &active,
+        &state,
+        started,
+        &mut pending.out,
+    )
+    .await;
+    pending.answered = true;
+    let out = &mut pending.out;
+    let mut resp = match run {
         Ok(r) => r,
         Err(rej) => {
             out.code = Some(rej.code());
@@ -142,14 +163,65 @@ pub async fn handle(
         h.insert(HeaderName::from_static("ratelimit-policy"), policy);
         h.insert(HeaderName::from_static("ratelimit"), now);
     }
-    let path = out.path_override.as_deref().or(path.as_deref().ok());
-    crate::access_log::record(&method, path, &resp, &out, &active, started);
+    let logged_path = pending.logged_path();
+    let bytes = http_body::Body::size_hint(resp.body()).exact();
+    let status = resp.status().as_u16();
+    crate::access_log::record(
+        &pending.method,
+        logged_path,
+        status,
+        bytes,
+        &pending.out,
+        &active,
+        started,
+    );
     if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
         conn.activity.upgraded();
     }
     conn.activity.part_done();
     Ok(resp)
 }
+
+/// A request between its arrival and its answer. Dropped unanswered — the client went away,
+/// or the drain's grace ran out — it is still logged and counted, with nginx's status 499.
+struct Pending<'a> {
+    method: Method,
+    path: &'a Result<String, path::Refusal>,
+    raw_path: Option<&'a str>,
+    active: &'a Active,
+    started: Instant,
+    out: Outcome,
+    answered: bool,
+}
+
+impl Pending<'_> {
+    fn logged_path(&self) -> Option<&str> {
+        self.out
+            .path_override
+            .as_deref()
+            .or(self.path.as_deref().ok())
+            .or(self.raw_path)
+    }
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if !self.answered {
+            crate::access_log::record(
+                &self.method,
+                self.logged_path(),
+                CLIENT_CLOSED,
+                None,
+                &self.out,
+                self.active,
+                self.started,
+            );
+        }
+    }
+}
+
+/// nginx's status for a request the client closed before it was answered.
+const CLIENT_CLOSED: u16 = 499;
 
 async fn run(
     req: Request<Incoming>,
@@ -231,7 +303,7 @@ async fn run(
     };
     let peer = conn.hop;
     let sent = Instant::now();
-    let mut resp = forward::send(
+    let resp = forward::send(
         req,
         forward::Forward {
             client_ip: ip,
@@ -251,8 +323,10 @@ async fn run(
             activity: &conn.activity,
         },
     )
-    .await?;
+    .await;
+    // Also when it failed (502, 504): the time spent waiting on the upstream.
     out.upstream_ms = Some(sent.elapsed().as_secs_f64() * 1000.0);
+    let mut resp = resp?;
 
     // 7. mint
     if let Some(tc) = &cfg.token {
@@ -367,14 +441,12 @@ pub async fn judge(
             cfg.store.on_error,
             ip,
             &rc.require,
+            &mut out.sub,
         )
         .await;
         crate::metrics::verified(verdict.as_ref().err().map(Reject::code));
         match verdict {
-            Ok(c) => {
-                out.sub = c.sub.clone();
-                claims = Some(c);
-            }
+            Ok(c) => claims = Some(c),
             Err(e) => enforce(Err(e), rc.dry_run, out)?,
         }
         let sub = claims.as_ref().and_then(|c| c.sub.as_deref());

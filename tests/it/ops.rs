@@ -349,6 +349,107 @@ async fn access_log_is_json_with_the_fields_and_never_a_token() {
 }
 
 #[tokio::test]
+async fn the_access_log_covers_refused_failed_and_abandoned_requests() {
+    let up = Upstream::start().await;
+    let extra = format!(
+        r#"
+[[routes]]
+name = "adm"
+prefix = "/adm"
+auth = "token"
+upstream = "app"
+require = {{ role = ["root"] }}
+
+[[routes]]
+name = "slow"
+prefix = "/slow"
+auth = "public"
+upstream = "slow"
+strip_prefix = true
+
+[[routes]]
+name = "sleepy"
+prefix = "/sleep"
+auth = "public"
+upstream = "app"
+
+[upstreams.slow]
+url = "{}"
+timeout = "300ms"
+"#,
+        up.url()
+    );
+    let gw = Logged::start(&routes(&up, &extra)).await;
+    let base = &gw.base;
+    let c = plain_client();
+    // A genuine token refused by `require`: the log says whose it was.
+    let token = mint("127.0.0.1", "bob", serde_json::json!({"role": "user"}));
+    let r = c
+        .get(format!("{base}/adm/x"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    // A rejected path is logged as sent.
+    let r = c
+        .get(format!("{base}/open/a%2fb?q=secret-q"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    // An upstream timeout: the upstream's time is recorded; it is no refusal of the client.
+    let r = c
+        .get(format!("{base}/slow/sleep/3000"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 504);
+    // A client that gives up before the answer.
+    let gave_up = plain_client()
+        .get(format!("{base}/sleep/1500"))
+        .timeout(Duration::from_millis(300))
+        .send()
+        .await;
+    assert!(gave_up.is_err());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let log = gw.stop().await;
+    assert!(!log.contains("secret-q"), "{log}");
+
+    let v = access_line(&log, "/adm/x");
+    assert_eq!(
+        (v["status"].as_u64(), v["sub"].as_str()),
+        (Some(403), Some("bob")),
+        "{v}"
+    );
+    assert!(v["time"].as_str().is_some_and(|t| t.ends_with('Z')), "{v}");
+    let v = access_line(&log, "/open/a%2fb");
+    assert_eq!(v["status"], 400, "{v}");
+    let v = access_line(&log, "/slow/sleep/3000");
+    assert_eq!(
+        (v["status"].as_u64(), v["code"].as_str()),
+        (Some(504), Some("upstream_timeout"))
+    );
+    assert!(v["upstream_ms"].as_f64().unwrap() >= 250.0, "{v}");
+    assert!(
+        !log.lines()
+            .any(|l| l.contains("\"target\":\"security\"") && l.contains("upstream_timeout")),
+        "an upstream failure is not a refusal: {log}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("\"target\":\"upstream\"") && l.contains("upstream_timeout")),
+        "{log}"
+    );
+    let v = access_line(&log, "/sleep/1500");
+    assert_eq!(
+        (v["status"].as_u64(), v["route"].as_str()),
+        (Some(499), Some("sleepy")),
+        "{v}"
+    );
+}
+
+#[tokio::test]
 async fn refresh_and_logout_log_their_subject_and_a_refused_forward_auth_its_client_ip() {
     let up = Upstream::start().await;
     let login = r#"
