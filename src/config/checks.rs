@@ -98,13 +98,13 @@ pub fn header_problem(h: &HeaderName) -> Option<&'static str> {
 /// the path only (the query and fragment are never part of it) and paths hold no spaces.
 pub fn matcher_problem(p: &str) -> Option<&'static str> {
     if p.contains('?') {
-        return Some("holds `?`: routes match the path only, never the query string");
+        return Some("holds `?` (routes match the path only, never the query string)");
     }
     if p.contains('#') {
-        return Some("holds `#`: a fragment is never sent to a server");
+        return Some("holds `#` (a fragment is never sent to a server)");
     }
     if p.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Some("holds whitespace or control characters, which no request path carries");
+        return Some("holds whitespace or control characters (no request path carries them)");
     }
     None
 }

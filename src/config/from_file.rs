@@ -1028,7 +1028,12 @@ impl Validator {
         let mut forward_claims = Vec::new();
         for (claim, h) in &fc {
             if let Some(name) = self.carrier_header(&format!("token.forward_claims.{claim}"), h) {
-                if is_reserved_header(&name) {
+                if name == header {
+                    self.err(
+                        format!("token.forward_claims.{claim}"),
+                        format!("`{h}` is token.header, which carries the token itself; pick another name"),
+                    );
+                } else if is_reserved_header(&name) {
                     self.err(
                         format!("token.forward_claims.{claim}"),
                         format!("`{h}` is a header the gateway manages; pick another name"),
@@ -1083,8 +1088,8 @@ impl Validator {
         if leeway > ttl {
             self.warnings.push(format!(
                 "token.leeway ({}) is longer than token.ttl ({}): an expired token is still taken for longer than it was valid",
-                humantime::format_duration(leeway),
-                humantime::format_duration(ttl)
+                t.leeway.as_deref().unwrap_or("30s"),
+                t.ttl.as_deref().unwrap_or("60m")
             ));
         }
         let tc = TokenConfig {

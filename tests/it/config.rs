@@ -608,6 +608,15 @@ upstream = "app"
         "{e}"
     );
     assert!(e.contains("1 error(s)"), "{e}");
+    let e = load_in(
+        &dir,
+        &format!("{BASE}[token]\nsecret = {{ file = \"secret\" }}\nforward_claims = {{ sub = \"iptoken\" }}\n{TOKEN_ROUTE}"),
+    )
+    .unwrap_err();
+    assert!(
+        e.contains("token.forward_claims.sub: `iptoken` is token.header"),
+        "{e}"
+    );
     // Authorization stays a valid token header: it is how tokens arrive.
     load_in(
         &dir,
