@@ -1183,7 +1183,8 @@ impl Validator {
     /// The Redis URL, written in the file or read from `{ env }` / `{ file }`. It is never
     /// printed with its password.
     fn store_url(&mut self, url: Option<&StoreUrlFile>) -> Option<String> {
-        let (u, from) = match url {
+        // A URL read from the environment or a file is never shown, even masked.
+        let (u, hidden) = match url {
             None => {
                 self.err(
                     "store.url",
@@ -1195,7 +1196,7 @@ impl Validator {
                 if checks::url_has_password(u) {
                     self.warnings.push("store.url holds a password: move the URL out of the config, to url = { env = \"REDIS_URL\" } or { file = \"path\" }".into());
                 }
-                (u.clone(), None)
+                (u.clone(), false)
             }
             Some(StoreUrlFile::Secret(sf)) => {
                 let bytes = self.secret("store.url", sf)?;
@@ -1203,15 +1204,16 @@ impl Validator {
                     self.err("store.url", "the URL read is not UTF-8");
                     return None;
                 };
-                (u.trim().to_string(), Some(()))
+                (u.trim().to_string(), true)
             }
         };
         if u.starts_with("redis://") || u.starts_with("rediss://") {
             return Some(u);
         }
-        let shown = match from {
-            None => format!("`{}`", checks::redact_url(&u)),
-            Some(()) => "the URL read".to_string(),
+        let shown = if hidden {
+            "the URL read".to_string()
+        } else {
+            format!("`{}`", checks::redact_url(&u))
         };
         self.err(
             "store.url",
@@ -1439,7 +1441,7 @@ impl Validator {
                     }
                 }
                 for (j, c) in m.required_claims.iter().enumerate() {
-                    let known = cfh.iter().any(|(n, _)| n == c)
+                    let known = m.claims_from_headers.contains_key(c)
                         || token.is_some_and(|t| t.claims.contains_key(c));
                     if !known {
                         self.err(

@@ -597,6 +597,8 @@ upstream = "app"
     ] {
         assert!(e.contains(expected), "{expected} missing from: {e}");
     }
+    // A refused header is one error: its claim still counts as named for required_claims.
+    assert!(e.contains("7 error(s)"), "{e}");
     // The refresh token on the access token's header (any case).
     let e = load_in(
         &dir,
