@@ -3,6 +3,7 @@
 
 use std::net::IpAddr;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use crate::config::units::parse_duration;
 use crate::config::Config;
@@ -39,20 +40,10 @@ pub fn mint(
     let Some(tc) = &cfg.token else {
         return ExitCode::from(2);
     };
-    let mut extra = serde_json::Map::new();
-    for c in claims {
-        let Some((k, v)) = c.split_once('=') else {
-            eprintln!("--claim: `{c}` is not key=value");
-            return ExitCode::from(2);
-        };
-        let value =
-            serde_json::from_str(v).unwrap_or_else(|_| serde_json::Value::String(v.to_string()));
-        extra.insert(k.to_string(), value);
-    }
-    let ttl = match ttl.map(parse_duration).transpose() {
-        Ok(t) => t.unwrap_or(tc.ttl),
+    let (sub, extra, ttl) = match args(sub, claims, ttl, tc.ttl) {
+        Ok(x) => x,
         Err(e) => {
-            eprintln!("--ttl: {e}");
+            eprintln!("{e}");
             return ExitCode::from(2);
         }
     };
@@ -79,6 +70,78 @@ pub fn mint(
     }
 }
 
+/// The longest `--ttl` taken: a longer one is a typo, or a credential that never ends.
+const MAX_TTL: Duration = Duration::from_secs(10 * 365 * 86_400);
+
+type Claims = serde_json::Map<String, serde_json::Value>;
+
+/// `--sub`, `--claim k=v`… and `--ttl`, checked as the gateway would: reserved claims, empty
+/// names and values the gateway would never mint (control characters) are refused, not
+/// silently dropped.
+fn args(
+    sub: Option<String>,
+    claims: &[String],
+    ttl: Option<&str>,
+    default_ttl: Duration,
+) -> Result<(Option<String>, Claims, Duration), String> {
+    if let Some(s) = &sub {
+        if s.is_empty() {
+            return Err(
+                "--sub: the subject is empty; leave --sub out for a token with none".into(),
+            );
+        }
+        if s.chars().any(char::is_control) {
+            return Err("--sub: control characters (CR, LF, NUL…) are never minted".into());
+        }
+    }
+    let mut extra = serde_json::Map::new();
+    for c in claims {
+        let Some((k, v)) = c.split_once('=') else {
+            return Err(format!("--claim: `{}` is not key=value", c.escape_debug()));
+        };
+        if k.is_empty() {
+            return Err(format!(
+                "--claim: `{}` has an empty claim name",
+                c.escape_debug()
+            ));
+        }
+        if k == "sub" {
+            return Err("--claim: `sub` is the subject: use --sub".into());
+        }
+        if crate::config::RESERVED_CLAIMS.contains(&k) {
+            return Err(format!("--claim: `{k}` is set by the gateway itself"));
+        }
+        let value =
+            serde_json::from_str(v).unwrap_or_else(|_| serde_json::Value::String(v.to_string()));
+        if has_control(&value) || k.chars().any(char::is_control) {
+            return Err(format!(
+                "--claim: `{}` holds control characters (CR, LF, NUL…), which the gateway never mints",
+                k.escape_debug()
+            ));
+        }
+        extra.insert(k.to_string(), value);
+    }
+    let ttl = match ttl.map(parse_duration).transpose() {
+        Ok(t) => t.unwrap_or(default_ttl),
+        Err(e) => return Err(format!("--ttl: {e}")),
+    };
+    if ttl.is_zero() || ttl > MAX_TTL {
+        return Err("--ttl: must be longer than 0 and at most 10 years".into());
+    }
+    Ok((sub, extra, ttl))
+}
+
+fn has_control(v: &serde_json::Value) -> bool {
+    match v {
+        serde_json::Value::String(s) => s.chars().any(char::is_control),
+        serde_json::Value::Array(a) => a.iter().any(has_control),
+        serde_json::Value::Object(o) => o
+            .iter()
+            .any(|(k, v)| k.chars().any(char::is_control) || has_control(v)),
+        _ => false,
+    }
+}
+
 pub fn verify(cfg: &Config, ip: &str, token: &str) -> ExitCode {
     let (keys, ip) = match setup(cfg, ip) {
         Ok(x) => x,
@@ -102,5 +165,51 @@ pub fn verify(cfg: &Config, ip: &str, token: &str) -> ExitCode {
             crate::print_stdout(&format!("{} {}\n", r.status().as_u16(), r.code()));
             ExitCode::from(1)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: Duration = Duration::from_secs(86_400);
+
+    fn err(sub: Option<&str>, claims: &[&str], ttl: Option<&str>) -> String {
+        let claims: Vec<String> = claims.iter().map(|c| c.to_string()).collect();
+        match args(sub.map(str::to_string), &claims, ttl, DAY) {
+            Ok(_) => panic!("accepted: {sub:?} {claims:?} {ttl:?}"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn claims_the_gateway_would_not_mint_are_refused() {
+        let (sub, extra, ttl) = args(
+            Some("alice".into()),
+            &["role=admin".into(), "n=3".into()],
+            Some("15m"),
+            DAY,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(sub.as_deref(), Some("alice"));
+        assert_eq!(extra["role"], "admin");
+        assert_eq!(extra["n"], 3);
+        assert_eq!(ttl, Duration::from_secs(900));
+        assert!(err(None, &["sub=bob"], None).contains("--sub"));
+        for reserved in [
+            "ip", "exp", "iat", "nbf", "typ", "iss", "aud", "jti", "fam", "dev",
+        ] {
+            let e = err(None, &[&format!("{reserved}=x")], None);
+            assert!(e.contains("set by the gateway"), "{reserved}: {e}");
+        }
+        assert!(err(None, &["=x"], None).contains("empty claim name"));
+        assert!(err(Some(""), &[], None).contains("empty"));
+        assert!(err(Some("a\r\nb"), &[], None).contains("control"));
+        assert!(err(None, &["role=a\nb"], None).contains("control"));
+        assert!(err(None, &["role=\"a\\u0000b\""], None).contains("control"));
+        assert!(err(None, &["role=[\"a\\rb\"]"], None).contains("control"));
+        assert!(err(None, &[], Some("11y")).contains("10 years"));
+        assert!(err(None, &[], Some("0s")).contains("--ttl"));
+        assert!(args(None, &[], Some("3650d"), DAY).is_ok());
     }
 }

@@ -16,40 +16,73 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::body::{full, Body};
-use crate::config::{Config, FileConfig};
+use crate::config::{Config, ConfigError, ConfigErrors};
 use crate::server::Running;
 
 /// Where the demo keeps its generated secret when `IPTGATE_SECRET` is not set.
 const SECRET_FILE: &str = ".iptgate-demo-secret";
 
-/// Make the config runnable (dev cert, secret), then load it.
-pub fn prepare(path: &Path) -> Result<Config, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+/// Why `demo` could not start: a config problem (exit 2, reported as `check` does) or a file
+/// it could not write (exit 1).
+#[derive(Debug)]
+pub enum PrepareError {
+    Config(ConfigErrors),
+    Io(String),
+}
+
+impl std::fmt::Display for PrepareError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PrepareError::Config(e) => write!(f, "{e}"),
+            PrepareError::Io(e) => write!(f, "demo: {e}"),
+        }
+    }
+}
+
+/// Make the config runnable (dev cert, secret), then load it. Nothing is written until the
+/// config validates: a missing certificate is the only error the demo fixes itself, and a
+/// generated secret is handed to the validation through the environment first.
+pub fn prepare(path: &Path) -> Result<Config, PrepareError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        PrepareError::Config(ConfigErrors {
+            file: path.display().to_string(),
+            errors: vec![ConfigError {
+                path: String::new(),
+                message: format!("cannot read the file: {e}"),
+            }],
+        })
+    })?;
     let base = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let file: FileConfig = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-    if let Some(tls) = &file.server.tls {
-        let cert = resolve(base, &tls.cert);
-        let key = resolve(base, &tls.key);
-        if !cert.exists() || !key.exists() {
-            let dir = cert
-                .parent()
-                .map(Path::to_path_buf)
-                .unwrap_or_else(|| base.to_path_buf());
-            let c = crate::tls::generate_dev_cert(&[]).map_err(|e| e.to_string())?;
-            std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-            std::fs::write(&cert, c.cert_pem).map_err(|e| format!("{}: {e}", cert.display()))?;
-            crate::tls::write_private(&key, c.key_pem.as_bytes()).map_err(|e| e.to_string())?;
-            eprintln!(
-                "demo: wrote a self-signed dev certificate to {} and {}",
-                cert.display(),
-                key.display()
-            );
+    let file = match Config::shape(&text, path) {
+        Ok(f) => f,
+        // Every error at once, as `check` prints them.
+        Err(_) => return Err(config_errors(Config::from_toml(&text, path).err(), path)),
+    };
+    let mut own: Vec<ConfigError> = Vec::new();
+    match file.upstreams.get("app") {
+        None => own.push(ConfigError {
+            path: "upstreams.app".into(),
+            message: "missing: the demo runs its sample app at this upstream's address; add [upstreams.app] with url = \"http://127.0.0.1:3000\"".into(),
+        }),
+        Some(u) if u.url.as_deref().is_some_and(|u| u.starts_with("https://")) => {
+            own.push(ConfigError {
+                path: "upstreams.app.url".into(),
+                message: "the sample app speaks plain HTTP: use url = \"http://127.0.0.1:3000\"".into(),
+            })
         }
+        Some(_) => {}
     }
+    let cert = file.server.tls.as_ref().and_then(|t| {
+        let (c, k) = (
+            resolve(base, t.cert.as_ref()?),
+            resolve(base, t.key.as_ref()?),
+        );
+        (!c.exists() || !k.exists()).then_some((c, k))
+    });
+    let mut new_secret = None;
     if let Some(env) = file
         .token
         .as_ref()
@@ -66,18 +99,59 @@ pub fn prepare(path: &Path) -> Result<Config, String> {
                         crate::pipeline::mint::random_id(),
                         crate::pipeline::mint::random_id()
                     );
-                    crate::tls::write_private(&f, s.as_bytes()).map_err(|e| e.to_string())?;
-                    eprintln!(
-                        "demo: wrote a random token secret to {} (set {env} to use your own)",
-                        f.display()
-                    );
+                    new_secret = Some((f, s.clone(), env.clone()));
                     s
                 }
             };
             std::env::set_var(&env, secret);
         }
     }
-    Config::load(path).map_err(|e| e.to_string())
+    let mut errors = match Config::from_toml(&text, path) {
+        Ok(_) => Vec::new(),
+        Err(e) => e.errors,
+    };
+    if cert.is_some() {
+        // The certificate the demo is about to write.
+        errors.retain(|e| e.path != "server.tls.cert" && e.path != "server.tls.key");
+    }
+    errors.extend(own);
+    if !errors.is_empty() {
+        return Err(PrepareError::Config(ConfigErrors {
+            file: path.display().to_string(),
+            errors,
+        }));
+    }
+    let io = |e: String| PrepareError::Io(e);
+    if let Some((cert, key)) = &cert {
+        let dir = cert
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| base.to_path_buf());
+        let c = crate::tls::generate_dev_cert(&[]).map_err(|e| io(e.to_string()))?;
+        std::fs::create_dir_all(&dir).map_err(|e| io(format!("{}: {e}", dir.display())))?;
+        std::fs::write(cert, c.cert_pem).map_err(|e| io(format!("{}: {e}", cert.display())))?;
+        crate::tls::write_private(key, c.key_pem.as_bytes()).map_err(|e| io(e.to_string()))?;
+        eprintln!(
+            "demo: wrote a self-signed dev certificate to {} and {}",
+            cert.display(),
+            key.display()
+        );
+    }
+    if let Some((f, s, env)) = new_secret {
+        crate::tls::write_private(&f, s.as_bytes()).map_err(|e| io(e.to_string()))?;
+        eprintln!(
+            "demo: wrote a random token secret to {} (set {env} to use your own)",
+            f.display()
+        );
+    }
+    Config::from_toml(&text, path).map_err(PrepareError::Config)
+}
+
+fn config_errors(e: Option<ConfigErrors>, path: &Path) -> PrepareError {
+    PrepareError::Config(e.unwrap_or_else(|| ConfigErrors {
+        file: path.display().to_string(),
+        errors: vec![],
+    }))
 }
 
 fn resolve(base: &Path, p: &Path) -> PathBuf {

@@ -23,7 +23,7 @@ struct Cli {
     /// Log format (default: pretty on a terminal, json otherwise); level from RUST_LOG.
     #[arg(long, global = true, value_enum)]
     log_format: Option<LogFormat>,
-    /// The config file (for `run` when no subcommand is given).
+    /// The config file of every command that reads one (default ./gateway.toml).
     #[arg(long, global = true, env = "IPTGATE_CONFIG")]
     config: Option<PathBuf>,
     #[command(subcommand)]
@@ -86,15 +86,25 @@ enum TokenCmd {
 
 fn init_logs(format: Option<LogFormat>) {
     use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(v) if !v.trim().is_empty() => {
+            tracing_subscriber::EnvFilter::try_new(&v).unwrap_or_else(|e| {
+                eprintln!("RUST_LOG: `{v}` is not a log filter ({e}); logging at info");
+                tracing_subscriber::EnvFilter::new("info")
+            })
+        }
+        _ => tracing_subscriber::EnvFilter::new("info"),
+    };
+    let tty = std::io::stderr().is_terminal();
     let json = match format {
         Some(LogFormat::Json) => true,
         Some(LogFormat::Pretty) => false,
-        None => !std::io::stderr().is_terminal(),
+        None => !tty,
     };
+    // Colour codes only on a terminal: a file or a pipe gets plain text.
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(tty)
         .with_writer(std::io::stderr);
     if json {
         b.json().flatten_event(true).with_current_span(false).init();
@@ -142,20 +152,20 @@ fn main() -> ExitCode {
         Cmd::Demo => match iptgate::demo::prepare(&path) {
             Ok(cfg) => run_gateway(cfg, true),
             Err(e) => {
-                eprintln!("demo: {e}");
-                ExitCode::from(2)
+                eprintln!("{e}");
+                match e {
+                    iptgate::demo::PrepareError::Config(_) => ExitCode::from(2),
+                    iptgate::demo::PrepareError::Io(_) => ExitCode::from(1),
+                }
             }
         },
         Cmd::Check => iptgate::check::run(&path),
-        Cmd::Cert { out, hosts } => match iptgate::tls::write_dev_cert(&out, &hosts) {
-            Ok((c, k)) => {
-                iptgate::print_stdout(&format!("wrote {} and {}\n", c.display(), k.display()));
-                ExitCode::SUCCESS
-            }
+        Cmd::Cert { out, hosts } => match iptgate::tls::check_hosts(&hosts) {
             Err(e) => {
-                eprintln!("cert: {e}");
-                ExitCode::from(1)
+                eprintln!("cert: --host {e}");
+                ExitCode::from(2)
             }
+            Ok(()) => write_cert(&out, &hosts),
         },
         Cmd::Token { cmd } => {
             let cfg = match load(&path) {
@@ -179,7 +189,23 @@ fn main() -> ExitCode {
     }
 }
 
+fn write_cert(out: &std::path::Path, hosts: &[String]) -> ExitCode {
+    match iptgate::tls::write_dev_cert(out, hosts) {
+        Ok((c, k)) => {
+            iptgate::print_stdout(&format!("wrote {} and {}\n", c.display(), k.display()));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("cert: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 fn run_gateway(cfg: Config, demo: bool) -> ExitCode {
+    for w in &cfg.warnings {
+        tracing::warn!(file = %cfg.source.display(), "config: {w}");
+    }
     let rt = match runtime(cfg.server.workers) {
         Ok(rt) => rt,
         Err(e) => {

@@ -28,6 +28,9 @@ pub fn reload(state: &State) -> Result<u64, String> {
                     "store backend or url changed: it takes effect after a restart (on_error applies now)"
                 );
             }
+            for w in &cfg.warnings {
+                tracing::warn!(file = %path.display(), "config: {w}");
+            }
             state.swap(cfg)
         });
     match &result {

@@ -27,8 +27,13 @@ use crate::state::State;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: io::Error },
+    #[error("cannot listen on {addr} ({listener} listener, {key}): {source}")]
+    Bind {
+        listener: &'static str,
+        key: &'static str,
+        addr: SocketAddr,
+        source: io::Error,
+    },
     #[error("{0}")]
     Setup(String),
 }
@@ -75,8 +80,19 @@ impl Running {
     }
 }
 
-fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
-    let e = |source| ServeError::Bind { addr, source };
+/// Bind one listener; an error names which (`main`, `admin`, `redirect`) and its config key.
+fn bind(listener: &'static str, addr: SocketAddr) -> Result<TcpListener, ServeError> {
+    let key = match listener {
+        "admin" => "server.admin_listen",
+        "redirect" => "server.redirect_http",
+        _ => "server.listen",
+    };
+    let e = |source| ServeError::Bind {
+        listener,
+        key,
+        addr,
+        source,
+    };
     let sock = if addr.is_ipv4() {
         TcpSocket::new_v4()
     } else {
@@ -91,9 +107,17 @@ fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
 /// Bind every listener and start serving. Returns once the listeners are bound.
 pub async fn start(config: Config) -> Result<Running, ServeError> {
     crate::metrics::install();
-    let main = bind(config.server.listen)?;
-    let admin = config.server.admin_listen.map(bind).transpose()?;
-    let redirect = config.server.redirect_http.map(bind).transpose()?;
+    let main = bind("main", config.server.listen)?;
+    let admin = config
+        .server
+        .admin_listen
+        .map(|a| bind("admin", a))
+        .transpose()?;
+    let redirect = config
+        .server
+        .redirect_http
+        .map(|a| bind("redirect", a))
+        .transpose()?;
     let state = State::new(config).await.map_err(ServeError::Setup)?;
     let (tx, rx) = watch::channel(false);
     let addr = main
@@ -116,7 +140,8 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         None => None,
     };
     tasks.push(tokio::spawn(prune_loop(state.clone(), rx)));
-    tracing::info!(listen = %addr, admin = ?admin_addr, tls = state.active.load().tls.is_some(), "iptgate listening");
+    let admin_shown = admin_addr.map_or_else(|| "off".to_string(), |a| a.to_string());
+    tracing::info!(listen = %addr, admin = %admin_shown, tls = state.active.load().tls.is_some(), "iptgate listening");
     Ok(Running {
         addr,
         admin_addr,

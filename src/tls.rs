@@ -90,6 +90,22 @@ pub struct DevCert {
     pub key_pem: String,
 }
 
+/// Every `--host` must be a DNS name (a leading `*.` label allowed) or an IP address: a
+/// certificate for anything else matches no server name.
+pub fn check_hosts(hosts: &[String]) -> Result<(), String> {
+    for h in hosts {
+        let name = h.strip_prefix("*.").unwrap_or(h);
+        let ok = h.parse::<std::net::IpAddr>().is_ok() || crate::config::checks::is_dns_name(name);
+        if !ok {
+            return Err(format!(
+                "`{}` is neither a DNS name (e.g. gw.example.com) nor an IP address",
+                h.escape_debug()
+            ));
+        }
+    }
+    Ok(())
+}
+
 pub fn generate_dev_cert(hosts: &[String]) -> Result<DevCert, TlsError> {
     let mut names: Vec<String> = hosts.to_vec();
     if names.is_empty() {
@@ -124,4 +140,31 @@ pub fn write_private(path: &Path, data: &[u8]) -> Result<(), TlsError> {
     opts.mode(0o600);
     let mut f = opts.open(path).map_err(|e| file_err(path, e.to_string()))?;
     f.write_all(data).map_err(|e| file_err(path, e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cert_hosts_are_dns_names_or_ips() {
+        let ok =
+            |h: &[&str]| super::check_hosts(&h.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert!(ok(&[
+            "gw.example.com",
+            "localhost",
+            "127.0.0.1",
+            "::1",
+            "*.example.com"
+        ])
+        .is_ok());
+        for bad in [
+            "",
+            "gw example.com",
+            "https://gw.example.com",
+            "gw.example.com:8443",
+            "a..b",
+            "*",
+        ] {
+            assert!(ok(&[bad]).is_err(), "{bad}");
+        }
+    }
 }

@@ -49,8 +49,9 @@ pub struct ServerFile {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsFile {
-    pub cert: PathBuf,
-    pub key: PathBuf,
+    /// Both are required; optional here so that a missing one is reported with the others.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -144,8 +145,17 @@ pub struct RefreshFile {
 #[serde(deny_unknown_fields)]
 pub struct StoreFile {
     pub backend: Option<String>,
-    pub url: Option<String>,
+    pub url: Option<StoreUrlFile>,
     pub on_error: Option<String>,
+}
+
+/// `url = "redis://…"`, or, since a Redis URL may hold a password, `{ env = "NAME" }` or
+/// `{ file = "path" }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum StoreUrlFile {
+    Plain(String),
+    Secret(SecretFile),
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -167,8 +177,9 @@ pub struct UpstreamFile {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitFile {
-    pub key: String,
-    pub rate: String,
+    /// Both are required; optional here so that a missing one is reported with the others.
+    pub key: Option<String>,
+    pub rate: Option<String>,
     pub burst: Option<u32>,
     pub ipv6_prefix: Option<u8>,
 }

@@ -36,7 +36,7 @@ pub(super) fn build(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
     let table: toml::Table = toml::from_str(text).map_err(|e| {
         fail(vec![ConfigError {
             path: String::new(),
-            message: format!("not valid TOML: {e}"),
+            message: syntax_error(text, &e),
         }])
     })?;
     let mut errs = Errors::default();
@@ -80,6 +80,45 @@ pub(super) fn build(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
     } else {
         Err(fail(v.errs.0))
     }
+}
+
+/// The file's shape only (no validation), for `demo`, which must know the certificate paths
+/// and the secret's variable before the config can validate. Errors as `build` reports them.
+pub(super) fn shape_only(text: &str, path: &Path) -> Result<FileConfig, ConfigErrors> {
+    let fail = |errors: Vec<ConfigError>| ConfigErrors {
+        file: path.display().to_string(),
+        errors,
+    };
+    let table: toml::Table = toml::from_str(text).map_err(|e| {
+        fail(vec![ConfigError {
+            path: String::new(),
+            message: syntax_error(text, &e),
+        }])
+    })?;
+    let mut errs = Errors::default();
+    let (file, _) = shape(table, &mut errs);
+    if errs.0.is_empty() {
+        Ok(file)
+    } else {
+        Err(fail(errs.0))
+    }
+}
+
+/// A TOML syntax error as "line L, column C: message", without the source line that the
+/// parser's own report quotes: that line may hold an inline secret, and `check` output ends
+/// up in CI logs.
+fn syntax_error(text: &str, e: &toml::de::Error) -> String {
+    let at = e.span().map(|span| {
+        let before = &text.as_bytes()[..span.start.min(text.len())];
+        let line = before.iter().filter(|b| **b == b'\n').count() + 1;
+        let col = before.iter().rev().take_while(|b| **b != b'\n').count() + 1;
+        format!(" at line {line}, column {col}")
+    });
+    format!(
+        "not valid TOML{}: {}",
+        at.unwrap_or_default(),
+        redact_strings(e.message().trim())
+    )
 }
 
 /// Deserialize section by section so that one typo does not hide the next. Unknown keys are
@@ -296,6 +335,9 @@ fn unknown_field(msg: &str) -> Option<&str> {
 /// was expected (`secret = "…"`), and `check` output ends up in CI logs.
 fn explain_serde(msg: &str) -> String {
     let msg = redact_strings(msg.trim().trim_end_matches('\n'));
+    if msg.contains("untagged enum StoreUrlFile") {
+        return "must be a string \"redis://host:6379/0\", { env = \"NAME\" } or { file = \"path\" }".into();
+    }
     if msg.contains("expected struct SecretFile") {
         return "must be a table: { env = \"VARIABLE\" } or { file = \"path\" } (a secret is not written in the config)".into();
     }
@@ -352,6 +394,27 @@ impl Validator {
         }
     }
 
+    /// A duration that must not be zero: a zero timeout or lifetime would refuse everything.
+    fn positive_duration(&mut self, path: &str, v: &Option<String>, default: Duration) -> Duration {
+        let d = self.duration(path, v, default);
+        if d.is_zero() {
+            self.err(path, "must be longer than 0");
+            return default;
+        }
+        d
+    }
+
+    /// A header that carries a token or a claim: a valid name, and not one that proxies
+    /// remove or that frames the message.
+    fn carrier_header(&mut self, path: &str, v: &str) -> Option<HeaderName> {
+        let h = self.header_name(path, v)?;
+        if let Some(why) = checks::header_problem(&h) {
+            self.err(path, format!("`{v}` {why}; pick another header name"));
+            return None;
+        }
+        Some(h)
+    }
+
     fn addr(&mut self, path: &str, v: &str) -> Option<SocketAddr> {
         match v.parse::<SocketAddr>() {
             Ok(a) => Some(a),
@@ -381,11 +444,24 @@ impl Validator {
         let mut out = Vec::with_capacity(list.len());
         for (i, s) in list.iter().enumerate() {
             match parse_net(s) {
-                Ok(n) => out.push(n),
+                Ok(n) => {
+                    self.host_bits(&format!("{path}[{i}]"), s);
+                    out.push(n)
+                }
                 Err(e) => self.err(format!("{path}[{i}]"), e),
             }
         }
         out
+    }
+
+    /// `10.0.0.1/8` stands for all of 10.0.0.0/8: say so, as nginx does.
+    fn host_bits(&mut self, path: &str, s: &str) {
+        if let Some(net) = checks::host_bits(s) {
+            self.warnings.push(format!(
+                "{path}: `{}` has host bits set; it is read as {net} (the whole network)",
+                s.trim()
+            ));
+        }
     }
 
     fn ip_lists(&mut self, path: &str, f: &IpFile) -> IpLists {
@@ -401,7 +477,13 @@ impl Validator {
                             continue;
                         }
                         match parse_net(line) {
-                            Ok(net) => deny.push(net),
+                            Ok(net) => {
+                                self.host_bits(
+                                    &format!("{path}.deny_file ({}:{})", p.display(), n + 1),
+                                    line,
+                                );
+                                deny.push(net)
+                            }
                             Err(e) => {
                                 self.err(format!("{path}.deny_file ({}:{})", p.display(), n + 1), e)
                             }
@@ -444,6 +526,28 @@ impl Validator {
             self.gateway_path("forward_auth.path", &p);
             p
         });
+        self.gateway_clashes(token.as_ref(), refresh.as_ref(), forward_auth.as_deref());
+        // As written (an invalid token.header falls back to the default, which must not
+        // make a clash of its own).
+        let token_header = f
+            .token
+            .as_ref()
+            .map(|t| t.header.as_deref().unwrap_or("IPToken"));
+        let refresh_header = f
+            .refresh
+            .as_ref()
+            .filter(|r| r.enabled)
+            .map(|r| r.header.as_deref().unwrap_or("IPToken-Refresh"));
+        if let (Some(t), Some(r)) = (token_header, refresh_header) {
+            if t.eq_ignore_ascii_case(r) {
+                self.err(
+                    "refresh.header",
+                    format!(
+                        "`{r}` is also token.header: the refresh token needs a header of its own"
+                    ),
+                );
+            }
+        }
         let upstream_names: Vec<String> = f.upstreams.keys().cloned().collect();
         let upstreams: Vec<UpstreamConfig> = f
             .upstreams
@@ -484,6 +588,53 @@ impl Validator {
         }
     }
 
+    /// Paths the gateway answers itself must be distinct (one would hide the other), and the
+    /// refresh token must not ride on the access token's header.
+    fn gateway_clashes(
+        &mut self,
+        token: Option<&TokenConfig>,
+        refresh: Option<&RefreshConfig>,
+        forward_auth: Option<&str>,
+    ) {
+        let mut served: Vec<(&str, &str)> = Vec::new();
+        if token.is_some_and(|t| !t.algorithm.is_hmac()) {
+            served.push(("the JWKS endpoint", "/.well-known/jwks.json"));
+        }
+        if let Some(r) = refresh {
+            served.push(("refresh.path", &r.path));
+            served.push(("refresh.logout_path", &r.logout_path));
+        }
+        if let Some(p) = forward_auth {
+            served.push(("forward_auth.path", p));
+        }
+        for (j, (key, p)) in served.iter().enumerate() {
+            if let Some((other, _)) = served[..j].iter().find(|(_, q)| q == p) {
+                self.err(
+                    *key,
+                    format!("`{p}` is already served by the gateway as {other}: each gateway path must be distinct"),
+                );
+            }
+        }
+    }
+
+    /// A non-empty list of HTTP status codes (100–599).
+    fn statuses(&mut self, key: &str, list: &[u16], example: &str) {
+        if list.is_empty() {
+            self.err(
+                key,
+                format!("is empty, so it never matches: list HTTP status codes, e.g. {example}"),
+            );
+        }
+        for (i, s) in list.iter().enumerate() {
+            if !(100..=599).contains(s) {
+                self.err(
+                    format!("{key}[{i}]"),
+                    format!("{s} is not an HTTP status code (100–599)"),
+                );
+            }
+        }
+    }
+
     fn gateway_path(&mut self, key: &str, p: &str) {
         if !p.starts_with('/') || p.contains("//") || p.contains("/./") || p.contains("/../") {
             self.err(key, format!("`{p}` must be an absolute, normalized path"));
@@ -495,13 +646,29 @@ impl Validator {
             "server.listen",
             s.listen.as_deref().unwrap_or("0.0.0.0:8443"),
         )?;
-        let tls = s.tls.as_ref().map(|t| TlsPaths {
-            cert: self.resolve(&t.cert),
-            key: self.resolve(&t.key),
+        let tls = s.tls.as_ref().and_then(|t| {
+            let mut file = |k: &str, p: &Option<PathBuf>| match p {
+                None => {
+                    self.err(
+                        k,
+                        "missing: [server].tls needs both cert and key (PEM files)",
+                    );
+                    None
+                }
+                Some(p) => Some(self.resolve(p)),
+            };
+            let cert = file("server.tls.cert", &t.cert);
+            let key = file("server.tls.key", &t.key);
+            Some(TlsPaths {
+                cert: cert?,
+                key: key?,
+            })
         });
         if let Some(t) = &tls {
+            let mut missing = false;
             for (k, p) in [("server.tls.cert", &t.cert), ("server.tls.key", &t.key)] {
                 if !p.exists() {
+                    missing = true;
                     self.err(
                         k,
                         format!(
@@ -509,6 +676,12 @@ impl Validator {
                             p.display()
                         ),
                     );
+                }
+            }
+            // Parsed now, so a bad PEM or a key that does not match is reported with the rest.
+            if !missing {
+                if let Err(e) = crate::tls::server_config(t) {
+                    self.err("server.tls", e.to_string());
                 }
             }
         }
@@ -527,11 +700,24 @@ impl Validator {
             Some(a) => self.addr("server.admin_listen", a),
             None => Some(SocketAddr::from(([127, 0, 0, 1], 9901))),
         };
-        if admin_listen.is_some() && admin_listen == Some(listen) && listen.port() != 0 {
-            self.err(
-                "server.admin_listen",
-                "must differ from server.listen: the admin endpoints never share the main listener",
-            );
+        let mut bound = vec![("server.listen", listen)];
+        for (k, a) in [
+            ("server.admin_listen", admin_listen),
+            ("server.redirect_http", redirect_http),
+        ] {
+            let Some(a) = a else { continue };
+            if let Some((other, _)) = bound.iter().find(|(_, b)| same_socket(a, *b)) {
+                let why = if k == "server.admin_listen" {
+                    "; the admin endpoints never share the main listener"
+                } else {
+                    ""
+                };
+                self.err(
+                    k,
+                    format!("{a} takes the same port as {other} (a wildcard address covers every address of its family){why}"),
+                );
+            }
+            bound.push((k, a));
         }
         let max_request_body = match &s.max_request_body {
             None => 10 << 20,
@@ -544,19 +730,26 @@ impl Validator {
         if max_connections == 0 {
             self.err("server.max_connections", "must be at least 1");
         }
+        let workers = s.workers.unwrap_or(0);
+        if workers > MAX_WORKERS {
+            self.err(
+                "server.workers",
+                format!("{workers} is more than {MAX_WORKERS}: each worker is an OS thread with its own stack, and past the core count more only add switching; 0 means one per core"),
+            );
+        }
         Some(ServerConfig {
             listen,
             tls,
             redirect_http,
             admin_listen,
-            workers: s.workers.unwrap_or(0),
+            workers: workers.min(MAX_WORKERS),
             max_connections,
-            header_read_timeout: self.duration(
+            header_read_timeout: self.positive_duration(
                 "server.header_read_timeout",
                 &s.header_read_timeout,
                 Duration::from_secs(10),
             ),
-            idle_timeout: self.duration(
+            idle_timeout: self.positive_duration(
                 "server.idle_timeout",
                 &s.idle_timeout,
                 Duration::from_secs(60),
@@ -591,13 +784,13 @@ impl Validator {
         }
     }
 
-    fn secret(&mut self, s: &SecretFile) -> Option<Vec<u8>> {
+    fn secret(&mut self, key: &str, s: &SecretFile) -> Option<Vec<u8>> {
         match (&s.env, &s.file) {
             (Some(name), None) => match std::env::var(name) {
                 Ok(v) => Some(v.into_bytes()),
                 Err(_) => {
                     self.err(
-                        "token.secret.env",
+                        format!("{key}.env"),
                         format!("environment variable {name} is not set (or not UTF-8)"),
                     );
                     None
@@ -614,7 +807,7 @@ impl Validator {
                     }
                     Err(e) => {
                         self.err(
-                            "token.secret.file",
+                            format!("{key}.file"),
                             format!("cannot read {}: {e}", p.display()),
                         );
                         None
@@ -623,7 +816,7 @@ impl Validator {
             }
             _ => {
                 self.err(
-                    "token.secret",
+                    key,
                     "write exactly one of { env = \"NAME\" } or { file = \"path\" }",
                 );
                 None
@@ -637,7 +830,10 @@ impl Validator {
             Some((_, a)) => *a,
             None => {
                 let names: Vec<&str> = Algorithm::ALL.iter().map(|(n, _)| *n).collect();
-                let hint = closest(alg_name, &names)
+                let same_letters = names.iter().find(|n| n.eq_ignore_ascii_case(alg_name));
+                let hint = same_letters
+                    .copied()
+                    .or_else(|| closest(alg_name, &names))
                     .map(|c| format!("did you mean `{c}`?"))
                     .unwrap_or_else(|| format!("use one of {}", names.join(", ")));
                 self.err(
@@ -661,7 +857,7 @@ impl Validator {
                 );
                 return None;
             };
-            let secret = self.secret(secret_ref)?;
+            let secret = self.secret("token.secret", secret_ref)?;
             if secret.len() < 32 {
                 self.err(
                     "token.secret",
@@ -731,7 +927,7 @@ impl Validator {
             self.err("token.subnet_v6", "must be 0..=128");
         }
         let header = self
-            .header_name("token.header", t.header.as_deref().unwrap_or("IPToken"))
+            .carrier_header("token.header", t.header.as_deref().unwrap_or("IPToken"))
             .unwrap_or(HeaderName::from_static("iptoken"));
         let c = t.cookie.clone().unwrap_or_default();
         let cookie_name = c.name.unwrap_or_else(|| "ipt".into());
@@ -770,13 +966,24 @@ impl Validator {
                 "SameSite=None cookies must be secure (browsers reject them otherwise)",
             );
         }
+        let path = c.path.unwrap_or_else(|| "/".into());
+        if let Some(why) = checks::cookie_path_problem(&path) {
+            self.err(
+                "token.cookie.path",
+                format!("`{}` {why}", path.escape_debug()),
+            );
+        }
+        if let Some(why) = c.domain.as_deref().and_then(checks::cookie_domain_problem) {
+            let d = c.domain.as_deref().unwrap_or_default().escape_debug();
+            self.err("token.cookie.domain", format!("`{d}` {why}"));
+        }
         let cookie = CookieConfig {
             refresh_name: format!("{cookie_name}_refresh"),
             name: cookie_name,
             secure,
             http_only: c.http_only.unwrap_or(true),
             same_site,
-            path: c.path.unwrap_or_else(|| "/".into()),
+            path,
             domain: c.domain,
         };
         let mut accept = Vec::new();
@@ -820,8 +1027,13 @@ impl Validator {
             .unwrap_or_else(|| [("sub".to_string(), "X-Auth-Subject".to_string())].into());
         let mut forward_claims = Vec::new();
         for (claim, h) in &fc {
-            if let Some(name) = self.header_name(&format!("token.forward_claims.{claim}"), h) {
-                if is_reserved_header(&name) {
+            if let Some(name) = self.carrier_header(&format!("token.forward_claims.{claim}"), h) {
+                if name == header {
+                    self.err(
+                        format!("token.forward_claims.{claim}"),
+                        format!("`{h}` is token.header, which carries the token itself; pick another name"),
+                    );
+                } else if is_reserved_header(&name) {
                     self.err(
                         format!("token.forward_claims.{claim}"),
                         format!("`{h}` is a header the gateway manages; pick another name"),
@@ -871,13 +1083,22 @@ impl Validator {
             Some("") => None,
             Some(s) => Some(s.to_string()),
         };
+        let ttl = self.positive_duration("token.ttl", &t.ttl, Duration::from_secs(3600));
+        let leeway = self.duration("token.leeway", &t.leeway, Duration::from_secs(30));
+        if leeway > ttl {
+            self.warnings.push(format!(
+                "token.leeway ({}) is longer than token.ttl ({}): an expired token is still taken for longer than it was valid",
+                t.leeway.as_deref().unwrap_or("30s"),
+                t.ttl.as_deref().unwrap_or("60m")
+            ));
+        }
         let tc = TokenConfig {
             algorithm,
             keys,
-            ttl: self.duration("token.ttl", &t.ttl, Duration::from_secs(3600)),
+            ttl,
             issuer,
             audience: t.audience.clone().filter(|a| !a.is_empty()),
-            leeway: self.duration("token.leeway", &t.leeway, Duration::from_secs(30)),
+            leeway,
             claims,
             ip_binding,
             subnet_v4: subnet_v4.min(32),
@@ -905,7 +1126,7 @@ impl Validator {
             self.err("refresh.enabled", "needs a [token] section");
         }
         let header = self
-            .header_name(
+            .carrier_header(
                 "refresh.header",
                 r.header.as_deref().unwrap_or("IPToken-Refresh"),
             )
@@ -918,7 +1139,7 @@ impl Validator {
         self.gateway_path("refresh.path", &path);
         self.gateway_path("refresh.logout_path", &logout_path);
         Some(RefreshConfig {
-            ttl: self.duration("refresh.ttl", &r.ttl, Duration::from_secs(30 * 86_400)),
+            ttl: self.positive_duration("refresh.ttl", &r.ttl, Duration::from_secs(30 * 86_400)),
             header,
             path,
             logout_path,
@@ -933,24 +1154,9 @@ impl Validator {
                 }
                 StoreBackend::Memory
             }
-            "redis" => match &s.url {
-                Some(u) if u.starts_with("redis://") || u.starts_with("rediss://") => {
-                    StoreBackend::Redis(u.clone())
-                }
-                Some(u) => {
-                    self.err(
-                        "store.url",
-                        format!("`{u}` is not a redis:// or rediss:// URL"),
-                    );
-                    StoreBackend::Memory
-                }
-                None => {
-                    self.err(
-                        "store.url",
-                        "backend = \"redis\" needs url = \"redis://host:6379/0\"",
-                    );
-                    StoreBackend::Memory
-                }
+            "redis" => match self.store_url(s.url.as_ref()) {
+                Some(u) => StoreBackend::Redis(u),
+                None => StoreBackend::Memory,
             },
             other => {
                 self.err(
@@ -972,6 +1178,48 @@ impl Validator {
             }
         };
         StoreConfig { backend, on_error }
+    }
+
+    /// The Redis URL, written in the file or read from `{ env }` / `{ file }`. It is never
+    /// printed with its password.
+    fn store_url(&mut self, url: Option<&StoreUrlFile>) -> Option<String> {
+        // A URL read from the environment or a file is never shown, even masked.
+        let (u, hidden) = match url {
+            None => {
+                self.err(
+                    "store.url",
+                    "backend = \"redis\" needs url = \"redis://host:6379/0\" (or { env = \"REDIS_URL\" })",
+                );
+                return None;
+            }
+            Some(StoreUrlFile::Plain(u)) => {
+                if checks::url_has_password(u) {
+                    self.warnings.push("store.url holds a password: move the URL out of the config, to url = { env = \"REDIS_URL\" } or { file = \"path\" }".into());
+                }
+                (u.clone(), false)
+            }
+            Some(StoreUrlFile::Secret(sf)) => {
+                let bytes = self.secret("store.url", sf)?;
+                let Ok(u) = String::from_utf8(bytes) else {
+                    self.err("store.url", "the URL read is not UTF-8");
+                    return None;
+                };
+                (u.trim().to_string(), true)
+            }
+        };
+        if u.starts_with("redis://") || u.starts_with("rediss://") {
+            return Some(u);
+        }
+        let shown = if hidden {
+            "the URL read".to_string()
+        } else {
+            format!("`{}`", checks::redact_url(&u))
+        };
+        self.err(
+            "store.url",
+            format!("{shown} is not a redis:// or rediss:// URL"),
+        );
+        None
     }
 
     fn upstream(&mut self, name: &str, u: &UpstreamFile) -> UpstreamConfig {
@@ -1006,17 +1254,20 @@ impl Validator {
                     format!("{key}.ca"),
                     format!("{} does not exist", p.display()),
                 );
+            } else if let Err(e) = crate::tls::client_config(Some(p)) {
+                // Parsed now, so a bad CA file is reported with the rest.
+                self.err(format!("{key}.ca"), e.to_string());
             }
         }
         UpstreamConfig {
             name: name.to_string(),
             targets,
-            connect_timeout: self.duration(
+            connect_timeout: self.positive_duration(
                 &format!("{key}.connect_timeout"),
                 &u.connect_timeout,
                 Duration::from_secs(2),
             ),
-            timeout: self.duration(
+            timeout: self.positive_duration(
                 &format!("{key}.timeout"),
                 &u.timeout,
                 Duration::from_secs(30),
@@ -1027,7 +1278,14 @@ impl Validator {
 
     fn rate_limit(&mut self, name: &str, r: &RateLimitFile) -> RateLimitPolicy {
         let key_path = format!("rate_limits.{name}");
-        let key = match r.key.as_str() {
+        let Some(key_name) = r.key.as_deref() else {
+            self.err(
+                format!("{key_path}.key"),
+                "missing: say what is counted: \"ip\", \"subject\", \"route\", \"global\" or \"header:NAME\"",
+            );
+            return self.rate_limit_rest(name, r, LimitKey::Global);
+        };
+        let key = match key_name {
             "ip" => LimitKey::Ip,
             "subject" => LimitKey::Subject,
             "route" => LimitKey::Route,
@@ -1046,10 +1304,24 @@ impl Validator {
                 }
             },
         };
-        let (count, per) = parse_rate(&r.rate).unwrap_or_else(|e| {
-            self.err(format!("{key_path}.rate"), e);
-            (1, Duration::from_secs(1))
-        });
+        self.rate_limit_rest(name, r, key)
+    }
+
+    fn rate_limit_rest(&mut self, name: &str, r: &RateLimitFile, key: LimitKey) -> RateLimitPolicy {
+        let key_path = format!("rate_limits.{name}");
+        let (count, per) = match r.rate.as_deref() {
+            Some(rate) => parse_rate(rate).unwrap_or_else(|e| {
+                self.err(format!("{key_path}.rate"), e);
+                (1, Duration::from_secs(1))
+            }),
+            None => {
+                self.err(
+                    format!("{key_path}.rate"),
+                    "missing: write e.g. rate = \"100/s\" (N/s, N/m or N/h)",
+                );
+                (1, Duration::from_secs(1))
+            }
+        };
         let burst = r.burst.unwrap_or(count);
         if burst == 0 {
             self.err(format!("{key_path}.burst"), "must be at least 1");
@@ -1073,19 +1345,25 @@ impl Validator {
         if max_failures == 0 {
             self.err("login_protection.max_failures", "must be at least 1");
         }
+        let failure_status = l.failure_status.clone().unwrap_or_else(|| vec![401, 403]);
+        self.statuses(
+            "login_protection.failure_status",
+            &failure_status,
+            "[401, 403]",
+        );
         LoginProtection {
             max_failures: max_failures.max(1),
-            window: self.duration(
+            window: self.positive_duration(
                 "login_protection.window",
                 &l.window,
                 Duration::from_secs(600),
             ),
-            lockout: self.duration(
+            lockout: self.positive_duration(
                 "login_protection.lockout",
                 &l.lockout,
                 Duration::from_secs(900),
             ),
-            failure_status: l.failure_status.clone().unwrap_or_else(|| vec![401, 403]),
+            failure_status,
         }
     }
 
@@ -1157,13 +1435,13 @@ impl Validator {
                         );
                     }
                     if let Some(hn) =
-                        self.header_name(&format!("{key}.mint.claims_from_headers.{claim}"), h)
+                        self.carrier_header(&format!("{key}.mint.claims_from_headers.{claim}"), h)
                     {
                         cfh.push((claim.clone(), hn));
                     }
                 }
                 for (j, c) in m.required_claims.iter().enumerate() {
-                    let known = cfh.iter().any(|(n, _)| n == c)
+                    let known = m.claims_from_headers.contains_key(c)
                         || token.is_some_and(|t| t.claims.contains_key(c));
                     if !known {
                         self.err(
@@ -1173,12 +1451,7 @@ impl Validator {
                     }
                 }
                 let status = m.status.unwrap_or_else(|| vec![200]);
-                if status.is_empty() || status.iter().any(|s| !(100..=599).contains(s)) {
-                    self.err(
-                        format!("{key}.mint.status"),
-                        "list HTTP status codes, e.g. [200]",
-                    );
-                }
+                self.statuses(&format!("{key}.mint.status"), &status, "[200]");
                 AuthMode::Mint(MintRule {
                     status,
                     claims_from_headers: cfh,
@@ -1284,9 +1557,24 @@ impl Validator {
             }
         }
         let host = r.host.as_ref().map(|h| {
+            if let Some(why) = checks::route_host_problem(h) {
+                self.err(format!("{key}.host"), why);
+            }
             let h = h.trim().to_ascii_lowercase();
             crate::pipeline::route::host_of(&h).to_string()
         });
+        if let AuthMode::Mint(m) = &auth {
+            if m.required_claims.is_empty() {
+                self.warnings.push(format!(
+                    "{key} (`{name}`) mints with no mint.required_claims: any answer in mint.status (a login page served by GET included) mints a token with no identity, which passes every auth = \"token\" route without `require`; add required_claims = [\"sub\"]"
+                ));
+            }
+            if methods.is_empty() {
+                self.warnings.push(format!(
+                    "{key} (`{name}`) mints on every method: a GET of the login page may answer in mint.status; add methods = [\"POST\"]"
+                ));
+            }
+        }
         Some(RouteConfig {
             name,
             matcher,
@@ -1304,7 +1592,12 @@ impl Validator {
     }
 
     fn route_path(&mut self, key: &str, p: &str) {
-        if crate::pipeline::path::normalize(p).as_deref() != Ok(p) {
+        if let Some(why) = checks::matcher_problem(p) {
+            self.err(
+                key,
+                format!("`{}` {why}: the route could never match", p.escape_debug()),
+            );
+        } else if crate::pipeline::path::normalize(p).as_deref() != Ok(p) {
             self.err(
                 key,
                 format!("`{p}` must be an absolute, normalized path (no //, . or .. segments, no %-escapes of unreserved characters)"),
@@ -1367,6 +1660,17 @@ impl Validator {
             }
         }
     }
+}
+
+/// More worker threads than this is a typo or a misunderstanding, not a tuning.
+const MAX_WORKERS: usize = 1024;
+
+/// Whether two listeners would fight for one port: the same address, or a wildcard address
+/// (`0.0.0.0`, `[::]`, which on Linux also takes IPv4) and any address it covers.
+fn same_socket(a: SocketAddr, b: SocketAddr) -> bool {
+    let covers =
+        |w: SocketAddr, o: SocketAddr| w.ip().is_unspecified() && (w.is_ipv6() || o.is_ipv4());
+    a.port() == b.port() && a.port() != 0 && (a.ip() == b.ip() || covers(a, b) || covers(b, a))
 }
 
 /// Whether a cookie with `Path=cookie_path` is sent to `path` (RFC 6265 §5.1.4 path-match).
@@ -1460,8 +1764,10 @@ pub fn parse_net(s: &str) -> Result<IpNet, String> {
     Ok(net.trunc())
 }
 
-fn parse_target(url: &str) -> Result<Target, String> {
-    let uri: http::Uri = url
+/// An upstream URL; errors show it with any password masked.
+fn parse_target(raw: &str) -> Result<Target, String> {
+    let url = &checks::redact_url(raw);
+    let uri: http::Uri = raw
         .parse()
         .map_err(|e| format!("`{url}` is not a URL: {e}"))?;
     let https = match uri.scheme_str() {
@@ -1474,7 +1780,9 @@ fn parse_target(url: &str) -> Result<Target, String> {
         .cloned()
         .ok_or_else(|| format!("`{url}` has no host"))?;
     if authority.as_str().contains('@') {
-        return Err(format!("`{url}`: credentials in the URL are not supported"));
+        return Err(format!(
+            "`{url}`: credentials in the URL are not supported (the gateway never sends them)"
+        ));
     }
     if uri.query().is_some() {
         return Err(format!("`{url}`: a query string is not allowed here"));

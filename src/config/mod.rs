@@ -1,6 +1,7 @@
 //! The validated runtime configuration. Every value here has already been checked by
 //! `from_file.rs`: nothing after startup (or a reload) re-validates config.
 
+pub mod checks;
 mod file;
 mod from_file;
 pub mod units;
@@ -448,6 +449,11 @@ impl Config {
     /// it resolve against `path`'s folder).
     pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
         from_file::build(text, path)
+    }
+
+    /// The file's shape without validation (unknown keys and wrong types are still errors).
+    pub fn shape(text: &str, path: &Path) -> Result<FileConfig, ConfigErrors> {
+        from_file::shape_only(text, path)
     }
 
     pub fn upstream(&self, route: &RouteConfig) -> &UpstreamConfig {

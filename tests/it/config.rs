@@ -336,3 +336,473 @@ fn a_misspelt_method_is_an_error_and_a_route_covered_by_methods_a_warning() {
     .unwrap_err();
     assert!(e.contains("same match"), "{e}");
 }
+
+/// A folder holding a 32-byte-plus `secret` file, for configs with a [token] section.
+fn dir_with_secret() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "iptgate-cfg-{}",
+        iptgate::pipeline::mint::random_id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("secret"), crate::harness::SECRET).unwrap();
+    dir
+}
+
+fn load_in(dir: &Path, text: &str) -> Result<Config, String> {
+    Config::from_toml(text, &dir.join("gateway.toml")).map_err(|e| e.to_string())
+}
+
+const TOKEN_ROUTE: &str =
+    "[[routes]]\nname = \"app\"\nprefix = \"/\"\nauth = \"token\"\nupstream = \"app\"\n";
+
+#[test]
+fn a_rate_limit_without_key_or_rate_and_a_bad_certificate_are_reported_with_the_rest() {
+    let dir = dir_with_secret();
+    std::fs::write(dir.join("bad.crt"), "not a certificate").unwrap();
+    std::fs::write(dir.join("bad.key"), "not a key").unwrap();
+    std::fs::write(dir.join("ca.pem"), "not a CA").unwrap();
+    let e = load_in(
+        &dir,
+        r#"
+[server]
+listen = "127.0.0.1:0"
+tls = { cert = "bad.crt", key = "bad.key" }
+[token]
+secret = { file = "secret" }
+ttl = "bogus"
+ip_binding = "nah"
+[upstreams.app]
+url = "http://127.0.0.1:3000"
+ca = "ca.pem"
+[rate_limits.per_ip]
+rate = "100/s"
+[rate_limits.other]
+key = "ip"
+[[routes]]
+name = "app"
+prefix = "/"
+auth = "token"
+upstream = "app"
+rate_limit = ["per_ip", "nope"]
+"#,
+    )
+    .unwrap_err();
+    for expected in [
+        "rate_limits.per_ip.key: missing",
+        "rate_limits.other.rate: missing",
+        "token.ttl:",
+        "token.ip_binding:",
+        "routes[0].rate_limit[1]",
+        "server.tls:",
+        "upstreams.app.ca:",
+    ] {
+        assert!(e.contains(expected), "{expected} missing from: {e}");
+    }
+    assert!(e.contains("7 error(s)"), "{e}");
+    let e = load_in(
+        &dir,
+        &format!("{BASE}[server.tls]\ncert = \"bad.crt\"\n[[routes]]\nname = \"a\"\nprefix = \"/\"\nauth = \"public\"\nupstream = \"app\"\n"),
+    )
+    .unwrap_err();
+    assert!(e.contains("server.tls.key: missing"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn passwords_in_urls_and_lines_of_bad_toml_are_never_echoed() {
+    let e = load(
+        "[upstreams.app]\nurl = \"http://admin:Pw-SeCrEt@127.0.0.1:3000\"\n[upstreams.b]\ntargets = [\"ftp://u:Pw-SeCrEt@x\"]\n[[routes]]\nname = \"a\"\nprefix = \"/\"\nauth = \"public\"\nupstream = \"app\"\n",
+    )
+    .unwrap_err();
+    assert!(
+        e.contains("upstreams.app.url") && e.contains("admin:***@"),
+        "{e}"
+    );
+    assert!(e.contains("upstreams.b.targets[0]"), "{e}");
+    assert!(!e.contains("Pw-SeCrEt"), "{e}");
+    // A syntax error names the line and column, never the line's text.
+    let e = load("[server]\nlisten = \"127.0.0.1:0\"\n[token]\nsecret = \"Pw-SeCrEt-inline\n")
+        .unwrap_err();
+    assert!(e.contains("not valid TOML at line 4"), "{e}");
+    assert!(!e.contains("Pw-SeCrEt"), "{e}");
+    let e = load("[server]\nlisten = \"127.0.0.1:0\"\nkey = Pw-SeCrEt\n").unwrap_err();
+    assert!(e.contains("line 3"), "{e}");
+    assert!(!e.contains("Pw-SeCrEt"), "{e}");
+    // A Redis URL that is not one is shown with its password masked.
+    let e = load(&format!(
+        "{BASE}[store]\nbackend = \"redis\"\nurl = \"http://:Pw-SeCrEt@r:6379\"\n[[routes]]\nname = \"a\"\nprefix = \"/\"\nauth = \"public\"\nupstream = \"app\"\n"
+    ))
+    .unwrap_err();
+    assert!(e.contains("store.url") && !e.contains("Pw-SeCrEt"), "{e}");
+}
+
+#[test]
+fn the_redis_url_may_come_from_the_environment_or_a_file_and_a_password_in_the_file_warns() {
+    let dir = dir_with_secret();
+    let route = "[[routes]]\nname = \"a\"\nprefix = \"/\"\nauth = \"public\"\nupstream = \"app\"\n";
+    let with = |url: &str| {
+        load_in(
+            &dir,
+            &format!("{BASE}[store]\nbackend = \"redis\"\nurl = {url}\n{route}"),
+        )
+    };
+    std::env::set_var("IPTGATE_TEST_REDIS_URL", "redis://:pw@127.0.0.1:6379/0");
+    let cfg = with("{ env = \"IPTGATE_TEST_REDIS_URL\" }").unwrap();
+    assert_eq!(
+        cfg.store.backend,
+        iptgate::config::StoreBackend::Redis("redis://:pw@127.0.0.1:6379/0".into())
+    );
+    assert!(cfg.warnings.is_empty(), "{:?}", cfg.warnings);
+    std::fs::write(dir.join("redis-url"), "redis://127.0.0.1:6379/1\n").unwrap();
+    let cfg = with("{ file = \"redis-url\" }").unwrap();
+    assert_eq!(
+        cfg.store.backend,
+        iptgate::config::StoreBackend::Redis("redis://127.0.0.1:6379/1".into())
+    );
+    let cfg = with("\"redis://:pw@127.0.0.1:6379/0\"").unwrap();
+    assert!(
+        cfg.warnings.len() == 1 && cfg.warnings[0].contains("store.url holds a password"),
+        "{:?}",
+        cfg.warnings
+    );
+    let e = with("{ env = \"IPTGATE_TEST_REDIS_URL_UNSET\" }").unwrap_err();
+    assert!(e.contains("store.url.env"), "{e}");
+    std::env::set_var("IPTGATE_TEST_REDIS_URL", "http://:Pw-SeCrEt@r");
+    let e = with("{ env = \"IPTGATE_TEST_REDIS_URL\" }").unwrap_err();
+    assert!(e.contains("store.url") && !e.contains("Pw-SeCrEt"), "{e}");
+    let e = with("{ evn = \"X\" }").unwrap_err();
+    assert!(e.contains("store.url") && e.contains("{ env = "), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn zero_and_impossible_values_are_errors_and_a_long_leeway_a_warning() {
+    let dir = dir_with_secret();
+    let e = load_in(
+        &dir,
+        r#"
+[server]
+listen = "127.0.0.1:0"
+workers = 5000
+header_read_timeout = "0s"
+idle_timeout = "0ms"
+shutdown_grace = "0s"
+[token]
+secret = { file = "secret" }
+ttl = "0s"
+[refresh]
+enabled = true
+ttl = "0s"
+[upstreams.app]
+url = "http://127.0.0.1:3000"
+timeout = "0s"
+connect_timeout = "0s"
+[login_protection]
+window = "0s"
+lockout = "0s"
+failure_status = [401, 1000]
+[[routes]]
+name = "login"
+path = "/login"
+methods = ["POST"]
+auth = "mint"
+mint = { status = [], required_claims = [] }
+upstream = "app"
+[[routes]]
+name = "login2"
+path = "/login2"
+methods = ["POST"]
+auth = "mint"
+mint = { status = [0] }
+upstream = "app"
+"#,
+    )
+    .unwrap_err();
+    for expected in [
+        "server.workers: 5000 is more than 1024",
+        "server.header_read_timeout: must be longer than 0",
+        "server.idle_timeout: must be longer than 0",
+        "token.ttl: must be longer than 0",
+        "refresh.ttl: must be longer than 0",
+        "upstreams.app.timeout: must be longer than 0",
+        "upstreams.app.connect_timeout: must be longer than 0",
+        "login_protection.window: must be longer than 0",
+        "login_protection.lockout: must be longer than 0",
+        "login_protection.failure_status[1]: 1000 is not an HTTP status code",
+        "routes[0].mint.status: is empty",
+        "routes[1].mint.status[0]: 0 is not an HTTP status code",
+    ] {
+        assert!(e.contains(expected), "{expected} missing from: {e}");
+    }
+    assert!(e.contains("12 error(s)"), "shutdown_grace may be 0: {e}");
+    let e = load_in(
+        &dir,
+        &format!("{BASE}[login_protection]\nfailure_status = []\n[[routes]]\nname = \"a\"\nprefix = \"/\"\nauth = \"public\"\nupstream = \"app\"\n"),
+    )
+    .unwrap_err();
+    assert!(
+        e.contains("login_protection.failure_status: is empty"),
+        "{e}"
+    );
+    let cfg = load_in(
+        &dir,
+        &format!("{BASE}[token]\nsecret = {{ file = \"secret\" }}\nttl = \"1m\"\nleeway = \"5m\"\n{TOKEN_ROUTE}"),
+    )
+    .unwrap();
+    assert!(
+        cfg.warnings.len() == 1
+            && cfg.warnings[0].contains("token.leeway (5m) is longer than token.ttl (1m)"),
+        "{:?}",
+        cfg.warnings
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn gateway_paths_and_token_headers_must_not_clash_or_be_framing_headers() {
+    let dir = dir_with_secret();
+    let e = load_in(
+        &dir,
+        &format!(
+            r#"{BASE}
+[token]
+secret = {{ file = "secret" }}
+header = "Set-Cookie"
+forward_claims = {{ sub = "Transfer-Encoding", role = "X-Role" }}
+[refresh]
+enabled = true
+header = "IPToken"
+path = "/_iptgate/verify"
+logout_path = "/_iptgate/verify"
+[forward_auth]
+[[routes]]
+name = "login"
+path = "/login"
+methods = ["POST"]
+auth = "mint"
+mint = {{ claims_from_headers = {{ sub = "Content-Length", role = "Host", team = "X Team" }}, required_claims = ["role"] }}
+upstream = "app"
+"#
+        ),
+    )
+    .unwrap_err();
+    for expected in [
+        "token.header: `Set-Cookie` carries cookies",
+        "token.forward_claims.sub: `Transfer-Encoding` is a hop-by-hop header",
+        "refresh.logout_path: `/_iptgate/verify` is already served by the gateway as refresh.path",
+        "forward_auth.path: `/_iptgate/verify` is already served by the gateway as refresh.path",
+        "routes[0].mint.claims_from_headers.sub: `Content-Length` describes the message itself",
+        "routes[0].mint.claims_from_headers.role: `Host`",
+        "routes[0].mint.claims_from_headers.team: `X Team` is not a valid HTTP header name",
+    ] {
+        assert!(e.contains(expected), "{expected} missing from: {e}");
+    }
+    // A refused header is one error: its claim still counts as named for required_claims.
+    assert!(e.contains("7 error(s)"), "{e}");
+    // The refresh token on the access token's header (any case).
+    let e = load_in(
+        &dir,
+        &format!("{BASE}[token]\nsecret = {{ file = \"secret\" }}\nheader = \"X-Tok\"\n[refresh]\nenabled = true\nheader = \"x-tok\"\n{TOKEN_ROUTE}"),
+    )
+    .unwrap_err();
+    assert!(
+        e.contains("refresh.header: `x-tok` is also token.header"),
+        "{e}"
+    );
+    assert!(e.contains("1 error(s)"), "{e}");
+    let e = load_in(
+        &dir,
+        &format!("{BASE}[token]\nsecret = {{ file = \"secret\" }}\nforward_claims = {{ sub = \"iptoken\" }}\n{TOKEN_ROUTE}"),
+    )
+    .unwrap_err();
+    assert!(
+        e.contains("token.forward_claims.sub: `iptoken` is token.header"),
+        "{e}"
+    );
+    // Authorization stays a valid token header: it is how tokens arrive.
+    load_in(
+        &dir,
+        &format!("{BASE}[token]\nsecret = {{ file = \"secret\" }}\nheader = \"Authorization\"\n{TOKEN_ROUTE}"),
+    )
+    .unwrap();
+    // Asymmetric keys serve the JWKS: no other gateway path may take it.
+    let key = rcgen::KeyPair::generate().unwrap().serialize_pem();
+    std::fs::write(dir.join("token.key"), key).unwrap();
+    let e = load_in(
+        &dir,
+        &format!("{BASE}[token]\nalgorithm = \"ES256\"\nprivate_key = \"token.key\"\n[forward_auth]\npath = \"/.well-known/jwks.json\"\n{TOKEN_ROUTE}"),
+    )
+    .unwrap_err();
+    assert!(
+        e.contains("forward_auth.path: `/.well-known/jwks.json` is already served by the gateway as the JWKS endpoint"),
+        "{e}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn cookie_paths_and_domains_are_checked_before_they_reach_set_cookie() {
+    let dir = dir_with_secret();
+    let with = |cookie: &str| {
+        load_in(
+            &dir,
+            &format!("{BASE}[token]\nsecret = {{ file = \"secret\" }}\ncookie = {{ {cookie} }}\n{TOKEN_ROUTE}"),
+        )
+    };
+    assert!(with("path = \"/app\", domain = \"example.com\"").is_ok());
+    assert!(with("domain = \".example.com\"").is_ok());
+    for (cookie, expected) in [
+        (
+            "path = \"app\"",
+            "token.cookie.path: `app` must start with /",
+        ),
+        ("path = \"/; Domain=evil.example\"", "token.cookie.path"),
+        ("path = \"/a b\"", "token.cookie.path"),
+        ("path = \"/a\\r\\nSet-Cookie: x=1\"", "token.cookie.path"),
+        ("domain = \"example.com; Secure\"", "token.cookie.domain"),
+        ("domain = \"exa_mple..com\"", "token.cookie.domain"),
+        ("domain = \"\"", "token.cookie.domain"),
+    ] {
+        let e = with(cookie).unwrap_err();
+        assert!(e.contains(expected), "{cookie}: {e}");
+        assert!(!e.contains('\r') && !e.contains("\nSet-Cookie"), "{e}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn route_matchers_and_hosts_that_can_never_match_are_errors() {
+    let route = |i: usize, m: &str| {
+        format!("[[routes]]\nname = \"r{i}\"\n{m}\nauth = \"public\"\nupstream = \"app\"\n")
+    };
+    let routes: String = [
+        "path = \"/login?next=/\"",
+        "prefix = \"/a#b\"",
+        "prefix = \"/a b\"",
+        "path = \"/x\"\nhost = \"\"",
+        "path = \"/y\"\nhost = \"api.example.com:8443\"",
+        "path = \"/z\"\nhost = \"*.example.com\"",
+        "path = \"/w\"\nhost = \"https://api.example.com/\"",
+    ]
+    .iter()
+    .enumerate()
+    .map(|(i, m)| route(i, m))
+    .collect();
+    let e = load(&format!("{BASE}{routes}")).unwrap_err();
+    for expected in [
+        "routes[0].path: `/login?next=/` holds `?`",
+        "routes[1].prefix: `/a#b` holds `#`",
+        "routes[2].prefix: `/a b` holds whitespace",
+        "routes[3].host: is empty",
+        "routes[4].host: `api.example.com:8443`: write the host without its port",
+        "routes[5].host: `*.example.com` is not a host name",
+        "routes[6].host:",
+    ] {
+        assert!(e.contains(expected), "{expected} missing from: {e}");
+    }
+    assert!(e.contains("7 error(s)"), "{e}");
+    let cfg = load(&format!(
+        "{BASE}{}{}",
+        route(0, "prefix = \"/api\"\nhost = \"API.Example.com\""),
+        route(1, "prefix = \"/v6\"\nhost = \"[::1]\"")
+    ))
+    .unwrap();
+    assert_eq!(cfg.routes[0].host.as_deref(), Some("api.example.com"));
+}
+
+#[test]
+fn cidrs_with_host_bits_are_warnings_naming_the_network() {
+    let dir = dir_with_secret();
+    std::fs::write(
+        dir.join("deny.txt"),
+        "# list\n172.16.5.4/12\n198.51.100.0/24\n",
+    )
+    .unwrap();
+    let cfg = load_in(
+        &dir,
+        &format!(
+            "{BASE}[client_ip]\ntrusted_proxies = [\"192.168.1.1/24\"]\n[ip]\nallow = [\"10.0.0.1/8\", \"10.0.0.0/8\"]\ndeny_file = \"deny.txt\"\n[[routes]]\nname = \"a\"\nprefix = \"/\"\nauth = \"public\"\nupstream = \"app\"\nip = {{ deny = [\"2001:db8::1/32\"] }}\n"
+        ),
+    )
+    .unwrap();
+    let w = cfg.warnings.join("\n");
+    for expected in [
+        "client_ip.trusted_proxies[0]: `192.168.1.1/24` has host bits set; it is read as 192.168.1.0/24",
+        "ip.allow[0]: `10.0.0.1/8` has host bits set; it is read as 10.0.0.0/8",
+        "deny.txt:2): `172.16.5.4/12` has host bits set; it is read as 172.16.0.0/12",
+        "routes[0].ip.deny[0]: `2001:db8::1/32` has host bits set; it is read as 2001:db8::/32",
+    ] {
+        assert!(w.contains(expected), "{expected} missing from: {w}");
+    }
+    assert_eq!(cfg.warnings.len(), 4, "{w}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_mint_route_without_required_claims_or_methods_is_a_warning() {
+    let dir = dir_with_secret();
+    let with = |mint: &str| {
+        load_in(
+            &dir,
+            &format!("{BASE}[token]\nsecret = {{ file = \"secret\" }}\n[[routes]]\nname = \"login\"\npath = \"/login\"\n{mint}\nauth = \"mint\"\nupstream = \"app\"\n{TOKEN_ROUTE}"),
+        )
+        .unwrap()
+        .warnings
+    };
+    let w = with("methods = [\"POST\"]\nmint = { claims_from_headers = { sub = \"X-User\" }, required_claims = [\"sub\"] }");
+    assert!(w.is_empty(), "{w:?}");
+    let w = with("methods = [\"POST\"]");
+    assert!(
+        w.len() == 1 && w[0].contains("routes[0] (`login`) mints with no mint.required_claims"),
+        "{w:?}"
+    );
+    let w =
+        with("mint = { claims_from_headers = { sub = \"X-User\" }, required_claims = [\"sub\"] }");
+    assert!(
+        w.len() == 1 && w[0].contains("routes[0] (`login`) mints on every method"),
+        "{w:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn listeners_on_one_port_and_a_miscased_algorithm_are_errors() {
+    let route = "[[routes]]\nname = \"a\"\nprefix = \"/\"\nauth = \"public\"\nupstream = \"app\"\n";
+    let up = "[upstreams.app]\nurl = \"http://127.0.0.1:3000\"\n";
+    let e = load(&format!(
+        "[server]\nlisten = \"0.0.0.0:18443\"\nadmin_listen = \"127.0.0.1:18443\"\n{up}{route}"
+    ))
+    .unwrap_err();
+    assert!(
+        e.contains("server.admin_listen: 127.0.0.1:18443 takes the same port as server.listen"),
+        "{e}"
+    );
+    let e = load(&format!(
+        "[server]\nlisten = \"127.0.0.1:18443\"\nadmin_listen = \"[::]:18443\"\n{up}{route}"
+    ))
+    .unwrap_err();
+    assert!(e.contains("server.admin_listen"), "{e}");
+    let e = load(&format!(
+        "[server]\nlisten = \"127.0.0.1:18443\"\nadmin_listen = \"127.0.0.1:19901\"\nredirect_http = \"0.0.0.0:19901\"\ntls = {{ cert = \"c\", key = \"k\" }}\n{up}{route}"
+    ))
+    .unwrap_err();
+    assert!(
+        e.contains(
+            "server.redirect_http: 0.0.0.0:19901 takes the same port as server.admin_listen"
+        ),
+        "{e}"
+    );
+    // Different ports, or the same port on two specific addresses, are fine.
+    load(&format!(
+        "[server]\nlisten = \"127.0.0.1:18443\"\nadmin_listen = \"127.0.0.2:18443\"\n{up}{route}"
+    ))
+    .unwrap();
+    let e = load(&format!(
+        "{BASE}[token]\nalgorithm = \"hs256\"\nsecret = {{ env = \"X\" }}\n{route}"
+    ))
+    .unwrap_err();
+    assert!(
+        e.contains("token.algorithm: unknown algorithm `hs256`; did you mean `HS256`?"),
+        "{e}"
+    );
+}

@@ -125,3 +125,123 @@ fn cert_writes_a_usable_pair() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `iptgate ARGS…` with `gateway.toml` written from `text` in a fresh folder: (exit code,
+/// stderr, the folder).
+fn run_in(text: &str, args: &[&str]) -> (Option<i32>, String, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!(
+        "iptgate-cli-{}",
+        iptgate::pipeline::mint::random_id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("gateway.toml"), text).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_iptgate"))
+        .args(args)
+        .arg("--config")
+        .arg(dir.join("gateway.toml"))
+        .env_remove("IPTGATE_SECRET")
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        dir,
+    )
+}
+
+#[test]
+fn demo_reports_config_errors_as_check_does_and_writes_nothing() {
+    let inline = r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "off"
+tls = { cert = "certs/gateway.crt", key = "certs/gateway.key" }
+[token]
+secret = "an-inline-demo-secret-0123456789-abcdefgh"
+[upstreams.app]
+url = "http://127.0.0.1:3000"
+[[routes]]
+name = "app"
+prefix = "/"
+auth = "public"
+upstream = "app"
+"#;
+    let (code, err, dir) = run_in(inline, &["demo"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("token.secret: must be a table"), "{err}");
+    assert!(!err.contains("an-inline-demo-secret"), "{err}");
+    assert!(!dir.join(".iptgate-demo-secret").exists());
+    assert!(
+        !dir.join("certs").exists(),
+        "nothing written for a bad config"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    // No [upstreams.app]: a config problem too, reported before anything is written.
+    let no_app = r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "off"
+[token]
+secret = { env = "IPTGATE_SECRET" }
+[upstreams.web]
+url = "http://127.0.0.1:3000"
+[[routes]]
+name = "app"
+prefix = "/"
+auth = "token"
+upstream = "web"
+"#;
+    let (code, err, dir) = run_in(no_app, &["demo"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("upstreams.app: missing"), "{err}");
+    assert!(!dir.join(".iptgate-demo-secret").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn cert_refuses_hosts_that_are_not_names_or_addresses() {
+    for bad in [
+        "gw example.com",
+        "https://gw.example.com",
+        "gw.example.com:8443",
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_iptgate"))
+            .args(["cert", "--out"])
+            .arg(std::env::temp_dir().join("iptgate-cert-never-written"))
+            .args(["--host", bad])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("--host"));
+    }
+    assert!(!std::env::temp_dir()
+        .join("iptgate-cert-never-written")
+        .exists());
+}
+
+#[test]
+fn token_mint_refuses_reserved_claims_instead_of_dropping_them() {
+    let text = "[server]\nlisten = \"127.0.0.1:0\"\n[token]\nsecret = { file = \"secret\" }\n[upstreams.app]\nurl = \"http://127.0.0.1:3000\"\n[[routes]]\nname = \"a\"\nprefix = \"/\"\nauth = \"token\"\nupstream = \"app\"\n";
+    let dir = std::env::temp_dir().join(format!(
+        "iptgate-cli-{}",
+        iptgate::pipeline::mint::random_id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("gateway.toml"), text).unwrap();
+    std::fs::write(dir.join("secret"), SECRET).unwrap();
+    let mint = |extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_iptgate"))
+            .args(["token", "mint", "--ip", "192.0.2.1", "--config"])
+            .arg(dir.join("gateway.toml"))
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    assert!(mint(&["--sub", "alice"]).status.success());
+    let out = mint(&["--claim", "exp=1"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("`exp` is set by the gateway"));
+    assert_eq!(mint(&["--sub", ""]).status.code(), Some(2));
+    assert_eq!(mint(&["--ttl", "20y"]).status.code(), Some(2));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -528,7 +528,17 @@ async fn fixed_series_are_exported_at_zero_from_the_start() {
         );
         assert_eq!(metric(&text, name, labels), 0.0, "{name} {labels:?}");
     }
-    gw.stop().await;
+    let admin = gw.admin.trim_start_matches("http://").to_string();
+    let log = gw.stop().await;
+    // The startup line names the admin address as an address, not a Rust Option.
+    let listening = log
+        .lines()
+        .find(|l| l.contains("iptgate listening"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(
+        listening.contains(&format!("\"admin\":\"{admin}\"")),
+        "{listening}"
+    );
 }
 
 #[tokio::test]
@@ -579,4 +589,48 @@ async fn a_reload_that_takes_tls_out_keeps_the_tls_listener_serving() {
         let r = client().get(gw.url("/x")).send().await.unwrap();
         assert_eq!(r.status(), 200);
     }
+}
+
+#[test]
+fn startup_logs_are_plain_off_a_terminal_and_a_bind_failure_names_its_listener() {
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().port();
+    let dir = std::env::temp_dir().join(format!(
+        "iptgate-bind-{}",
+        iptgate::pipeline::mint::random_id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("gateway.toml"),
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:{port}\"\n[ip]\nallow = [\"127.0.0.1/8\"]\n[upstreams.app]\nurl = \"http://127.0.0.1:9\"\n[[routes]]\nname = \"a\"\nprefix = \"/\"\nauth = \"public\"\nupstream = \"app\"\n"
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_iptgate"))
+        .args(["--log-format", "pretty", "run", "--config"])
+        .arg(dir.join("gateway.toml"))
+        .env("RUST_LOG", "iptgate=loud")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("RUST_LOG: `iptgate=loud` is not a log filter"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "127.0.0.1:{port} (admin listener, server.admin_listen)"
+        )),
+        "{err}"
+    );
+    // The config's warnings are logged at startup, in plain text on a pipe.
+    assert!(err.contains("`127.0.0.1/8` has host bits set"), "{err}");
+    assert!(
+        !err.contains('\u{1b}'),
+        "no colour codes off a terminal: {err:?}"
+    );
+    drop(held);
+    let _ = std::fs::remove_dir_all(&dir);
 }

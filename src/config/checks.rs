@@ -1,0 +1,257 @@
+//! Pure checks that `from_file.rs` applies to single values: host and domain names, cookie
+//! attributes, header names the gateway cannot hand out, route matchers, host bits of a
+//! CIDR, and URLs with a password in them (which must never be printed).
+
+use std::net::IpAddr;
+
+use http::HeaderName;
+use ipnet::IpNet;
+
+/// A DNS name (`gw.example.com`, `localhost`): dot-separated labels of letters, digits and
+/// inner hyphens, 1–63 bytes each, 253 in all. No port, no trailing dot, no wildcard.
+pub fn is_dns_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+/// Why a route's `host` can never match, or `None`: a DNS name or an IP address, without a
+/// port (the gateway matches hosts ignoring their port, so a port would mislead).
+pub fn route_host_problem(h: &str) -> Option<String> {
+    if h.is_empty() {
+        return Some("is empty: leave `host` out to match any host".into());
+    }
+    let bare = h.trim_start_matches('[').trim_end_matches(']');
+    if bare.parse::<IpAddr>().is_ok() || is_dns_name(h) {
+        return None;
+    }
+    if let Some((name, port)) = h.rsplit_once(':') {
+        let name_ok = is_dns_name(name)
+            || name
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<IpAddr>()
+                .is_ok();
+        if name_ok && !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) {
+            return Some(format!(
+                "`{h}`: write the host without its port (`{name}`): hosts are matched ignoring the port"
+            ));
+        }
+    }
+    Some(format!(
+        "`{h}` is not a host name or IP address (letters, digits, `-` and `.`; no wildcards, scheme or path)"
+    ))
+}
+
+/// Why `cookie.path` would break the `Set-Cookie` header, or `None`.
+pub fn cookie_path_problem(p: &str) -> Option<&'static str> {
+    if !p.starts_with('/') {
+        return Some("must start with /");
+    }
+    if p.bytes().any(|b| b == b';' || !b.is_ascii_graphic()) {
+        return Some("must not hold `;`, whitespace, control or non-ASCII characters (it is written into Set-Cookie as is)");
+    }
+    None
+}
+
+/// Why `cookie.domain` is not a domain a browser would take, or `None`. A leading dot (the
+/// old RFC 2109 form) is accepted; browsers ignore it.
+pub fn cookie_domain_problem(d: &str) -> Option<&'static str> {
+    if d.bytes().any(|b| b == b';' || !b.is_ascii_graphic()) {
+        return Some("must not hold `;`, whitespace, control or non-ASCII characters (it is written into Set-Cookie as is)");
+    }
+    if !is_dns_name(d.strip_prefix('.').unwrap_or(d)) {
+        return Some("is not a domain name (e.g. \"example.com\")");
+    }
+    None
+}
+
+/// Why a header cannot carry a token, a refresh token or a claim, or `None`: hop-by-hop
+/// headers are removed by every proxy on the way, framing headers describe the message
+/// itself, and cookies have their own syntax and their own settings (`token.cookie`).
+pub fn header_problem(h: &HeaderName) -> Option<&'static str> {
+    match h.as_str() {
+        "connection"
+        | "keep-alive"
+        | "proxy-connection"
+        | "te"
+        | "trailer"
+        | "upgrade"
+        | "transfer-encoding"
+        | "proxy-authenticate"
+        | "proxy-authorization" => Some("is a hop-by-hop header, removed by proxies on the way"),
+        "content-length" | "content-encoding" | "content-type" | "host" | "expect" => {
+            Some("describes the message itself (framing, Host)")
+        }
+        "cookie" | "set-cookie" => Some("carries cookies; use token.cookie and set_cookie instead"),
+        _ => None,
+    }
+}
+
+/// Why a route `path`/`prefix` can never match a request path, or `None`: the matcher sees
+/// the path only (the query and fragment are never part of it) and paths hold no spaces.
+pub fn matcher_problem(p: &str) -> Option<&'static str> {
+    if p.contains('?') {
+        return Some("holds `?` (routes match the path only, never the query string)");
+    }
+    if p.contains('#') {
+        return Some("holds `#` (a fragment is never sent to a server)");
+    }
+    if p.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Some("holds whitespace or control characters (no request path carries them)");
+    }
+    None
+}
+
+/// The network a CIDR written with host bits (`10.0.0.1/8`) stands for, when it has them.
+pub fn host_bits(s: &str) -> Option<IpNet> {
+    let n: IpNet = s.trim().parse().ok()?;
+    (n.trunc() != n).then(|| n.trunc())
+}
+
+/// A URL with its password replaced by `***` (`http://admin:***@host`), for messages.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        // No scheme: anything before an `@` may be credentials.
+        return match url.rsplit_once('@') {
+            Some((_, host)) => format!("***@{host}"),
+            None => url.to_string(),
+        };
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or("", |(u, _)| u);
+            format!("{scheme}://{user}:***@{host}{tail}")
+        }
+        None => url.to_string(),
+    }
+}
+
+/// Whether a URL carries a password (`redis://:pw@host`, `redis://user:pw@host`).
+pub fn url_has_password(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    authority
+        .rsplit_once('@')
+        .is_some_and(|(userinfo, _)| userinfo.split_once(':').is_some_and(|(_, p)| !p.is_empty()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dns_names() {
+        for ok in [
+            "localhost",
+            "gw.example.com",
+            "a-b.c1",
+            "xn--bcher-kva.example",
+        ] {
+            assert!(is_dns_name(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "a..b",
+            "-a.b",
+            "a-.b",
+            "a b",
+            "*.example.com",
+            "a_b.c",
+            "a.b.",
+        ] {
+            assert!(!is_dns_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn route_hosts() {
+        assert_eq!(route_host_problem("api.example.com"), None);
+        assert_eq!(route_host_problem("127.0.0.1"), None);
+        assert_eq!(route_host_problem("[::1]"), None);
+        assert!(route_host_problem("").is_some());
+        assert!(route_host_problem("api.example.com:8443")
+            .is_some_and(|m| m.contains("without its port")));
+        assert!(route_host_problem("https://api.example.com").is_some());
+        assert!(route_host_problem("*.example.com").is_some());
+    }
+
+    #[test]
+    fn cookie_attributes() {
+        assert_eq!(cookie_path_problem("/"), None);
+        assert_eq!(cookie_path_problem("/app/x"), None);
+        assert!(cookie_path_problem("app").is_some());
+        assert!(cookie_path_problem("/; Domain=evil.example").is_some());
+        assert!(cookie_path_problem("/a b").is_some());
+        assert!(cookie_path_problem("/a\u{7f}").is_some());
+        assert_eq!(cookie_domain_problem("example.com"), None);
+        assert_eq!(cookie_domain_problem(".example.com"), None);
+        assert!(cookie_domain_problem("example.com; Secure").is_some());
+        assert!(cookie_domain_problem("").is_some());
+        assert!(cookie_domain_problem("exa mple.com").is_some());
+        assert!(cookie_domain_problem("/example.com").is_some());
+    }
+
+    #[test]
+    fn headers_a_token_cannot_ride_on() {
+        for bad in [
+            "Set-Cookie",
+            "cookie",
+            "Content-Length",
+            "Transfer-Encoding",
+            "Host",
+            "Connection",
+            "TE",
+            "Upgrade",
+        ] {
+            let h = HeaderName::from_bytes(bad.as_bytes()).unwrap_or_else(|_| panic!("{bad}"));
+            assert!(header_problem(&h).is_some(), "{bad}");
+        }
+        for ok in ["IPToken", "Authorization", "X-Auth-Subject"] {
+            let h = HeaderName::from_bytes(ok.as_bytes()).unwrap_or_else(|_| panic!("{ok}"));
+            assert_eq!(header_problem(&h), None, "{ok}");
+        }
+    }
+
+    #[test]
+    fn matchers_that_never_match() {
+        assert_eq!(matcher_problem("/api/v1"), None);
+        assert!(matcher_problem("/login?next=/").is_some());
+        assert!(matcher_problem("/a#b").is_some());
+        assert!(matcher_problem("/a b").is_some());
+        assert!(matcher_problem("/a\tb").is_some());
+    }
+
+    #[test]
+    fn cidrs_with_host_bits() {
+        assert_eq!(host_bits("10.0.0.1/8"), "10.0.0.0/8".parse().ok());
+        assert_eq!(host_bits("10.0.0.0/8"), None);
+        assert_eq!(host_bits("192.0.2.7"), None);
+        assert_eq!(host_bits("2001:db8::1/32"), "2001:db8::/32".parse().ok());
+    }
+
+    #[test]
+    fn passwords_in_urls_are_redacted() {
+        assert_eq!(
+            redact_url("http://admin:PW@host:3000/x"),
+            "http://admin:***@host:3000/x"
+        );
+        assert_eq!(redact_url("redis://:PW@r:6379/0"), "redis://:***@r:6379/0");
+        assert_eq!(redact_url("http://host:3000"), "http://host:3000");
+        assert_eq!(redact_url("admin:PW@host"), "***@host");
+        assert!(!redact_url("ftp://u:PW@x").contains("PW"));
+        assert!(url_has_password("redis://:PW@r:6379/0"));
+        assert!(url_has_password("redis://user:PW@r"));
+        assert!(!url_has_password("redis://user@r"));
+        assert!(!url_has_password("redis://r:6379/0"));
+        assert!(!url_has_password("redis://r/0?a=b:c@d"));
+    }
+}
