@@ -134,7 +134,12 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
     let redirect_addr = match redirect {
         Some(l) => {
             let a = l.local_addr().ok();
-            tasks.push(tokio::spawn(redirect_loop(l, addr.port(), rx.clone())));
+            tasks.push(tokio::spawn(redirect_loop(
+                l,
+                addr.port(),
+                state.clone(),
+                rx.clone(),
+            )));
             a
         }
         None => None,
@@ -273,6 +278,41 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>, mut stop: watch::
     }
 }
 
+/// With `proxy_protocol = true`: the PROXY header a trusted proxy must start with (its source
+/// address, `None` for `LOCAL`/`UNKNOWN`); `Err` when the connection is to be closed (a
+/// trusted proxy's header missing or malformed, or one from an untrusted peer).
+async fn proxy_preamble(
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+    cfg: &crate::config::Config,
+) -> Result<Option<IpAddr>, ()> {
+    if !cfg.client_ip.proxy_protocol {
+        return Ok(None);
+    }
+    let handshake_timeout = cfg.server.header_read_timeout;
+    if client_ip::is_trusted(peer.ip(), &cfg.client_ip) {
+        match crate::proxy_protocol::read_header(stream, handshake_timeout).await {
+            Ok(src) => Ok(src.map(|s| s.ip().to_canonical())),
+            Err(e) => {
+                tracing::warn!(target: "security", peer = %peer.ip(), error = %e, "PROXY header refused");
+                Err(())
+            }
+        }
+    } else if tokio::time::timeout(
+        handshake_timeout,
+        crate::proxy_protocol::starts_with_proxy_signature(stream),
+    )
+    .await
+    .map(|r| r.unwrap_or(true))
+    .unwrap_or(false)
+    {
+        tracing::warn!(target: "security", peer = %peer.ip(), "PROXY header from an untrusted peer: connection closed");
+        Err(())
+    } else {
+        Ok(None)
+    }
+}
+
 async fn connection(
     mut stream: TcpStream,
     peer: SocketAddr,
@@ -285,29 +325,9 @@ async fn connection(
     let active = state.active.load_full();
     let cfg = &active.config;
     let handshake_timeout = cfg.server.header_read_timeout;
-    let mut proxied: Option<IpAddr> = None;
-    if cfg.client_ip.proxy_protocol {
-        if client_ip::is_trusted(peer.ip(), &cfg.client_ip) {
-            match crate::proxy_protocol::read_header(&mut stream, handshake_timeout).await {
-                Ok(Some(src)) => proxied = Some(src.ip().to_canonical()),
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::warn!(target: "security", peer = %peer.ip(), error = %e, "PROXY header refused");
-                    return;
-                }
-            }
-        } else if tokio::time::timeout(
-            handshake_timeout,
-            crate::proxy_protocol::starts_with_proxy_signature(&stream),
-        )
-        .await
-        .map(|r| r.unwrap_or(true))
-        .unwrap_or(false)
-        {
-            tracing::warn!(target: "security", peer = %peer.ip(), "PROXY header from an untrusted peer: connection closed");
-            return;
-        }
-    }
+    let Ok(proxied) = proxy_preamble(&mut stream, peer, cfg).await else {
+        return;
+    };
     let conn = Arc::new(Conn::new(peer, proxied, tls_mode));
     let w = Watch {
         stop,
@@ -524,14 +544,29 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
     }
 }
 
-/// The plain listener that sends every request to https (308, method and body kept).
-async fn redirect_loop(listener: TcpListener, https_port: u16, mut stop: watch::Receiver<bool>) {
+/// The plain listener that sends every request to https (308, method and body kept). It
+/// takes PROXY headers as the main listener does (a load balancer speaks it on both ports).
+async fn redirect_loop(
+    listener: TcpListener,
+    https_port: u16,
+    state: Arc<State>,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
-        let (stream, _) = tokio::select! {
+        let (mut stream, peer) = tokio::select! {
             r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
             _ = stop.changed() => return,
         };
+        let state = state.clone();
         tokio::spawn(async move {
+            let active = state.active.load_full();
+            if proxy_preamble(&mut stream, peer, &active.config)
+                .await
+                .is_err()
+            {
+                return;
+            }
+            drop(active);
             let svc = service_fn(
                 move |req: http::Request<hyper::body::Incoming>| async move {
                     // The Location is built from Host: one, a plain `host[:port]` (no userinfo,
@@ -556,10 +591,12 @@ async fn redirect_loop(listener: TcpListener, https_port: u16, mut stop: watch::
                     } else {
                         format!(":{https_port}")
                     };
+                    // `OPTIONS *` (or any target not a path) goes to the root.
                     let pq = req
                         .uri()
                         .path_and_query()
                         .map(|p| p.as_str())
+                        .filter(|p| p.starts_with('/'))
                         .unwrap_or("/");
                     let loc = format!("https://{host}{port}{pq}");
                     let mut resp = http::Response::new(crate::body::empty());

@@ -45,6 +45,8 @@ pub struct Forward<'a> {
     pub allow_upgrade: bool,
     /// What the request's headers hold ([`scan`]).
     pub seen: Seen,
+    /// The prefix a `strip_prefix` route took off the path (`X-Forwarded-Prefix`).
+    pub stripped_prefix: Option<&'a str>,
     /// When the request was sent on: the upstream `timeout` counts from there.
     pub sent: std::time::Instant,
     /// The connection's activity: a request is not done while its body is being forwarded.
@@ -53,6 +55,7 @@ pub struct Forward<'a> {
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-prefix");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Hop-by-hop headers: never passed on. A `static`, not a `const`: a `const` array of
@@ -655,6 +658,19 @@ pub async fn send(mut req: Request<Incoming>, f: Forward<'_>) -> Result<Response
     };
     if let Some(v) = forwarded_host {
         h.insert(X_FORWARDED_HOST, v);
+    }
+    if let Some(prefix) = f.stripped_prefix {
+        // The app builds its links and redirects under it (Spring, ASP.NET, Werkzeug's
+        // ProxyFix), as behind Traefik's StripPrefix; after a trusted proxy's own prefix.
+        let prior = f
+            .peer_trusted
+            .then(|| h.get(&X_FORWARDED_PREFIX).and_then(|v| v.to_str().ok()))
+            .flatten()
+            .map(|p| p.trim_end_matches('/'))
+            .unwrap_or("");
+        if let Ok(v) = HeaderValue::from_str(&format!("{prior}{prefix}")) {
+            h.insert(X_FORWARDED_PREFIX, v);
+        }
     }
     let (picked, target, pool) = f.upstream.pick();
     if !host_in_map {

@@ -319,6 +319,7 @@ async fn run(
             max_body: cfg.server.max_request_body,
             allow_upgrade: !matches!(rc.auth, AuthMode::Mint(_)),
             seen,
+            stripped_prefix: route::stripped_prefix(rc),
             sent,
             activity: &conn.activity,
         },

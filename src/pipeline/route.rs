@@ -31,7 +31,8 @@ fn host_matches(route: &RouteConfig, host: Option<&str>) -> bool {
     }
 }
 
-/// The request's host without port, for matching (`Host`, or `:authority` on HTTP/2).
+/// The request's host without port, for matching (`Host`, or `:authority` on HTTP/2). The
+/// root's trailing dot goes too: `api.example.com.` is the same name (and apps treat it so).
 pub fn host_of(host: &str) -> &str {
     if host.starts_with('[') {
         return host
@@ -39,10 +40,11 @@ pub fn host_of(host: &str) -> &str {
             .map(|(a, _)| &host[..a.len() + 1])
             .unwrap_or(host);
     }
-    match host.rsplit_once(':') {
+    let name = match host.rsplit_once(':') {
         Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
         _ => host,
-    }
+    };
+    name.strip_suffix('.').unwrap_or(name)
 }
 
 /// Find the route index for a request.
@@ -106,6 +108,17 @@ fn method_allowed(methods: &[Method], method: &Method) -> bool {
 
 /// The path the upstream receives: `strip_prefix` removes the matched prefix, `rewrite`
 /// replaces it; otherwise the normalized path itself.
+/// The prefix a `strip_prefix` route takes off the path, unless it is the root.
+pub fn stripped_prefix(route: &RouteConfig) -> Option<&str> {
+    if !route.strip_prefix || route.rewrite.is_some() {
+        return None;
+    }
+    let p = match &route.matcher {
+        PathMatch::Exact(p) | PathMatch::Prefix(p) => p.trim_end_matches('/'),
+    };
+    (!p.is_empty()).then_some(p)
+}
+
 pub fn upstream_path<'a>(route: &RouteConfig, path: &'a str) -> std::borrow::Cow<'a, str> {
     use std::borrow::Cow;
     let matched = match &route.matcher {
@@ -220,6 +233,8 @@ mod tests {
         assert_eq!(name(&rs, "GET", None, "/x/y"), Ok("first"));
         assert_eq!(host_of("Example.com:8443"), "Example.com");
         assert_eq!(host_of("[::1]:8443"), "[::1]");
+        assert_eq!(host_of("api.example.com."), "api.example.com");
+        assert_eq!(host_of("api.example.com.:8443"), "api.example.com");
     }
 
     #[test]

@@ -604,3 +604,39 @@ async fn proxy_protocol_from_untrusted_peer_is_closed() {
     assert_eq!(up.count(), 1);
     assert_eq!(up.last().header("x-forwarded-for"), Some("127.0.0.2"));
 }
+
+/// The redirect listener takes PROXY headers as the main one does: a load balancer speaking
+/// PROXY protocol to both ports still gets its 308s.
+#[tokio::test]
+async fn the_redirect_listener_speaks_proxy_protocol_too() {
+    let up = Upstream::start().await;
+    let redirect = free_port();
+    let server = format!("redirect_http = \"127.0.0.1:{redirect}\"");
+    let o = Opts {
+        server: &server,
+        ..Opts::default()
+    };
+    let gw = Gateway::start_with(o, &proxy_config(&up)).await;
+    let to = SocketAddr::new(lo(1), redirect);
+    let v1 = b"PROXY TCP4 203.0.113.9 127.0.0.1 5555 80\r\n".to_vec();
+    let r = raw_from(lo(1), to, &[v1.clone(), get("/x?a=1", "")].concat()).await;
+    assert_eq!(r.status(), Some(308), "{}", r.text);
+    let location = format!("location: https://gw:{}/x?a=1\r\n", gw.addr.port());
+    assert!(
+        r.text.to_ascii_lowercase().contains(&location),
+        "{}",
+        r.text
+    );
+    // `OPTIONS *` is sent to the root.
+    let options = b"OPTIONS * HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n".to_vec();
+    let r = raw_from(lo(1), to, &[v1.clone(), options].concat()).await;
+    let location = format!("location: https://gw:{}/\r\n", gw.addr.port());
+    assert!(
+        r.text.to_ascii_lowercase().contains(&location),
+        "{}",
+        r.text
+    );
+    // A PROXY header from an untrusted peer closes the connection, as on the main listener.
+    let r = raw_from(lo(2), to, &[v1, get("/x", "")].concat()).await;
+    assert_eq!(r.status(), None, "{}", r.text);
+}

@@ -174,6 +174,8 @@ auth = "public"
         200
     );
     assert_eq!(up.last().uri, "/users/7");
+    // The app learns the prefix taken off, to build its links under it.
+    assert_eq!(up.last().header("x-forwarded-prefix"), Some("/api"));
     assert_eq!(
         c.get(gw.url("/v1/things?a=b"))
             .send()
@@ -183,12 +185,21 @@ auth = "public"
         200
     );
     assert_eq!(up.last().uri, "/v2/things?a=b");
+    assert_eq!(up.last().header("x-forwarded-prefix"), None, "a rewrite is no strip");
     // Host matching ignores case and port.
     let r = c.get(gw.url("/h/x")).send().await.unwrap();
     assert_eq!(r.status(), 404);
     let r = c
         .get(gw.url("/h/x"))
         .header("Host", "API.Example.com:8443")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // The root's trailing dot names the same host.
+    let r = c
+        .get(gw.url("/h/x"))
+        .header("Host", "api.example.com.")
         .send()
         .await
         .unwrap();
