@@ -45,7 +45,11 @@ fn describe() {
     );
     metrics::describe_counter!(
         "iptgate_tokens_minted_total",
-        "Tokens minted (access on login, refresh on rotation)"
+        "Tokens minted, by type (access, refresh), at login and at refresh"
+    );
+    metrics::describe_counter!(
+        "iptgate_tokens_refreshed_total",
+        "Refresh rotations that succeeded"
     );
     metrics::describe_counter!(
         "iptgate_tokens_verified_total",
@@ -75,6 +79,7 @@ fn describe() {
         counter!("iptgate_tokens_minted_total", "kind" => kind).increment(0);
     }
     counter!("iptgate_tokens_revoked_total").increment(0);
+    counter!("iptgate_tokens_refreshed_total").increment(0);
     gauge!("iptgate_active_connections").set(0.0);
 }
 
@@ -174,6 +179,10 @@ pub fn verified(refused: Option<&'static str>) {
     let c = counter!("iptgate_tokens_verified_total", "result" => result);
     c.increment(1);
     map.insert(result, c);
+}
+
+pub fn refreshed() {
+    counter!("iptgate_tokens_refreshed_total").increment(1);
 }
 
 pub fn revoked() {

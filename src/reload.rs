@@ -20,6 +20,11 @@ pub fn reload(state: &State) -> Result<u64, String> {
             {
                 tracing::warn!("listener addresses changed: they take effect after a restart");
             }
+            if old.workers != new.workers || old.max_connections != new.max_connections {
+                tracing::warn!(
+                    "server.workers or server.max_connections changed: they take effect after a restart"
+                );
+            }
             if old.tls.is_some() != new.tls.is_some() {
                 tracing::warn!("TLS on/off changed: it takes effect after a restart");
             }

@@ -232,7 +232,6 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>, mut stop: watch::
     let first = state.active.load_full();
     let tls_mode = first.tls.is_some();
     let permits = Arc::new(Semaphore::new(first.config.server.max_connections));
-    let grace = first.config.server.shutdown_grace;
     let servers = Arc::new(servers());
     drop(first);
     loop {
@@ -264,7 +263,9 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>, mut stop: watch::
         });
     }
     drop(listener);
-    // Drain: connections see the stop signal and close after their in-flight requests.
+    // Drain: connections see the stop signal and close after their in-flight requests, for
+    // the grace of the config in force now (a reload may have changed it).
+    let grace = state.active.load().config.server.shutdown_grace;
     let deadline = Instant::now() + grace;
     while state.connections.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -207,6 +207,7 @@ pub fn apply(resp: &mut Response<Body>, m: &MintCtx<'_>) -> Result<Minted, Rejec
         let hv = HeaderValue::from_str(&refresh.token)
             .map_err(|_| Reject::Internal("token not header-safe".into()))?;
         h.insert(r.header.clone(), hv);
+        crate::metrics::minted("refresh");
         if m.token.set_cookie {
             let name = &m.token.cookie.refresh_name;
             if let Some(c) = set_cookie(&m.token.cookie, name, &refresh.token, r.ttl) {

@@ -172,7 +172,9 @@ pub async fn serve(
     };
     let access = mint(TokenType::Access, tc.ttl)?;
     let next = mint(TokenType::Refresh, refresh.ttl)?;
+    crate::metrics::minted("access");
     crate::metrics::minted("refresh");
+    crate::metrics::refreshed();
     let body = serde_json::json!({
         "token_type": "Bearer",
         "access_token": access.token,

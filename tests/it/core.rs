@@ -185,7 +185,11 @@ auth = "public"
         200
     );
     assert_eq!(up.last().uri, "/v2/things?a=b");
-    assert_eq!(up.last().header("x-forwarded-prefix"), None, "a rewrite is no strip");
+    assert_eq!(
+        up.last().header("x-forwarded-prefix"),
+        None,
+        "a rewrite is no strip"
+    );
     // Host matching ignores case and port.
     let r = c.get(gw.url("/h/x")).send().await.unwrap();
     assert_eq!(r.status(), 404);
@@ -762,6 +766,33 @@ async fn drain_finishes_in_flight_requests_and_refuses_new_ones() {
         plain_client().get(&admin).send().await.is_err(),
         "the admin listener is closed once the drain is over"
     );
+}
+
+#[tokio::test]
+async fn a_reloaded_shutdown_grace_bounds_the_next_drain() {
+    let up = Upstream::start().await;
+    let o = Opts {
+        server: "shutdown_grace = \"30s\"",
+        ..Opts::default()
+    };
+    let mut gw = Gateway::start_with(o, &public_routes(&up)).await;
+    let text = std::fs::read_to_string(gw.config_path())
+        .unwrap()
+        .replace("shutdown_grace = \"30s\"", "shutdown_grace = \"300ms\"");
+    assert_eq!(gw.reload_with(&text).await, 200);
+    let url = gw.url("/sleep/10000");
+    let c = client();
+    let stuck = tokio::spawn(async move { c.get(url).send().await.map(|r| r.status()) });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let running = gw.take_running();
+    let t = Instant::now();
+    running.shutdown().await;
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "the drain took {:?}: the reloaded 300ms grace did not apply",
+        t.elapsed()
+    );
+    stuck.abort();
 }
 
 #[tokio::test]

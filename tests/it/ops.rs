@@ -520,6 +520,7 @@ async fn fixed_series_are_exported_at_zero_from_the_start() {
         ("iptgate_tokens_minted_total", &["kind=\"access\""]),
         ("iptgate_tokens_minted_total", &["kind=\"refresh\""]),
         ("iptgate_tokens_revoked_total", &[]),
+        ("iptgate_tokens_refreshed_total", &[]),
     ] {
         assert!(
             text.lines()

@@ -585,6 +585,16 @@ async fn cookies_refresh_rotation_reuse_detection_and_logout() {
         .await
         .unwrap();
     assert_eq!(code_of(r).await, (401, "token_revoked".into()));
+    // The rotation is counted, and the tokens it minted by type.
+    let text = scrape(&gw.admin_url("")).await;
+    assert!(
+        metric(&text, "iptgate_tokens_refreshed_total", &[]) >= 1.0,
+        "{text}"
+    );
+    assert!(
+        metric(&text, "iptgate_tokens_minted_total", &["kind=\"refresh\""]) >= 2.0,
+        "login and rotation each mint a refresh token: {text}"
+    );
     // Logout revokes a fresh session's access token.
     let r = login(&c, &gw, "user=dave").await;
     let access3 = token_of(&r).unwrap();
