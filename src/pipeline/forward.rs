@@ -836,6 +836,9 @@ pub async fn send(mut req: Request<Incoming>, f: Forward<'_>) -> Result<Response
         h.remove(header::CONTENT_LENGTH);
     }
     strip_hop_by_hop(h, &seen);
+    // The client hears the gateway's HTTP version, whatever the upstream's: an HTTP/1.0
+    // upstream's close-delimited body goes on chunked over a kept-alive HTTP/1.1 connection.
+    *resp.version_mut() = Version::HTTP_11;
     Ok(resp.map(BodyExt::boxed))
 }
 

@@ -13,13 +13,6 @@ use crate::harness::*;
 /// Longest a raw exchange may take before the test fails.
 const RAW_WAIT: Duration = Duration::from_secs(5);
 
-fn plain() -> Opts<'static> {
-    Opts {
-        tls: false,
-        ..Opts::default()
-    }
-}
-
 fn lo(n: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, 0, n))
 }

@@ -17,13 +17,6 @@ async fn raw(addr: std::net::SocketAddr, req: &[u8], wait: Duration) -> String {
     String::from_utf8_lossy(&buf).to_string()
 }
 
-fn plain() -> Opts<'static> {
-    Opts {
-        tls: false,
-        ..Opts::default()
-    }
-}
-
 /// The default app behind a plain-HTTP gateway with `server` lines in `[server]`.
 async fn plain_public(server: &str) -> (Upstream, Gateway) {
     let up = Upstream::start().await;

@@ -551,6 +551,14 @@ pub fn insecure_tls() -> rustls::ClientConfig {
     .with_no_client_auth()
 }
 
+/// Options for a gateway on plain HTTP (no `[server.tls]`).
+pub fn plain() -> Opts<'static> {
+    Opts {
+        tls: false,
+        ..Opts::default()
+    }
+}
+
 /// One public route `/` to upstream `app` at `url`, with `extra` lines in `[upstreams.app]`.
 pub fn route_to(url: &str, extra: &str) -> String {
     format!(

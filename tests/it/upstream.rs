@@ -240,8 +240,9 @@ async fn an_upstream_answering_before_the_body_is_sent_leaves_the_gateway_workin
     }
 }
 
-#[tokio::test]
-async fn an_upstream_response_with_both_length_and_chunks_reaches_the_client_whole() {
+/// An upstream answering each request (up to 4 connections) with `answer`, then holding the
+/// connection `linger` before closing it.
+async fn scripted_upstream(answer: &'static [u8], linger: Duration) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -252,12 +253,21 @@ async fn an_upstream_response_with_both_length_and_chunks_reaches_the_client_who
             tokio::spawn(async move {
                 let mut buf = [0u8; 4096];
                 let _ = stream.read(&mut buf).await;
-                let resp = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n";
-                let _ = stream.write_all(resp).await;
-                tokio::time::sleep(Duration::from_secs(2)).await;
+                let _ = stream.write_all(answer).await;
+                tokio::time::sleep(linger).await;
             });
         }
     });
+    addr
+}
+
+#[tokio::test]
+async fn an_upstream_response_with_both_length_and_chunks_reaches_the_client_whole() {
+    let addr = scripted_upstream(
+        b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+        Duration::from_secs(2),
+    )
+    .await;
     let gw = Gateway::start(&route_to(&format!("http://{addr}"), "")).await;
     let r = tokio::time::timeout(Duration::from_secs(5), async {
         let r = client().get(gw.url("/x")).send().await.unwrap();
@@ -267,6 +277,25 @@ async fn an_upstream_response_with_both_length_and_chunks_reaches_the_client_who
     .await
     .expect("the client gets the whole response");
     assert_eq!(r, (http::StatusCode::OK, "ok".to_string()));
+}
+
+#[tokio::test]
+async fn an_http_1_0_upstream_is_answered_to_the_client_as_http_1_1() {
+    // Close-delimited, as an HTTP/1.0 server answers.
+    let addr = scripted_upstream(b"HTTP/1.0 200 OK\r\n\r\nold server", Duration::ZERO).await;
+    let gw = Gateway::start_with(plain(), &route_to(&format!("http://{addr}"), "")).await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"GET /x HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(text.contains("old server"), "{text}");
 }
 
 #[tokio::test]
