@@ -30,13 +30,68 @@ pub struct Upstream {
     /// One per target, in the order of `cfg.targets`.
     pools: Vec<Arc<Pool>>,
     next: AtomicUsize,
+    health: Health,
+}
+
+/// How long a target that could not be connected to is passed over (nginx's `fail_timeout`).
+pub const TARGET_DOWN_FOR: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Targets that could not be connected to lately, passed over by round robin for
+/// [`TARGET_DOWN_FOR`] (as nginx's `max_fails=1 fail_timeout=10s`), so that a dead target
+/// does not cost every other request its `connect_timeout`. When every target is down, round
+/// robin goes on as if none were.
+struct Health {
+    epoch: std::time::Instant,
+    /// Per target: milliseconds since `epoch` until which it is passed over; 0 = up.
+    down_until: Vec<AtomicU64>,
+}
+
+impl Health {
+    fn new(targets: usize) -> Health {
+        Health {
+            epoch: std::time::Instant::now(),
+            down_until: (0..targets).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn mark_down(&self, i: usize) {
+        let until = self
+            .now_ms()
+            .saturating_add(TARGET_DOWN_FOR.as_millis() as u64)
+            .max(1);
+        if let Some(d) = self.down_until.get(i) {
+            d.store(until, Ordering::Relaxed);
+        }
+    }
+
+    /// `start`, or the first target after it (round robin order) that is not down.
+    fn first_up(&self, start: usize) -> usize {
+        let n = self.down_until.len();
+        let mut now = None;
+        for k in 0..n {
+            let i = (start + k) % n;
+            let until = self.down_until[i].load(Ordering::Relaxed);
+            if until == 0 || until <= *now.get_or_insert_with(|| self.now_ms()) {
+                return i;
+            }
+        }
+        start
+    }
 }
 
 impl Upstream {
-    /// Round robin over the targets: the next one's index, target and connection pool.
+    /// Round robin over the targets, passing over those down lately: the next one's index,
+    /// target and connection pool.
     pub fn pick(&self) -> (usize, &Target, &Arc<Pool>) {
         let n = self.cfg.targets.len().max(1);
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        let mut i = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        if n > 1 {
+            i = self.health.first_up(i);
+        }
         (i, &self.cfg.targets[i], &self.pools[i])
     }
 
@@ -61,6 +116,7 @@ impl Upstream {
         let n = self.pools.len();
         let base = &self.cfg.targets[first].base_path;
         let mut i = first;
+        self.health.mark_down(first);
         for k in 1..n {
             let j = (first + k) % n;
             if self.cfg.targets[j].base_path != *base {
@@ -81,6 +137,7 @@ impl Upstream {
                     err,
                     unsent: Some(back),
                 }) => {
+                    self.health.mark_down(j);
                     (fail, req, i) = (err.into(), *back, j);
                 }
                 Err(f) => return Err(f),
@@ -180,6 +237,7 @@ fn build_active(
             .collect::<Result<Vec<_>, _>>()?;
         upstreams.push(Upstream {
             cfg: u.clone(),
+            health: Health::new(pools.len()),
             pools,
             next: AtomicUsize::new(0),
         });
@@ -239,6 +297,24 @@ mod tests {
     use std::path::Path;
 
     use super::*;
+
+    #[test]
+    fn a_target_down_is_passed_over_until_every_one_is() {
+        let h = Health::new(3);
+        assert_eq!((h.first_up(0), h.first_up(1), h.first_up(2)), (0, 1, 2));
+        h.mark_down(1);
+        assert_eq!(h.first_up(1), 2, "the next target up instead");
+        assert_eq!(h.first_up(0), 0);
+        h.mark_down(2);
+        assert_eq!(h.first_up(1), 0, "round robin order, wrapping");
+        h.mark_down(0);
+        assert_eq!(h.first_up(1), 1, "all down: as if none were");
+        // Back once its time is up.
+        let h = Health::new(2);
+        h.down_until[1].store(h.now_ms().max(1), Ordering::Relaxed);
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        assert_eq!(h.first_up(1), 1);
+    }
 
     fn config(targets: &str) -> Config {
         let text = format!(
