@@ -279,19 +279,23 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>, mut stop: watch::
     }
 }
 
-/// With `proxy_protocol = true`: the PROXY header a trusted proxy must start with (its source
+/// With `proxy_protocol = true`: the PROXY header a trusted proxy starts with (its source
 /// address, `None` for `LOCAL`/`UNKNOWN`); `Err` when the connection is to be closed (a
-/// trusted proxy's header missing or malformed, or one from an untrusted peer).
+/// trusted proxy's header malformed, or missing where `required`; one from an untrusted peer).
 async fn proxy_preamble(
     stream: &mut TcpStream,
     peer: SocketAddr,
     cfg: &crate::config::Config,
+    required: bool,
 ) -> Result<Option<IpAddr>, ()> {
     if !cfg.client_ip.proxy_protocol {
         return Ok(None);
     }
     let handshake_timeout = cfg.server.header_read_timeout;
     if client_ip::is_trusted(peer.ip(), &cfg.client_ip) {
+        if !required && !starts_with_proxy(stream, handshake_timeout).await {
+            return Ok(None);
+        }
         match crate::proxy_protocol::read_header(stream, handshake_timeout).await {
             Ok(src) => Ok(src.map(|s| s.ip().to_canonical())),
             Err(e) => {
@@ -299,19 +303,23 @@ async fn proxy_preamble(
                 Err(())
             }
         }
-    } else if tokio::time::timeout(
-        handshake_timeout,
-        crate::proxy_protocol::starts_with_proxy_signature(stream),
-    )
-    .await
-    .map(|r| r.unwrap_or(true))
-    .unwrap_or(false)
-    {
+    } else if starts_with_proxy(stream, handshake_timeout).await {
         tracing::warn!(target: "security", peer = %peer.ip(), "PROXY header from an untrusted peer: connection closed");
         Err(())
     } else {
         Ok(None)
     }
+}
+
+/// Whether the connection's first bytes are a PROXY signature (waiting at most `wait`).
+async fn starts_with_proxy(stream: &TcpStream, wait: Duration) -> bool {
+    tokio::time::timeout(
+        wait,
+        crate::proxy_protocol::starts_with_proxy_signature(stream),
+    )
+    .await
+    .map(|r| r.unwrap_or(true))
+    .unwrap_or(false)
 }
 
 async fn connection(
@@ -326,7 +334,7 @@ async fn connection(
     let active = state.active.load_full();
     let cfg = &active.config;
     let handshake_timeout = cfg.server.header_read_timeout;
-    let Ok(proxied) = proxy_preamble(&mut stream, peer, cfg).await else {
+    let Ok(proxied) = proxy_preamble(&mut stream, peer, cfg, true).await else {
         return;
     };
     let conn = Arc::new(Conn::new(peer, proxied, tls_mode));
@@ -561,7 +569,9 @@ async fn redirect_loop(
         let state = state.clone();
         tokio::spawn(async move {
             let active = state.active.load_full();
-            if proxy_preamble(&mut stream, peer, &active.config)
+            // A trusted proxy's PROXY header is taken, not required: some load balancers speak
+            // it on the TLS port only.
+            if proxy_preamble(&mut stream, peer, &active.config, false)
                 .await
                 .is_err()
             {

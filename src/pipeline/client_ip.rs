@@ -13,7 +13,7 @@
 //! `a.b.c.d`. No allocation on this path: header lines and their elements are iterated
 //! right to left in place.
 
-mod parse;
+pub(crate) mod parse;
 
 use std::net::IpAddr;
 

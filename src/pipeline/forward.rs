@@ -377,34 +377,15 @@ fn cookie_pairs(v: &HeaderValue) -> impl Iterator<Item = &[u8]> {
         .filter(|p| !p.is_empty())
 }
 
-/// The scheme a trusted proxy recorded in its `Forwarded` element (RFC 7239 `proto`, the
-/// right-most element that has one), for `X-Forwarded-Proto` when it sent none.
+/// The scheme the trusted proxy recorded in the element it added to `Forwarded` (RFC 7239
+/// `proto` of the right-most element only: anything left of it the client may have written),
+/// for `X-Forwarded-Proto` when it sent none.
 fn forwarded_proto(h: &HeaderMap) -> Option<&'static str> {
-    let lines: Vec<&str> = h
-        .get_all(header::FORWARDED)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    lines
-        .iter()
-        .rev()
-        .flat_map(|l| l.rsplit(','))
-        .find_map(|element| {
-            element.split(';').find_map(|pair| {
-                let (k, v) = pair.split_once('=')?;
-                if !k.trim().eq_ignore_ascii_case("proto") {
-                    return None;
-                }
-                let v = v.trim().trim_matches('"');
-                if v.eq_ignore_ascii_case("https") {
-                    Some("https")
-                } else if v.eq_ignore_ascii_case("http") {
-                    Some("http")
-                } else {
-                    None
-                }
-            })
-        })
+    let line = h.get_all(header::FORWARDED).iter().next_back()?;
+    let element = crate::pipeline::client_ip::parse::ForwardedElements::new(line.as_bytes())
+        .next()?
+        .ok()?;
+    crate::pipeline::client_ip::parse::forwarded_proto(element)
 }
 
 /// The request body, refused once it passes `max`.
@@ -662,11 +643,13 @@ pub async fn send(mut req: Request<Incoming>, f: Forward<'_>) -> Result<Response
     if let Some(prefix) = f.stripped_prefix {
         // The app builds its links and redirects under it (Spring, ASP.NET, Werkzeug's
         // ProxyFix), as behind Traefik's StripPrefix; after a trusted proxy's own prefix.
+        // A prior prefix is a path (`/app`), never `//host` that a link would leave for.
         let prior = f
             .peer_trusted
             .then(|| h.get(&X_FORWARDED_PREFIX).and_then(|v| v.to_str().ok()))
             .flatten()
             .map(|p| p.trim_end_matches('/'))
+            .filter(|p| p.starts_with('/') && !p.starts_with("//"))
             .unwrap_or("");
         if let Ok(v) = HeaderValue::from_str(&format!("{prior}{prefix}")) {
             h.insert(X_FORWARDED_PREFIX, v);
@@ -845,6 +828,27 @@ pub async fn send(mut req: Request<Incoming>, f: Forward<'_>) -> Result<Response
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn forwarded_proto_is_read_from_the_proxys_own_element_only() {
+        let proto = |lines: &[&str]| {
+            let mut h = HeaderMap::new();
+            for l in lines {
+                h.append(header::FORWARDED, HeaderValue::from_str(l).unwrap());
+            }
+            forwarded_proto(&h)
+        };
+        assert_eq!(proto(&["for=203.0.113.9;proto=HTTPS"]), Some("https"));
+        assert_eq!(
+            proto(&["for=1.1.1.1;proto=https", "for=203.0.113.9;proto=http"]),
+            Some("http")
+        );
+        // The client's element left of the proxy's (which names no proto) is not read.
+        assert_eq!(proto(&["proto=https, for=198.51.100.7"]), None);
+        assert_eq!(proto(&["for=198.51.100.7;host=\"a,proto=https\""]), None);
+        assert_eq!(proto(&["for=198.51.100.7;proto=wss"]), None);
+        assert_eq!(proto(&[]), None);
+    }
 
     #[test]
     fn websocket_accept_follows_rfc_6455() {

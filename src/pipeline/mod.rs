@@ -206,17 +206,26 @@ impl Pending<'_> {
 
 impl Drop for Pending<'_> {
     fn drop(&mut self) {
-        if !self.answered {
-            crate::access_log::record(
-                &self.method,
-                self.logged_path(),
-                CLIENT_CLOSED,
-                None,
-                &self.out,
-                self.active,
-                self.started,
-            );
+        if self.answered {
+            return;
         }
+        // A panic in the request's handling is the gateway's failure (hyper closes the
+        // connection): a 500 for the logs and alerts, not a client that left.
+        let status = if std::thread::panicking() {
+            self.out.code = Some("internal_error");
+            500
+        } else {
+            CLIENT_CLOSED
+        };
+        crate::access_log::record(
+            &self.method,
+            self.logged_path(),
+            status,
+            None,
+            &self.out,
+            self.active,
+            self.started,
+        );
     }
 }
 
@@ -456,7 +465,9 @@ pub async fn judge(
     Ok(Judged { route: idx, claims })
 }
 
-/// Check the route's rate-limit policies of one kind (subject-keyed or not).
+/// Check the route's rate-limit policies of one kind (subject-keyed or not). `global` policies
+/// kept in the shared store come last: their count cannot be given back, so a client the local
+/// policies refuse never spends everyone's shared budget.
 async fn limits(
     a: &Ask<'_>,
     active: &Active,
@@ -468,56 +479,60 @@ async fn limits(
 ) -> Result<(), Reject> {
     let rc = &active.routes[idx].cfg;
     let now = active.limiters.time(a.started);
-    for (n, &pi) in rc.rate_limit.iter().enumerate() {
-        let policy = active.limiters.policy(pi);
-        if (policy.key == LimitKey::Subject) != subject_phase {
-            if n == 0 && !subject_phase {
-                // The first policy waits for a verified subject: until then (and on a refusal
-                // before it) the headers report its whole quota, since nothing was counted.
-                let (policy_hdr, name) = &active.ratelimit_headers[pi];
-                let full = rate_limit::Decision::untouched(policy.burst);
-                out.ratelimit = Some((policy_hdr.clone(), rate_limit::state_header(name, &full)));
+    let shared_store = state.store.shared().is_some();
+    // Policies (by position, the first 64) this request has counted against so far.
+    let mut counted: u64 = 0;
+    for shared_pass in [false, true] {
+        for (n, &pi) in rc.rate_limit.iter().enumerate() {
+            let policy = active.limiters.policy(pi);
+            let shared = policy.key == LimitKey::Global && shared_store;
+            if shared != shared_pass {
+                continue;
             }
-            continue;
-        }
-        let shared = if policy.key == LimitKey::Global {
-            Box::pin(shared::global(active, state, policy)).await?
-        } else {
-            None
-        };
-        let d = match shared {
-            Some(d) => d,
-            None => active.limiters.check_at(
-                pi,
-                &rate_limit::KeyInput {
-                    ip: a.ip,
-                    sub,
-                    route: &rc.name,
-                    headers: a.headers,
-                },
-                now,
-            ),
-        };
-        if n == 0 {
-            let (policy_hdr, name) = &active.ratelimit_headers[pi];
-            out.ratelimit = Some((policy_hdr.clone(), rate_limit::state_header(name, &d)));
-        }
-        if !d.allowed {
+            if (policy.key == LimitKey::Subject) != subject_phase {
+                if n == 0 && !subject_phase {
+                    // The first policy waits for a verified subject: until then (and on a
+                    // refusal before it) the headers report its whole quota, since nothing was
+                    // counted.
+                    let (policy_hdr, name) = &active.ratelimit_headers[pi];
+                    let full = rate_limit::Decision::untouched(policy.burst);
+                    out.ratelimit =
+                        Some((policy_hdr.clone(), rate_limit::state_header(name, &full)));
+                }
+                continue;
+            }
+            let d = if shared {
+                Box::pin(shared::global(active, state, policy)).await?
+            } else {
+                None
+            };
+            let d = match d {
+                Some(d) => d,
+                None => active.limiters.check_at(
+                    pi,
+                    &rate_limit::KeyInput {
+                        ip: a.ip,
+                        sub,
+                        route: &rc.name,
+                        headers: a.headers,
+                    },
+                    now,
+                ),
+            };
+            if n == 0 {
+                let (policy_hdr, name) = &active.ratelimit_headers[pi];
+                out.ratelimit = Some((policy_hdr.clone(), rate_limit::state_header(name, &d)));
+            }
+            if d.allowed {
+                if n < 64 {
+                    counted |= 1 << n;
+                }
+                continue;
+            }
             if !rc.dry_run {
                 // On a dry-run route the refusal is counted as one (`iptgate_dry_run_total`).
                 crate::metrics::rate_limited(&policy.name);
-                let shared_store = state.store.shared().is_some();
-                refund(
-                    a,
-                    active,
-                    idx,
-                    sub,
-                    subject_phase,
-                    n,
-                    now,
-                    shared_store,
-                    out,
-                );
+                refund(a, active, idx, sub, subject_phase, counted, now, out);
             }
             enforce(
                 Err(Reject::RateLimited {
@@ -532,9 +547,11 @@ async fn limits(
     Ok(())
 }
 
-/// A request one policy refuses costs nothing in the route's others: what the policies checked
-/// before it counted is given back, so a client that waits out `Retry-After` gets in. (A
-/// `global` policy's count lives in the store when there is one, and is not given back.)
+/// A request one policy refuses costs nothing in the route's others: what they counted is
+/// given back, so a client that waits out `Retry-After` gets in. `counted`: the policies of
+/// this phase that counted the request (by position); in the subject phase every non-subject
+/// policy has. A `global` policy's count in the shared store is not given back (it is
+/// checked last, see [`limits`]).
 #[allow(clippy::too_many_arguments)]
 fn refund(
     a: &Ask<'_>,
@@ -542,19 +559,19 @@ fn refund(
     idx: usize,
     sub: Option<&str>,
     subject_phase: bool,
-    refused: usize,
+    counted: u64,
     now: rate_limit::Time,
-    shared_store: bool,
     out: &mut Outcome,
 ) {
     let rc = &active.routes[idx].cfg;
     for (m, &pi) in rc.rate_limit.iter().enumerate() {
-        let key = &active.limiters.policy(pi).key;
-        let is_subject = *key == LimitKey::Subject;
-        // Earlier in the same phase; every non-subject policy passed before the subject phase.
-        let counted =
-            (m < refused && is_subject == subject_phase) || (subject_phase && !is_subject);
-        if !counted || (*key == LimitKey::Global && shared_store) {
+        let is_subject = active.limiters.policy(pi).key == LimitKey::Subject;
+        let was_counted = if is_subject == subject_phase {
+            m < 64 && counted & (1 << m) != 0
+        } else {
+            subject_phase
+        };
+        if !was_counted {
             continue;
         }
         let input = rate_limit::KeyInput {

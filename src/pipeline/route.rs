@@ -44,7 +44,7 @@ pub fn host_of(host: &str) -> &str {
         Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
         _ => host,
     };
-    name.strip_suffix('.').unwrap_or(name)
+    name.trim_end_matches('.')
 }
 
 /// Find the route index for a request.
@@ -235,6 +235,7 @@ mod tests {
         assert_eq!(host_of("[::1]:8443"), "[::1]");
         assert_eq!(host_of("api.example.com."), "api.example.com");
         assert_eq!(host_of("api.example.com.:8443"), "api.example.com");
+        assert_eq!(host_of("api.example.com.."), "api.example.com");
     }
 
     #[test]

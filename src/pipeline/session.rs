@@ -28,6 +28,28 @@ pub fn is_served(path: &str, active: &Active) -> bool {
             .is_some_and(|r| path == r.path || path == r.logout_path)
 }
 
+/// A token that names a live session of this client: verified (an access token also up to
+/// `grace` seconds after it expired), not revoked, bound to this client.
+#[allow(clippy::too_many_arguments)]
+async fn session_of(
+    token: &str,
+    typ: TokenType,
+    grace: u64,
+    keys: &crate::token::Keys,
+    tc: &TokenConfig,
+    store: &crate::store::Store,
+    h: &http::HeaderMap,
+    ip: IpAddr,
+    on_error: crate::config::OnError,
+) -> Result<Claims, Reject> {
+    let claims = keys
+        .verify_within(tc, token, typ, now(), grace)
+        .map_err(map_token_error)?;
+    check_revoked(store, on_error, &claims).await?;
+    check_binding(tc, &claims, ip, device_id(h, tc)).map_err(map_token_error)?;
+    Ok(claims)
+}
+
 /// The refresh token in its header or the `<cookie>_refresh` cookie.
 fn refresh_token<'a>(
     h: &'a http::HeaderMap,
@@ -85,31 +107,26 @@ pub async fn serve(
     let store = &state.store;
 
     if is_logout {
-        // Either token names the session: the access token where requests carry it, else the
-        // refresh token. An access token that expired less than `refresh.ttl` ago still counts
-        // (its family may live on; a browser holds it long after it expired); signature,
-        // issuer, type and binding are checked as always.
+        // Either token names the session: the access token where requests carry it, else (or
+        // when that one is refused: an old tab's token, say) the refresh token. An access
+        // token that expired less than `ttl` ago still counts (a client logging out after a
+        // pause holds one); signature, issuer, type, revocation and binding are checked as
+        // always.
         let access = extract(h, tc)?;
         let refresh_token = refresh_token(h, refresh, tc);
-        let grace = refresh.ttl.as_secs();
-        let verified = match (access, refresh_token) {
-            (None, None) => Err(Reject::TokenMissing),
-            (Some(t), None) => keys
-                .verify_within(tc, t, TokenType::Access, now(), grace)
-                .map_err(map_token_error),
-            (None, Some(r)) => keys
-                .verify(tc, r, TokenType::Refresh, now())
-                .map_err(map_token_error),
-            (Some(t), Some(r)) => keys
-                .verify_within(tc, t, TokenType::Access, now(), grace)
-                .or_else(|e| {
-                    keys.verify(tc, r, TokenType::Refresh, now())
-                        .map_err(|_| map_token_error(e))
-                }),
+        let session =
+            |token, typ, grace| session_of(token, typ, grace, keys, tc, store, h, ip, on_error);
+        let claims = match (access, refresh_token) {
+            (None, None) => return Err(Reject::TokenMissing),
+            (Some(t), r) => match session(t, TokenType::Access, tc.ttl.as_secs()).await {
+                Ok(c) => c,
+                Err(e) => match r {
+                    Some(r) => session(r, TokenType::Refresh, 0).await.map_err(|_| e)?,
+                    None => return Err(e),
+                },
+            },
+            (None, Some(r)) => session(r, TokenType::Refresh, 0).await?,
         };
-        let claims = verified?;
-        check_revoked(store, on_error, &claims).await?;
-        check_binding(tc, &claims, ip, device_id(h, tc)).map_err(map_token_error)?;
         sub.clone_from(&claims.sub);
         let left = Duration::from_secs(claims.exp.saturating_sub(now()) + tc.leeway.as_secs());
         if let Some(jti) = &claims.jti {

@@ -100,7 +100,11 @@ where
 {
     let attempts = async {
         match op(conn.clone()).await {
-            Err(e) if e.is_connection_dropped() => op(conn.clone()).await,
+            // Not when Redis refuses connections: it is down, and a second try would only add
+            // the manager's reconnect back-off to every operation.
+            Err(e) if e.is_connection_dropped() && !e.is_connection_refusal() => {
+                op(conn.clone()).await
+            }
             r => r,
         }
     };

@@ -629,6 +629,9 @@ async fn the_redirect_listener_speaks_proxy_protocol_too() {
         "{}",
         r.text
     );
+    // Not required here: a balancer speaking PROXY on the TLS port only still gets its 308.
+    let r = raw_from(lo(1), to, &get("/y", "")).await;
+    assert_eq!(r.status(), Some(308), "{}", r.text);
     // A PROXY header from an untrusted peer closes the connection, as on the main listener.
     let r = raw_from(lo(2), to, &[v1, get("/x", "")].concat()).await;
     assert_eq!(r.status(), None, "{}", r.text);

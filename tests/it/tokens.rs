@@ -617,7 +617,8 @@ async fn cookies_refresh_rotation_reuse_detection_and_logout() {
 #[tokio::test]
 async fn logout_ends_the_session_with_an_expired_access_token_or_the_refresh_token_alone() {
     let up = Upstream::start().await;
-    let extra = "ttl = \"1s\"\nleeway = \"0s\"\nset_cookie = true\n\n[refresh]\nenabled = true\n";
+    // Expired tokens count for logout up to `ttl` after their expiry: 3 s here.
+    let extra = "ttl = \"3s\"\nleeway = \"0s\"\nset_cookie = true\n\n[refresh]\nenabled = true\n";
     let gw = Gateway::start(&app(&up, extra)).await;
     let c = client();
     let logout = |auth: Option<String>, refresh: Option<String>| {
@@ -638,7 +639,7 @@ async fn logout_ends_the_session_with_an_expired_access_token_or_the_refresh_tok
     );
     let r = login(&c, &gw, "user=dave").await;
     let refresh2 = r.headers()["iptoken-refresh"].to_str().unwrap().to_string();
-    tokio::time::sleep(Duration::from_millis(2200)).await;
+    tokio::time::sleep(Duration::from_millis(4100)).await;
     let r = c
         .get(gw.url("/x"))
         .bearer_auth(&access)
@@ -669,6 +670,17 @@ async fn logout_ends_the_session_with_an_expired_access_token_or_the_refresh_tok
     let r = logout(None, Some(refresh2.clone())).await.unwrap();
     assert_eq!(r.status(), 204);
     let r = refresh_with(&c, &gw, &refresh2).await;
+    assert_eq!(code_of(r).await, (401, "token_revoked".into()));
+
+    // An old tab's revoked access token beside the live refresh token: the refresh token's
+    // session ends.
+    let r = login(&c, &gw, "user=erin").await;
+    let refresh3 = r.headers()["iptoken-refresh"].to_str().unwrap().to_string();
+    let r = logout(Some(access.clone()), Some(refresh3.clone()))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let r = refresh_with(&c, &gw, &refresh3).await;
     assert_eq!(code_of(r).await, (401, "token_revoked".into()));
 
     // Still no logout without a genuine token: a forged expired one, or nothing.

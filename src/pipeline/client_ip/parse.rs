@@ -199,9 +199,43 @@ fn is_tchar(b: u8) -> bool {
 /// node is returned. Unquoted values may also hold `:`, `[` and `]` (common, if not
 /// strictly RFC 7239, for `ip:port` and IPv6); the node parser then checks them.
 pub(crate) fn forwarded_element(e: &[u8]) -> Result<Hop, Malformed> {
+    let mut node: Option<&[u8]> = None;
+    each_param(e, |name, value| {
+        if name.eq_ignore_ascii_case(b"for") {
+            if node.is_some() {
+                return Err(Malformed);
+            }
+            node = Some(value);
+        }
+        Ok(())
+    })?;
+    parse_node(node.ok_or(Malformed)?, Syntax::Forwarded)
+}
+
+/// The `proto` parameter of one `Forwarded` element, if it is `http` or `https`.
+pub(crate) fn forwarded_proto(e: &[u8]) -> Option<&'static str> {
+    let mut proto = None;
+    each_param(e, |name, value| {
+        if name.eq_ignore_ascii_case(b"proto") {
+            proto = Some(value);
+        }
+        Ok(())
+    })
+    .ok()?;
+    match proto? {
+        p if p.eq_ignore_ascii_case(b"https") => Some("https"),
+        p if p.eq_ignore_ascii_case(b"http") => Some("http"),
+        _ => None,
+    }
+}
+
+/// Calls `f` with each `name=value` parameter of a `Forwarded` element (quotes removed).
+fn each_param<'a>(
+    e: &'a [u8],
+    mut f: impl FnMut(&'a [u8], &'a [u8]) -> Result<(), Malformed>,
+) -> Result<(), Malformed> {
     let e = trim_ows(e);
     let mut i = 0;
-    let mut node: Option<&[u8]> = None;
     loop {
         let start = i;
         while i < e.len() && is_tchar(e[i]) {
@@ -228,12 +262,7 @@ pub(crate) fn forwarded_element(e: &[u8]) -> Result<Hop, Malformed> {
             }
             &e[start..i]
         };
-        if name.eq_ignore_ascii_case(b"for") {
-            if node.is_some() {
-                return Err(Malformed);
-            }
-            node = Some(value);
-        }
+        f(name, value)?;
         while i < e.len() && is_ows(e[i]) {
             i += 1;
         }
@@ -248,7 +277,7 @@ pub(crate) fn forwarded_element(e: &[u8]) -> Result<Hop, Malformed> {
             Some(_) => return Err(Malformed),
         }
     }
-    parse_node(node.ok_or(Malformed)?, Syntax::Forwarded)
+    Ok(())
 }
 
 /// `Forwarded` hops of one header line, right to left.
