@@ -396,30 +396,49 @@ struct LimitedBody {
     open: Option<BodyOpen>,
     /// When the body last moved (see [`BodyProgress`]).
     progress: Option<Arc<BodyProgress>>,
+    /// Bytes passed on so far.
+    read: u64,
 }
 
-/// When a request body last passed a frame on, in nanoseconds since the request was sent on:
-/// the upstream `timeout` ("until response headers") counts from the end of the request, so an
-/// upload that takes longer than it is not cut off while it still moves. One atomic store per
-/// body frame, only for requests with a body.
+/// When a request body last passed a frame on (nanoseconds since the request was sent on), and
+/// how much of it: the upstream `timeout` ("until response headers") counts from the end of
+/// the request, so an upload that takes longer than it is not cut off while it still moves.
+/// Two relaxed stores per body frame, only for requests with a body.
 struct BodyProgress {
     since: std::time::Instant,
     last: std::sync::atomic::AtomicU64,
+    bytes: std::sync::atomic::AtomicU64,
 }
 
+/// The slowest upload that keeps extending the upstream `timeout`: each byte buys this much
+/// time (1 KiB/s), so a client trickling a byte now and then cannot hold an upstream request,
+/// and a connection slot, open for ever.
+const MIN_UPLOAD_NANOS_PER_BYTE: u64 = 1_000_000_000 / 1024;
+
 impl BodyProgress {
-    fn moved(&self) {
+    fn moved(&self, bytes: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
         let n = u64::try_from(self.since.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        self.last.store(n, std::sync::atomic::Ordering::Relaxed);
+        self.last.store(n, Relaxed);
+        self.bytes.store(bytes, Relaxed);
     }
 
-    fn last(&self) -> std::time::Instant {
-        self.since + Duration::from_nanos(self.last.load(std::sync::atomic::Ordering::Relaxed))
+    /// The request's end for the upstream `timeout`: the body's last frame, but no later than
+    /// what the bytes so far have earned at [`MIN_UPLOAD_NANOS_PER_BYTE`].
+    fn end(&self) -> std::time::Instant {
+        use std::sync::atomic::Ordering::Relaxed;
+        let last = Duration::from_nanos(self.last.load(Relaxed));
+        let earned = Duration::from_nanos(
+            self.bytes
+                .load(Relaxed)
+                .saturating_mul(MIN_UPLOAD_NANOS_PER_BYTE),
+        );
+        self.since + last.min(earned)
     }
 }
 
 /// `fut` within `timeout` of the request's end: from `sent`, or, while a request body is still
-/// moving, from its last frame. `None` when it ran out.
+/// moving (at 1 KiB/s on average at least), from its last frame. `None` when it ran out.
 async fn within<F: std::future::Future>(
     fut: F,
     sent: std::time::Instant,
@@ -433,7 +452,7 @@ async fn within<F: std::future::Future>(
         {
             Ok(out) => return Some(out),
             Err(_) => {
-                let later = progress.map(|p| p.last() + timeout);
+                let later = progress.map(|p| p.end() + timeout);
                 match later {
                     Some(d) if d > deadline => deadline = d,
                     _ => return None,
@@ -480,9 +499,6 @@ impl HttpBody for LimitedBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                if let Some(p) = &self.progress {
-                    p.moved();
-                }
                 if let Some(d) = frame.data_ref() {
                     let n = d.len() as u64;
                     if n > self.remaining {
@@ -490,6 +506,10 @@ impl HttpBody for LimitedBody {
                         return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
                     }
                     self.remaining -= n;
+                    self.read += n;
+                }
+                if let Some(p) = &self.progress {
+                    p.moved(self.read);
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -739,6 +759,7 @@ pub async fn send(mut req: Request<Incoming>, f: Forward<'_>) -> Result<Response
         Arc::new(BodyProgress {
             since: f.sent,
             last: Default::default(),
+            bytes: Default::default(),
         })
     });
     let body = LimitedBody {
@@ -746,6 +767,7 @@ pub async fn send(mut req: Request<Incoming>, f: Forward<'_>) -> Result<Response
         remaining: f.max_body,
         open,
         progress: progress.clone(),
+        read: 0,
     }
     .boxed();
     let up_req = Request::from_parts(parts, body);

@@ -426,8 +426,9 @@ async fn counting_upstream_with(
 
 #[tokio::test]
 async fn the_upstream_timeout_counts_from_the_end_of_the_request_body() {
-    // `timeout` is "until response headers": an upload longer than it, still moving, is not
-    // cut off; a body that stops moving for longer than it is.
+    // `timeout` is "until response headers": an upload longer than it, still moving (at 1 KiB/s
+    // at least), is not cut off; a body that stops moving for longer than it is, and so is one
+    // that trickles.
     let body = counting_upstream_with(None, "timeout = \"400ms\"").await;
     let gw = Gateway::start(&body).await;
     let slow = futures_util::stream::unfold(0u32, |i| async move {
@@ -436,7 +437,7 @@ async fn the_upstream_timeout_counts_from_the_end_of_the_request_body() {
         }
         tokio::time::sleep(Duration::from_millis(150)).await;
         Some((
-            Ok::<_, std::io::Error>(Bytes::from_static(b"0123456789")),
+            Ok::<_, std::io::Error>(Bytes::from(vec![b'x'; 4096])),
             i + 1,
         ))
     });
@@ -453,7 +454,34 @@ async fn the_upstream_timeout_counts_from_the_end_of_the_request_body() {
         t.elapsed()
     );
     assert_eq!(resp.status(), 200, "a 1.2 s upload under a 400 ms timeout");
-    assert_eq!(resp.text().await.unwrap(), "80");
+    assert_eq!(resp.text().await.unwrap(), "32768");
+
+    // Ten bytes every 150 ms keep moving, but far below 1 KiB/s: cut off.
+    let body = counting_upstream_with(None, "timeout = \"400ms\"").await;
+    let gw = Gateway::start(&body).await;
+    let trickle = futures_util::stream::unfold(0u32, |i| async move {
+        if i == 20 {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        Some((
+            Ok::<_, std::io::Error>(Bytes::from_static(b"0123456789")),
+            i + 1,
+        ))
+    });
+    let t = Instant::now();
+    let resp = client()
+        .post(gw.url("/upload"))
+        .body(reqwest::Body::wrap_stream(trickle))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(code_of(resp).await, (504, "upstream_timeout".into()));
+    assert!(
+        t.elapsed() < Duration::from_millis(2500),
+        "{:?}",
+        t.elapsed()
+    );
 
     let body = counting_upstream_with(None, "timeout = \"400ms\"").await;
     let gw = Gateway::start(&body).await;
