@@ -31,6 +31,7 @@ pub mod state;
 pub mod store;
 pub mod tls;
 pub mod token;
+pub mod tunnel;
 pub mod upstream;
 
 /// Writes a command's output to stdout. A reader that has gone away (`iptgate explain … | head`)

@@ -45,6 +45,8 @@ pub struct Forward<'a> {
     pub allow_upgrade: bool,
     /// What the request's headers hold ([`scan`]).
     pub seen: Seen,
+    /// How long an upgraded tunnel may stay quiet (the server's `idle_timeout`).
+    pub idle_timeout: Duration,
     /// The prefix a `strip_prefix` route took off the path (`X-Forwarded-Prefix`).
     pub stripped_prefix: Option<&'a str>,
     /// When the request was sent on: the upstream `timeout` counts from there.
@@ -572,10 +574,17 @@ pub async fn send(mut req: Request<Incoming>, f: Forward<'_>) -> Result<Response
         && seen.has(Seen::UPGRADE)
         && is_upgrade(req.headers())
         && req.version() == Version::HTTP_11;
-    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let ws_key = upgrade
         .then(|| req.headers().get(header::SEC_WEBSOCKET_KEY).cloned())
         .flatten();
+    if upgrade && ws_key.is_none() {
+        // A WebSocket handshake without its key cannot complete (RFC 6455 §4.1): the client's
+        // fault, before anything goes upstream.
+        return Err(Reject::BadRequest(
+            "WebSocket upgrade without Sec-WebSocket-Key",
+        ));
+    }
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
 
     // Host as the client sent it (HTTP/2: from :authority).
@@ -819,11 +828,10 @@ pub async fn send(mut req: Request<Incoming>, f: Forward<'_>) -> Result<Response
                 ));
             }
             let upstream_up = hyper::upgrade::on(&mut resp);
+            let idle = f.idle_timeout;
             tokio::spawn(async move {
                 if let (Ok(c), Ok(u)) = (client_up.await, upstream_up.await) {
-                    let mut c = TokioIo::new(c);
-                    let mut u = TokioIo::new(u);
-                    let _ = tokio::io::copy_bidirectional(&mut c, &mut u).await;
+                    crate::tunnel::splice(TokioIo::new(c), TokioIo::new(u), idle).await;
                 }
             });
             let (parts, _) = resp.into_parts();

@@ -329,6 +329,7 @@ async fn run(
             allow_upgrade: !matches!(rc.auth, AuthMode::Mint(_)),
             seen,
             stripped_prefix: route::stripped_prefix(rc),
+            idle_timeout: cfg.server.idle_timeout,
             sent,
             activity: &conn.activity,
         },

@@ -919,7 +919,7 @@ async fn websocket_upgrade_passes_through() {
     let body = route_to(&format!("http://{addr}"), "");
     let o = Opts {
         tls: false,
-        server: "header_read_timeout = \"300ms\"",
+        server: "header_read_timeout = \"300ms\"\nidle_timeout = \"1500ms\"",
         ..Opts::default()
     };
     let gw = Gateway::start_with(o, &body).await;
@@ -927,12 +927,13 @@ async fn websocket_upgrade_passes_through() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 101);
-    for (i, text) in ["hello through iptgate", "still there"]
+    for (i, text) in ["hello through iptgate", "still there", "and there"]
         .into_iter()
         .enumerate()
     {
-        if i == 1 {
-            // Past the header read timeout: an upgraded connection has no heads to time.
+        if i > 0 {
+            // Past the header read timeout: an upgraded connection has no heads to time. Each
+            // pause is within the idle timeout, their sum beyond it: a tunnel in use stays.
             tokio::time::sleep(Duration::from_millis(800)).await;
         }
         ws.send(tokio_tungstenite::tungstenite::Message::text(text))
@@ -945,6 +946,17 @@ async fn websocket_upgrade_passes_through() {
             .unwrap();
         assert_eq!(echo.into_text().unwrap().as_str(), text);
     }
+    // Quiet for longer than idle_timeout: the gateway closes the tunnel.
+    let t = Instant::now();
+    let end = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .expect("the quiet tunnel is closed");
+    assert!(!matches!(end, Some(Ok(ref m)) if m.is_text()), "{end:?}");
+    assert!(
+        t.elapsed() >= Duration::from_millis(1200),
+        "{:?}",
+        t.elapsed()
+    );
 }
 
 /// A `101` opens a tunnel nothing on the connection is judged in after it, so only one that
@@ -1047,6 +1059,17 @@ async fn only_websocket_upgrades_are_passed_on() {
     let seen = up.last();
     assert!(seen.header("upgrade").is_none(), "h2c not offered upstream");
     assert!(seen.header("http2-settings").is_none());
+    // A WebSocket upgrade without its key is the client's fault, refused before the upstream.
+    let count = up.count();
+    let out = raw(
+        gw.addr,
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        Duration::from_secs(3),
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    assert!(out.contains("bad_request"), "{out}");
+    assert_eq!(up.count(), count);
 }
 
 #[tokio::test]
