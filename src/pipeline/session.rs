@@ -116,16 +116,23 @@ pub async fn serve(
         let refresh_token = refresh_token(h, refresh, tc);
         let session =
             |token, typ, grace| session_of(token, typ, grace, keys, tc, store, h, ip, on_error);
-        let claims = match (access, refresh_token) {
-            (None, None) => return Err(Reject::TokenMissing),
+        let found = match (access, refresh_token) {
+            (None, None) => Err(Reject::TokenMissing),
             (Some(t), r) => match session(t, TokenType::Access, tc.ttl.as_secs()).await {
-                Ok(c) => c,
+                Ok(c) => Ok(c),
                 Err(e) => match r {
-                    Some(r) => session(r, TokenType::Refresh, 0).await.map_err(|_| e)?,
-                    None => return Err(e),
+                    Some(r) => session(r, TokenType::Refresh, 0).await.map_err(|_| e),
+                    None => Err(e),
                 },
             },
-            (None, Some(r)) => session(r, TokenType::Refresh, 0).await?,
+            (None, Some(r)) => session(r, TokenType::Refresh, 0).await,
+        };
+        let claims = match found {
+            Ok(c) => c,
+            // Already ended (logged out before, its family revoked): nothing left to revoke,
+            // and the answer is the same, so a second logout still clears the cookies.
+            Err(Reject::TokenRevoked) => return Ok(Some(logged_out(tc))),
+            Err(e) => return Err(e),
         };
         sub.clone_from(&claims.sub);
         let left = Duration::from_secs(claims.exp.saturating_sub(now()) + tc.leeway.as_secs());
@@ -142,12 +149,7 @@ pub async fn serve(
                 .map_err(|_| Reject::StoreUnavailable)?;
         }
         crate::metrics::revoked();
-        let mut r = Response::new(empty());
-        *r.status_mut() = StatusCode::NO_CONTENT;
-        if tc.set_cookie {
-            clear_cookies(&mut r, tc);
-        }
-        return Ok(Some(r));
+        return Ok(Some(logged_out(tc)));
     }
 
     let token = refresh_token(h, refresh, tc).ok_or(Reject::TokenMissing)?;
@@ -243,6 +245,16 @@ fn carried_claims(
     let mut m = c.to_map();
     m.retain(|k, _| !RESERVED_CLAIMS.contains(&k.as_str()) && from_headers(k));
     m
+}
+
+/// `204`, with the token cookies cleared when the gateway sets them.
+fn logged_out(tc: &TokenConfig) -> Response<Body> {
+    let mut r = Response::new(empty());
+    *r.status_mut() = StatusCode::NO_CONTENT;
+    if tc.set_cookie {
+        clear_cookies(&mut r, tc);
+    }
+    r
 }
 
 fn clear_cookies(r: &mut Response<Body>, tc: &TokenConfig) {

@@ -682,6 +682,10 @@ async fn logout_ends_the_session_with_an_expired_access_token_or_the_refresh_tok
     assert_eq!(r.status(), 204);
     let r = refresh_with(&c, &gw, &refresh3).await;
     assert_eq!(code_of(r).await, (401, "token_revoked".into()));
+    // Logging out again is no error: the session is over, and the cookies are cleared again.
+    let r = logout(None, Some(refresh3.clone())).await.unwrap();
+    assert_eq!(r.status(), 204);
+    assert!(r.headers().get("set-cookie").is_some());
 
     // Still no logout without a genuine token: a forged expired one, or nothing.
     let n = now();
