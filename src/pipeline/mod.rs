@@ -84,6 +84,8 @@ pub struct Outcome {
     pub cause: Option<String>,
     pub sub: Option<String>,
     pub upstream_ms: Option<f64>,
+    /// When the request was sent upstream (for `upstream_ms` of one abandoned on the way).
+    pub forwarded_at: Option<Instant>,
     pub minted: bool,
     /// Refusals a dry-run route let through.
     pub dry_run: Vec<(&'static str, String)>,
@@ -211,6 +213,9 @@ impl Drop for Pending<'_> {
         }
         // A panic in the request's handling is the gateway's failure (hyper closes the
         // connection): a 500 for the logs and alerts, not a client that left.
+        if let (None, Some(at)) = (self.out.upstream_ms, self.out.forwarded_at) {
+            self.out.upstream_ms = Some(at.elapsed().as_secs_f64() * 1000.0);
+        }
         let status = if std::thread::panicking() {
             self.out.code = Some("internal_error");
             500
@@ -312,6 +317,7 @@ async fn run(
     };
     let peer = conn.hop;
     let sent = Instant::now();
+    out.forwarded_at = Some(sent);
     let resp = forward::send(
         req,
         forward::Forward {

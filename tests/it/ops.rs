@@ -447,6 +447,10 @@ timeout = "300ms"
         (Some(499), Some("sleepy")),
         "{v}"
     );
+    assert!(
+        v["upstream_ms"].as_f64().unwrap() >= 250.0,
+        "the upstream's time so far: {v}"
+    );
 }
 
 #[tokio::test]
