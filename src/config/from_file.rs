@@ -765,6 +765,11 @@ impl Validator {
 
     fn client_ip(&mut self, c: &ClientIpFile) -> ClientIpConfig {
         let trusted_proxies = self.nets("client_ip.trusted_proxies", &c.trusted_proxies);
+        for n in trusted_proxies.iter().filter(|n| n.prefix_len() == 0) {
+            self.warnings.push(format!(
+                "client_ip.trusted_proxies: `{n}` trusts every address, so any client can name its own IP in the forwarding header"
+            ));
+        }
         let header = match c.header.as_deref().map(str::to_ascii_lowercase).as_deref() {
             None | Some("x-forwarded-for") => ForwardHeader::XForwardedFor,
             Some("forwarded") => ForwardHeader::Forwarded,
@@ -1021,6 +1026,17 @@ impl Validator {
             .into_iter()
             .map(|s| s.to_ascii_lowercase())
             .collect();
+        for (i, s) in schemes.iter().enumerate() {
+            let token = !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+            if !token {
+                self.err(
+                    format!("token.schemes[{i}]"),
+                    format!("`{s}` is not an Authorization scheme name (one word, as \"Bearer\")"),
+                );
+            }
+        }
         let fc = t
             .forward_claims
             .clone()
@@ -1121,6 +1137,10 @@ impl Validator {
     }
 
     fn refresh(&mut self, r: Option<&RefreshFile>, has_token: bool) -> Option<RefreshConfig> {
+        if let Some(off) = r.filter(|r| !r.enabled) {
+            // Checked all the same: switching it on later must not reveal an old mistake.
+            self.positive_duration("refresh.ttl", &off.ttl, Duration::from_secs(30 * 86_400));
+        }
         let r = r.filter(|r| r.enabled)?;
         if !has_token && !self.token_section {
             self.err("refresh.enabled", "needs a [token] section");

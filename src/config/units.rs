@@ -4,6 +4,16 @@ use std::time::Duration;
 
 /// "500ms", "30s", "15m", "1h", "30d", or combinations ("1h 30m").
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    // `M` is a month to the parser and a minute to many readers: refused as ambiguous.
+    let b = s.as_bytes();
+    if b.iter()
+        .enumerate()
+        .any(|(i, &c)| c == b'M' && !b.get(i + 1).is_some_and(u8::is_ascii_alphabetic) && i > 0)
+    {
+        return Err(format!(
+            "`{s}`: `M` is ambiguous (minutes or months?); write \"15m\" for minutes or \"30d\" for days"
+        ));
+    }
     humantime::parse_duration(s.trim())
         .map_err(|e| format!("`{s}` is not a duration ({e}); write e.g. \"500ms\", \"30s\", \"15m\", \"1h\", \"30d\""))
 }
@@ -63,6 +73,9 @@ mod tests {
         assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("10").is_err());
+        // A month to the parser, a minute to many readers.
+        assert!(parse_duration("1M").unwrap_err().contains("ambiguous"));
+        assert!(parse_duration("1h 5M").is_err());
     }
 
     #[test]

@@ -555,6 +555,28 @@ upstream = "app"
         "{:?}",
         cfg.warnings
     );
+    // Schemes that can never match; a refresh ttl checked while refresh is off.
+    let e = load_in(
+        &dir,
+        &format!("{BASE}[token]\nsecret = {{ file = \"secret\" }}\nschemes = [\"Bearer x\", \"\"]\n[refresh]\nenabled = false\nttl = \"bogus\"\n{TOKEN_ROUTE}"),
+    )
+    .unwrap_err();
+    for expected in ["token.schemes[0]", "token.schemes[1]", "refresh.ttl"] {
+        assert!(e.contains(expected), "{expected} missing from: {e}");
+    }
+    // Trusting every address is allowed, and warned about.
+    let cfg = load_in(
+        &dir,
+        &format!("{BASE}[client_ip]\ntrusted_proxies = [\"0.0.0.0/0\"]\n[[routes]]\nname = \"a\"\nprefix = \"/\"\nauth = \"public\"\nupstream = \"app\"\n"),
+    )
+    .unwrap();
+    assert!(
+        cfg.warnings
+            .iter()
+            .any(|w| w.contains("trusts every address")),
+        "{:?}",
+        cfg.warnings
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
