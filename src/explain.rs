@@ -120,6 +120,20 @@ pub fn explain(active: &Active, a: &Args) -> Result<(String, Result<(), Reject>)
                     let allow: Vec<&str> = served.methods.iter().map(Method::as_str).collect();
                     return Err(Reject::MethodNotAllowed(allow.join(", ")));
                 }
+                if let Some(typ) = served.token {
+                    // Refresh and logout judge a token (revocations are not looked up here).
+                    let c = session_token(active, &headers, cip.ip, typ).inspect_err(|e| {
+                        line(format!(
+                            "token     REFUSED: {} {}",
+                            e.status().as_u16(),
+                            e.code()
+                        ));
+                    })?;
+                    line(format!(
+                        "token     valid (sub {}); revocation not looked up",
+                        c.sub.as_deref().unwrap_or("-")
+                    ));
+                }
                 return Ok(Answer::Served);
             }
         }
@@ -287,6 +301,45 @@ enum Answer {
 struct Served {
     what: String,
     methods: &'static [Method],
+    /// The token the path judges (refresh: the refresh token; logout: either).
+    token: Option<TokenType>,
+}
+
+/// The token a refresh (`Refresh`) or logout (`Access`: the access token, else the refresh
+/// token) request presents, judged as the gateway would, but for revocation.
+fn session_token(
+    active: &Active,
+    headers: &HeaderMap,
+    ip: IpAddr,
+    typ: TokenType,
+) -> Result<crate::token::Claims, Reject> {
+    let (Some(tc), Some(keys), Some(refresh)) = (
+        active.config.token.as_ref(),
+        active.keys.as_ref(),
+        active.config.refresh.as_ref(),
+    ) else {
+        return Err(Reject::TokenMissing);
+    };
+    let judge = |token: &str, typ: TokenType, grace: u64| {
+        let c = keys
+            .verify_within(tc, token, typ, auth::now(), grace)
+            .map_err(auth::map_token_error)?;
+        check_binding(tc, &c, ip, auth::device_id(headers, tc)).map_err(auth::map_token_error)?;
+        Ok(c)
+    };
+    let refresh_token = session::refresh_token(headers, refresh, tc);
+    let access = match typ {
+        TokenType::Access => auth::extract(headers, tc)?,
+        TokenType::Refresh => None,
+    };
+    match (access, refresh_token) {
+        (Some(t), r) => judge(t, TokenType::Access, tc.ttl.as_secs()).or_else(|e| match r {
+            Some(r) => judge(r, TokenType::Refresh, 0).map_err(|_| e),
+            None => Err(e),
+        }),
+        (None, Some(r)) => judge(r, TokenType::Refresh, 0),
+        (None, None) => Err(Reject::TokenMissing),
+    }
 }
 
 /// The gateway-served path `p`, when the gateway answers it itself (the JWKS only exists for
@@ -298,6 +351,7 @@ fn served(active: &Active, p: &str) -> Option<Served> {
         return Some(Served {
             what: "the JWKS (public verification keys)".into(),
             methods: &[Method::GET, Method::HEAD],
+            token: None,
         });
     }
     let refresh = active.config.refresh.as_ref()?;
@@ -309,12 +363,14 @@ fn served(active: &Active, p: &str) -> Option<Served> {
                 refresh.header, tc.cookie.refresh_name
             ),
             methods: POST,
+            token: Some(TokenType::Refresh),
         })
     } else if p == refresh.logout_path {
         Some(Served {
             what: "logout: revokes the access token (or refresh token) presented, and its family"
                 .into(),
             methods: POST,
+            token: Some(TokenType::Access),
         })
     } else {
         None

@@ -51,7 +51,7 @@ async fn session_of(
 }
 
 /// The refresh token in its header or the `<cookie>_refresh` cookie.
-fn refresh_token<'a>(
+pub(crate) fn refresh_token<'a>(
     h: &'a http::HeaderMap,
     refresh: &crate::config::RefreshConfig,
     tc: &TokenConfig,
