@@ -195,7 +195,7 @@ upstream = "app"
     );
     assert_eq!(verdict(&out), "401 token_missing", "{out}");
 
-    // Refresh and logout are the gateway's own, never a route's.
+    // Refresh and logout are the gateway's own, never a route's, and judge a token.
     for p in ["/auth/refresh", "/auth/logout"] {
         let out = explain(
             &cfg,
@@ -203,10 +203,31 @@ upstream = "app"
         );
         assert!(out.contains("served    by the gateway"), "{out}");
         assert!(!out.contains("route     #"), "{out}");
-        assert_eq!(verdict(&out), "answered by the gateway", "{out}");
+        assert_eq!(verdict(&out), "401 token_missing", "{out}");
         let out = explain(&cfg, &["--path", p, "--ip", "127.0.0.1"]);
         assert_eq!(verdict(&out), "405 method_not_allowed", "{out}");
     }
+    let token = mint("127.0.0.1", "alice", json!({}));
+    let logout = |ip: &str| {
+        explain(
+            &cfg,
+            &[
+                "--method",
+                "POST",
+                "--path",
+                "/auth/logout",
+                "--ip",
+                ip,
+                "--token",
+                &token,
+            ],
+        )
+    };
+    let out = logout("127.0.0.1");
+    assert_eq!(verdict(&out), "answered by the gateway", "{out}");
+    assert!(out.contains("token     valid (sub alice)"), "{out}");
+    let out = logout("127.0.0.2");
+    assert_eq!(verdict(&out), "401 ip_mismatch", "{out}");
     // No JWKS for an HS algorithm: that path goes on to the routes.
     let out = explain(
         &cfg,
