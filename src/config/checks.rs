@@ -21,11 +21,28 @@ pub fn is_dns_name(s: &str) -> bool {
         })
 }
 
-/// Why a route's `host` can never match, or `None`: a DNS name or an IP address, without a
-/// port (the gateway matches hosts ignoring their port, so a port would mislead).
-pub fn route_host_problem(h: &str) -> Option<String> {
+/// What is wrong with a route's `host`, if anything.
+#[derive(Debug, PartialEq, Eq)]
+pub enum HostProblem {
+    /// A host with a port: it matches (ports are ignored), but the port misleads.
+    Port(String),
+    /// It can never match.
+    Invalid(String),
+}
+
+/// What is wrong with a route's `host`, or `None`: a DNS name or an IP address, best without a
+/// port (the gateway matches hosts ignoring their port).
+pub fn route_host_problem(h: &str) -> Option<HostProblem> {
+    route_host_invalid(h).map(|why| match why {
+        Ok(port) => HostProblem::Port(port),
+        Err(invalid) => HostProblem::Invalid(invalid),
+    })
+}
+
+/// `Ok(message)`: a valid host with a port; `Err(message)`: no host at all.
+fn route_host_invalid(h: &str) -> Option<Result<String, String>> {
     if h.is_empty() {
-        return Some("is empty: leave `host` out to match any host".into());
+        return Some(Err("is empty: leave `host` out to match any host".into()));
     }
     let bare = h.trim_start_matches('[').trim_end_matches(']');
     if bare.parse::<IpAddr>().is_ok() || is_dns_name(h) {
@@ -39,14 +56,14 @@ pub fn route_host_problem(h: &str) -> Option<String> {
                 .parse::<IpAddr>()
                 .is_ok();
         if name_ok && !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) {
-            return Some(format!(
-                "`{h}`: write the host without its port (`{name}`): hosts are matched ignoring the port"
-            ));
+            return Some(Ok(format!(
+                "`{h}`: matched as `{name}`, whatever the port: hosts are matched ignoring the port"
+            )));
         }
     }
-    Some(format!(
+    Some(Err(format!(
         "`{h}` is not a host name or IP address (letters, digits, `-` and `.`; no wildcards, scheme or path)"
-    ))
+    )))
 }
 
 /// Why `cookie.path` would break the `Set-Cookie` header, or `None`.
@@ -178,8 +195,10 @@ mod tests {
         assert_eq!(route_host_problem("127.0.0.1"), None);
         assert_eq!(route_host_problem("[::1]"), None);
         assert!(route_host_problem("").is_some());
-        assert!(route_host_problem("api.example.com:8443")
-            .is_some_and(|m| m.contains("without its port")));
+        assert!(matches!(
+            route_host_problem("api.example.com:8443"),
+            Some(HostProblem::Port(_))
+        ));
         assert!(route_host_problem("https://api.example.com").is_some());
         assert!(route_host_problem("*.example.com").is_some());
     }

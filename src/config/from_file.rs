@@ -1577,8 +1577,12 @@ impl Validator {
             }
         }
         let host = r.host.as_ref().map(|h| {
-            if let Some(why) = checks::route_host_problem(h) {
-                self.err(format!("{key}.host"), why);
+            match checks::route_host_problem(h) {
+                Some(checks::HostProblem::Invalid(why)) => self.err(format!("{key}.host"), why),
+                Some(checks::HostProblem::Port(why)) => {
+                    self.warnings.push(format!("{key}.host: {why}"));
+                }
+                None => {}
             }
             let h = h.trim().to_ascii_lowercase();
             crate::pipeline::route::host_of(&h).to_string()

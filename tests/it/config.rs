@@ -702,7 +702,7 @@ fn route_matchers_and_hosts_that_can_never_match_are_errors() {
         "prefix = \"/a#b\"",
         "prefix = \"/a b\"",
         "path = \"/x\"\nhost = \"\"",
-        "path = \"/y\"\nhost = \"api.example.com:8443\"",
+        "path = \"/y\"\nhost = \"*.example.com:8443\"",
         "path = \"/z\"\nhost = \"*.example.com\"",
         "path = \"/w\"\nhost = \"https://api.example.com/\"",
     ]
@@ -716,7 +716,7 @@ fn route_matchers_and_hosts_that_can_never_match_are_errors() {
         "routes[1].prefix: `/a#b` holds `#`",
         "routes[2].prefix: `/a b` holds whitespace",
         "routes[3].host: is empty",
-        "routes[4].host: `api.example.com:8443`: write the host without its port",
+        "routes[4].host: `*.example.com:8443` is not a host name",
         "routes[5].host: `*.example.com` is not a host name",
         "routes[6].host:",
     ] {
@@ -730,6 +730,18 @@ fn route_matchers_and_hosts_that_can_never_match_are_errors() {
     ))
     .unwrap();
     assert_eq!(cfg.routes[0].host.as_deref(), Some("api.example.com"));
+    // A port is ignored, as in requests: a warning, not an error.
+    let cfg = load(&format!(
+        "{BASE}{}",
+        route(0, "prefix = \"/api\"\nhost = \"api.example.com:8443\"")
+    ))
+    .unwrap();
+    assert_eq!(cfg.routes[0].host.as_deref(), Some("api.example.com"));
+    assert!(
+        cfg.warnings.iter().any(|w| w.contains("whatever the port")),
+        "{:?}",
+        cfg.warnings
+    );
 }
 
 #[test]
