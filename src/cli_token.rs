@@ -79,11 +79,22 @@ type Claims = serde_json::Map<String, serde_json::Value>;
 /// names and values the gateway would never mint (control characters) are refused, not
 /// silently dropped.
 fn args(
-    sub: Option<String>,
+    mut sub: Option<String>,
     claims: &[String],
     ttl: Option<&str>,
     default_ttl: Duration,
 ) -> Result<(Option<String>, Claims, Duration), String> {
+    // `--claim sub=alice` is `--sub alice`; the two naming different subjects is an error.
+    for c in claims {
+        if let Some(v) = c.strip_prefix("sub=") {
+            match &sub {
+                Some(s) if s != v => {
+                    return Err("--claim sub=… names another subject than --sub".into());
+                }
+                _ => sub = Some(v.to_string()),
+            }
+        }
+    }
     if let Some(s) = &sub {
         if s.is_empty() {
             return Err(
@@ -106,7 +117,7 @@ fn args(
             ));
         }
         if k == "sub" {
-            return Err("--claim: `sub` is the subject: use --sub".into());
+            continue;
         }
         if crate::config::RESERVED_CLAIMS.contains(&k) {
             return Err(format!("--claim: `{k}` is set by the gateway itself"));
@@ -195,7 +206,9 @@ mod tests {
         assert_eq!(extra["role"], "admin");
         assert_eq!(extra["n"], 3);
         assert_eq!(ttl, Duration::from_secs(900));
-        assert!(err(None, &["sub=bob"], None).contains("--sub"));
+        assert!(err(Some("alice"), &["sub=bob"], None).contains("--sub"));
+        let (sub, extra, _) = args(None, &["sub=bob".to_string()], None, DAY).unwrap();
+        assert_eq!((sub.as_deref(), extra.get("sub")), (Some("bob"), None));
         for reserved in [
             "ip", "exp", "iat", "nbf", "typ", "iss", "aud", "jti", "fam", "dev",
         ] {
