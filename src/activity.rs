@@ -18,6 +18,7 @@ use std::sync::atomic::{
     Ordering::{Relaxed, SeqCst},
 };
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Reading a request head (since `head_tick`).
 const READING_HEAD: u8 = 0;
@@ -116,6 +117,34 @@ impl Activity {
         let now = self.tick.fetch_add(1, SeqCst).wrapping_add(1);
         self.phase.load(SeqCst) == READING_HEAD
             && now.wrapping_sub(self.head_tick.load(SeqCst)) > limit
+    }
+}
+
+/// Idle detection over [`Activity::take_moved`], looked at once per tick by whoever watches the
+/// connection (its watcher, then the tunnel of an upgraded one).
+pub struct Quiet {
+    since: Instant,
+}
+
+impl Default for Quiet {
+    /// Quiet from now.
+    fn default() -> Quiet {
+        Quiet {
+            since: Instant::now(),
+        }
+    }
+}
+
+impl Quiet {
+    /// One look: true once nothing has moved for `idle`.
+    pub fn over(&mut self, activity: &Activity, idle: Duration) -> bool {
+        let now = Instant::now();
+        if activity.take_moved() {
+            self.since = now;
+            false
+        } else {
+            now.duration_since(self.since) >= idle
+        }
     }
 }
 

@@ -320,26 +320,25 @@ fn session_token(
     ) else {
         return Err(Reject::TokenMissing);
     };
-    let judge = |token: &str, typ: TokenType, grace: u64| {
+    let judge = |p: &session::Presented<'_>| {
         let c = keys
-            .verify_within(tc, token, typ, auth::now(), grace)
+            .verify_within(tc, p.token, p.typ, auth::now(), p.grace)
             .map_err(auth::map_token_error)?;
         check_binding(tc, &c, ip, auth::device_id(headers, tc)).map_err(auth::map_token_error)?;
         Ok(c)
     };
-    let refresh_token = session::refresh_token(headers, refresh, tc);
-    let access = match typ {
-        TokenType::Access => auth::extract(headers, tc)?,
-        TokenType::Refresh => None,
-    };
-    match (access, refresh_token) {
-        (Some(t), r) => judge(t, TokenType::Access, tc.ttl.as_secs()).or_else(|e| match r {
-            Some(r) => judge(r, TokenType::Refresh, 0).map_err(|_| e),
-            None => Err(e),
-        }),
-        (None, Some(r)) => judge(r, TokenType::Refresh, 0),
-        (None, None) => Err(Reject::TokenMissing),
+    let mut found = Err(Reject::TokenMissing);
+    for (i, p) in session::presented(headers, tc, refresh, typ)?
+        .iter()
+        .enumerate()
+    {
+        match judge(p) {
+            Ok(c) => return Ok(c),
+            Err(e) if i == 0 => found = Err(e),
+            Err(_) => {}
+        }
     }
+    found
 }
 
 /// The gateway-served path `p`, when the gateway answers it itself (the JWKS only exists for

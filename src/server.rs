@@ -20,7 +20,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{oneshot, watch, Semaphore};
 use tokio::task::JoinHandle;
 
-use crate::activity::Activity;
+use crate::activity::{Activity, Quiet};
 use crate::config::Config;
 use crate::pipeline::{client_ip, Conn};
 use crate::state::State;
@@ -471,7 +471,7 @@ async fn watch_conn(
     let tick = (idle.min(head) / 4).max(Duration::from_millis(10));
     // Whole ticks a head may take.
     let head_ticks = u32::try_from(head.as_nanos().div_ceil(tick.as_nanos())).unwrap_or(u32::MAX);
-    let mut quiet_since = Instant::now();
+    let mut quiet = Quiet::default();
     let verdict = loop {
         tokio::select! {
             _ = tell.closed() => return,
@@ -481,10 +481,7 @@ async fn watch_conn(
                     tracing::debug!(peer = %peer, "request head not received within header_read_timeout: connection closed");
                     break Verdict::Close;
                 }
-                let now = Instant::now();
-                if activity.take_moved() {
-                    quiet_since = now;
-                } else if now.duration_since(quiet_since) >= idle {
+                if quiet.over(&activity, idle) {
                     break Verdict::Drain;
                 }
             }

@@ -27,20 +27,33 @@ const TOP_KEYS: &[&str] = &[
     "routes",
 ];
 
-pub(super) fn build(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
-    let file_name = path.display().to_string();
-    let fail = |errors: Vec<ConfigError>| ConfigErrors {
-        file: file_name.clone(),
-        errors,
-    };
+/// The file parsed and shaped into its structs: the errors of keys dropped on the way, and
+/// whether every section could be read. A TOML syntax error is the only error returned.
+fn parse(text: &str, path: &Path) -> Result<(FileConfig, Errors, bool), ConfigErrors> {
     let table: toml::Table = toml::from_str(text).map_err(|e| {
-        fail(vec![ConfigError {
-            path: String::new(),
-            message: syntax_error(text, &e),
-        }])
+        errors_of(
+            path,
+            vec![ConfigError {
+                path: String::new(),
+                message: syntax_error(text, &e),
+            }],
+        )
     })?;
     let mut errs = Errors::default();
     let (file, complete) = shape(table, &mut errs);
+    Ok((file, errs, complete))
+}
+
+fn errors_of(path: &Path, errors: Vec<ConfigError>) -> ConfigErrors {
+    ConfigErrors {
+        file: path.display().to_string(),
+        errors,
+    }
+}
+
+pub(super) fn build(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
+    let fail = |errors: Vec<ConfigError>| errors_of(path, errors);
+    let (file, errs, complete) = parse(text, path)?;
     if !complete {
         // A section could not be read at all: checking the rest against it would only add
         // errors that are consequences of that one.
@@ -85,22 +98,11 @@ pub(super) fn build(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
 /// The file's shape only (no validation), for `demo`, which must know the certificate paths
 /// and the secret's variable before the config can validate. Errors as `build` reports them.
 pub(super) fn shape_only(text: &str, path: &Path) -> Result<FileConfig, ConfigErrors> {
-    let fail = |errors: Vec<ConfigError>| ConfigErrors {
-        file: path.display().to_string(),
-        errors,
-    };
-    let table: toml::Table = toml::from_str(text).map_err(|e| {
-        fail(vec![ConfigError {
-            path: String::new(),
-            message: syntax_error(text, &e),
-        }])
-    })?;
-    let mut errs = Errors::default();
-    let (file, _) = shape(table, &mut errs);
+    let (file, errs, _) = parse(text, path)?;
     if errs.0.is_empty() {
         Ok(file)
     } else {
-        Err(fail(errs.0))
+        Err(errors_of(path, errs.0))
     }
 }
 

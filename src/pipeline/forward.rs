@@ -393,13 +393,13 @@ fn forwarded_proto(h: &HeaderMap) -> Option<&'static str> {
 /// The request body, refused once it passes `max`.
 struct LimitedBody {
     inner: Incoming,
-    remaining: u64,
+    max: u64,
+    /// Bytes passed on so far (at most `max`).
+    read: u64,
     /// Held while the body is being forwarded (dropped at its end).
     open: Option<BodyOpen>,
     /// When the body last moved (see [`BodyProgress`]).
     progress: Option<Arc<BodyProgress>>,
-    /// Bytes passed on so far.
-    read: u64,
 }
 
 /// When a request body last passed a frame on (nanoseconds since the request was sent on), and
@@ -503,11 +503,10 @@ impl HttpBody for LimitedBody {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(d) = frame.data_ref() {
                     let n = d.len() as u64;
-                    if n > self.remaining {
-                        self.remaining = 0;
+                    if n > self.max - self.read {
+                        self.read = self.max;
                         return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
                     }
-                    self.remaining -= n;
                     self.read += n;
                 }
                 if let Some(p) = &self.progress {
@@ -773,7 +772,7 @@ pub async fn send(mut req: Request<Incoming>, f: Forward<'_>) -> Result<Response
     });
     let body = LimitedBody {
         inner: body,
-        remaining: f.max_body,
+        max: f.max_body,
         open,
         progress: progress.clone(),
         read: 0,
@@ -828,10 +827,10 @@ pub async fn send(mut req: Request<Incoming>, f: Forward<'_>) -> Result<Response
                 ));
             }
             let upstream_up = hyper::upgrade::on(&mut resp);
-            let idle = f.idle_timeout;
+            let (idle, activity) = (f.idle_timeout, f.activity.clone());
             tokio::spawn(async move {
                 if let (Ok(c), Ok(u)) = (client_up.await, upstream_up.await) {
-                    crate::tunnel::splice(TokioIo::new(c), TokioIo::new(u), idle).await;
+                    crate::tunnel::splice(TokioIo::new(c), TokioIo::new(u), idle, activity).await;
                 }
             });
             let (parts, _) = resp.into_parts();

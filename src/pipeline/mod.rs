@@ -155,9 +155,8 @@ pub async fn handle(
     // counted.
     let ratelimit = out.ratelimit.take().or_else(|| {
         let &pi = active.routes[out.route?].cfg.rate_limit.first()?;
-        let (policy_hdr, name) = &active.ratelimit_headers[pi];
         let full = rate_limit::Decision::untouched(active.limiters.policy(pi).burst);
-        Some((policy_hdr.clone(), rate_limit::state_header(name, &full)))
+        Some(ratelimit_headers(&active, pi, &full))
     });
     if let Some((policy, now)) = ratelimit {
         let h = resp.headers_mut();
@@ -489,7 +488,13 @@ async fn limits(
     let shared_store = state.store.shared().is_some();
     // Policies (by position, the first 64) this request has counted against so far.
     let mut counted: u64 = 0;
-    for shared_pass in [false, true] {
+    // Shared `global` policies in a second pass; without a shared store there are none.
+    let passes: &[bool] = if shared_store {
+        &[false, true]
+    } else {
+        &[false]
+    };
+    for &shared_pass in passes {
         for (n, &pi) in rc.rate_limit.iter().enumerate() {
             let policy = active.limiters.policy(pi);
             let shared = policy.key == LimitKey::Global && shared_store;
@@ -501,10 +506,8 @@ async fn limits(
                     // The first policy waits for a verified subject: until then (and on a
                     // refusal before it) the headers report its whole quota, since nothing was
                     // counted.
-                    let (policy_hdr, name) = &active.ratelimit_headers[pi];
                     let full = rate_limit::Decision::untouched(policy.burst);
-                    out.ratelimit =
-                        Some((policy_hdr.clone(), rate_limit::state_header(name, &full)));
+                    out.ratelimit = Some(ratelimit_headers(active, pi, &full));
                 }
                 continue;
             }
@@ -515,20 +518,12 @@ async fn limits(
             };
             let d = match d {
                 Some(d) => d,
-                None => active.limiters.check_at(
-                    pi,
-                    &rate_limit::KeyInput {
-                        ip: a.ip,
-                        sub,
-                        route: &rc.name,
-                        headers: a.headers,
-                    },
-                    now,
-                ),
+                None => active
+                    .limiters
+                    .check_at(pi, &key_input(a, &rc.name, sub), now),
             };
             if n == 0 {
-                let (policy_hdr, name) = &active.ratelimit_headers[pi];
-                out.ratelimit = Some((policy_hdr.clone(), rate_limit::state_header(name, &d)));
+                out.ratelimit = Some(ratelimit_headers(active, pi, &d));
             }
             if d.allowed {
                 if n < 64 {
@@ -552,6 +547,26 @@ async fn limits(
         }
     }
     Ok(())
+}
+
+/// What a rate-limit policy keys the request on.
+fn key_input<'a>(a: &'a Ask<'_>, route: &'a str, sub: Option<&'a str>) -> rate_limit::KeyInput<'a> {
+    rate_limit::KeyInput {
+        ip: a.ip,
+        sub,
+        route,
+        headers: a.headers,
+    }
+}
+
+/// `RateLimit-Policy` and `RateLimit` for policy `pi` in state `d`.
+fn ratelimit_headers(
+    active: &Active,
+    pi: usize,
+    d: &rate_limit::Decision,
+) -> (HeaderValue, HeaderValue) {
+    let (policy_hdr, name) = &active.ratelimit_headers[pi];
+    (policy_hdr.clone(), rate_limit::state_header(name, d))
 }
 
 /// A request one policy refuses costs nothing in the route's others: what they counted is
@@ -581,16 +596,12 @@ fn refund(
         if !was_counted {
             continue;
         }
-        let input = rate_limit::KeyInput {
-            ip: a.ip,
-            sub,
-            route: &rc.name,
-            headers: a.headers,
-        };
-        if let Some(d) = active.limiters.refund_at(pi, &input, now) {
+        if let Some(d) = active
+            .limiters
+            .refund_at(pi, &key_input(a, &rc.name, sub), now)
+        {
             if m == 0 {
-                let (policy_hdr, name) = &active.ratelimit_headers[pi];
-                out.ratelimit = Some((policy_hdr.clone(), rate_limit::state_header(name, &d)));
+                out.ratelimit = Some(ratelimit_headers(active, pi, &d));
             }
         }
     }

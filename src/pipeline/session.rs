@@ -50,8 +50,46 @@ async fn session_of(
     Ok(claims)
 }
 
+/// A token a logout or refresh request presents: its type, and how long (seconds) after its
+/// expiry it still counts.
+pub(crate) struct Presented<'a> {
+    pub token: &'a str,
+    pub typ: TokenType,
+    pub grace: u64,
+}
+
+/// The tokens a request to the logout path (`Access`: the access token where requests carry
+/// it, counted up to `ttl` after its expiry, then the refresh token) or to the refresh path
+/// (`Refresh`: the refresh token) presents, in the order they are tried. The first one
+/// accepted names the session; when none is, the first one's refusal is the answer.
+pub(crate) fn presented<'a>(
+    h: &'a http::HeaderMap,
+    tc: &TokenConfig,
+    refresh: &crate::config::RefreshConfig,
+    typ: TokenType,
+) -> Result<Vec<Presented<'a>>, Reject> {
+    let mut out = Vec::with_capacity(2);
+    if typ == TokenType::Access {
+        if let Some(token) = extract(h, tc)? {
+            out.push(Presented {
+                token,
+                typ: TokenType::Access,
+                grace: tc.ttl.as_secs(),
+            });
+        }
+    }
+    if let Some(token) = refresh_token(h, refresh, tc) {
+        out.push(Presented {
+            token,
+            typ: TokenType::Refresh,
+            grace: 0,
+        });
+    }
+    Ok(out)
+}
+
 /// The refresh token in its header or the `<cookie>_refresh` cookie.
-pub(crate) fn refresh_token<'a>(
+fn refresh_token<'a>(
     h: &'a http::HeaderMap,
     refresh: &crate::config::RefreshConfig,
     tc: &TokenConfig,
@@ -112,21 +150,20 @@ pub async fn serve(
         // token that expired less than `ttl` ago still counts (a client logging out after a
         // pause holds one); signature, issuer, type, revocation and binding are checked as
         // always.
-        let access = extract(h, tc)?;
-        let refresh_token = refresh_token(h, refresh, tc);
-        let session =
-            |token, typ, grace| session_of(token, typ, grace, keys, tc, store, h, ip, on_error);
-        let found = match (access, refresh_token) {
-            (None, None) => Err(Reject::TokenMissing),
-            (Some(t), r) => match session(t, TokenType::Access, tc.ttl.as_secs()).await {
-                Ok(c) => Ok(c),
-                Err(e) => match r {
-                    Some(r) => session(r, TokenType::Refresh, 0).await.map_err(|_| e),
-                    None => Err(e),
-                },
-            },
-            (None, Some(r)) => session(r, TokenType::Refresh, 0).await,
-        };
+        let mut found = Err(Reject::TokenMissing);
+        for (i, p) in presented(h, tc, refresh, TokenType::Access)?
+            .into_iter()
+            .enumerate()
+        {
+            match session_of(p.token, p.typ, p.grace, keys, tc, store, h, ip, on_error).await {
+                Ok(c) => {
+                    found = Ok(c);
+                    break;
+                }
+                Err(e) if i == 0 => found = Err(e),
+                Err(_) => {}
+            }
+        }
         let claims = match found {
             Ok(c) => c,
             // Already ended (logged out before, its family revoked): nothing left to revoke,
@@ -153,11 +190,18 @@ pub async fn serve(
     }
 
     let token = refresh_token(h, refresh, tc).ok_or(Reject::TokenMissing)?;
-    let claims = keys
-        .verify(tc, token, TokenType::Refresh, now())
-        .map_err(map_token_error)?;
-    check_revoked(store, on_error, &claims).await?;
-    check_binding(tc, &claims, ip, device_id(h, tc)).map_err(map_token_error)?;
+    let claims = session_of(
+        token,
+        TokenType::Refresh,
+        0,
+        keys,
+        tc,
+        store,
+        h,
+        ip,
+        on_error,
+    )
+    .await?;
     let (Some(jti), Some(fam)) = (&claims.jti, &claims.fam) else {
         return Err(Reject::TokenInvalid("refresh token without jti/fam"));
     };

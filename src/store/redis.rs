@@ -115,6 +115,27 @@ where
 }
 
 impl RedisStore {
+    /// One command, as [`timed`] runs it.
+    async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {
+        timed(
+            &self.conn,
+            |mut c| async move { cmd.query_async(&mut c).await },
+        )
+        .await
+    }
+
+    /// One script, as [`timed`] runs it.
+    async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        inv: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, StoreError> {
+        timed(
+            &self.conn,
+            |mut c| async move { inv.invoke_async(&mut c).await },
+        )
+        .await
+    }
+
     /// Connects and checks the server answers `PING`.
     pub async fn connect(url: &str) -> Result<RedisStore, StoreError> {
         let client = redis::Client::open(url)
@@ -145,12 +166,7 @@ impl RedisStore {
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
-        let cmd = &redis::cmd("PING");
-        let pong: String = timed(
-            &self.conn,
-            |mut c| async move { cmd.query_async(&mut c).await },
-        )
-        .await?;
+        let pong: String = self.query(&redis::cmd("PING")).await?;
         if pong == "PONG" {
             Ok(())
         } else {
@@ -161,12 +177,7 @@ impl RedisStore {
     pub async fn revoke(&self, id: &str, ttl: Duration) -> Result<(), StoreError> {
         let mut inv = self.revoke.key(revoked_key(id));
         inv.arg(px(ttl));
-        let inv = &inv;
-        let _: i64 = timed(
-            &self.conn,
-            |mut c| async move { inv.invoke_async(&mut c).await },
-        )
-        .await?;
+        let _: i64 = self.invoke(&inv).await?;
         Ok(())
     }
 
@@ -181,12 +192,7 @@ impl RedisStore {
         }
         let mut cmd = redis::cmd("EXISTS");
         cmd.arg(&keys);
-        let cmd = &cmd;
-        let n: i64 = timed(
-            &self.conn,
-            |mut c| async move { cmd.query_async(&mut c).await },
-        )
-        .await?;
+        let n: i64 = self.query(&cmd).await?;
         Ok(n > 0)
     }
 
@@ -196,12 +202,7 @@ impl RedisStore {
         inv.key(revoked_key(fam))
             .arg(px(ttl))
             .arg(format!("{nonce:032x}"));
-        let inv = &inv;
-        let reused: i64 = timed(
-            &self.conn,
-            |mut c| async move { inv.invoke_async(&mut c).await },
-        )
-        .await?;
+        let reused: i64 = self.invoke(&inv).await?;
         Ok(if reused == 1 {
             Spend::Reused
         } else {
@@ -213,12 +214,7 @@ impl RedisStore {
     pub async fn login_locked(&self, key: &str) -> Result<Option<Duration>, StoreError> {
         let mut cmd = redis::cmd("PTTL");
         cmd.arg(format!("iptgate:lock:{key}"));
-        let cmd = &cmd;
-        let ms: i64 = timed(
-            &self.conn,
-            |mut c| async move { cmd.query_async(&mut c).await },
-        )
-        .await?;
+        let ms: i64 = self.query(&cmd).await?;
         Ok((ms > 0).then(|| Duration::from_millis(ms as u64)))
     }
 
@@ -235,12 +231,7 @@ impl RedisStore {
             .arg(px(window))
             .arg(max)
             .arg(px(lockout));
-        let inv = &inv;
-        let locked: i64 = timed(
-            &self.conn,
-            |mut c| async move { inv.invoke_async(&mut c).await },
-        )
-        .await?;
+        let locked: i64 = self.invoke(&inv).await?;
         Ok(locked == 1)
     }
 
@@ -253,12 +244,7 @@ impl RedisStore {
     ) -> Result<(bool, u32, Duration, Duration), StoreError> {
         let mut inv = self.gcra.key(format!("iptgate:rl:{key}"));
         inv.arg(interval.as_secs_f64() * 1000.0).arg(burst);
-        let inv = &inv;
-        let r: Vec<i64> = timed(
-            &self.conn,
-            |mut c| async move { inv.invoke_async(&mut c).await },
-        )
-        .await?;
+        let r: Vec<i64> = self.invoke(&inv).await?;
         let get = |i: usize| r.get(i).copied().unwrap_or(0).max(0) as u64;
         Ok((
             get(0) == 1,

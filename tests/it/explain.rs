@@ -128,32 +128,8 @@ upstream = "app"
 async fn explain_knows_the_gateway_served_paths() {
     let up = Upstream::start().await;
     let body = format!(
-        r#"
-[client_ip]
-trusted_proxies = ["10.0.0.5/32"]
-{TOKEN}
-[refresh]
-enabled = true
-
-[forward_auth]
-path = "/_iptgate/verify"
-
-[upstreams.app]
-url = "{u}"
-
-[[routes]]
-name = "open"
-prefix = "/open"
-auth = "public"
-upstream = "app"
-
-[[routes]]
-name = "app"
-prefix = "/"
-auth = "token"
-upstream = "app"
-"#,
-        u = up.url()
+        "[client_ip]\ntrusted_proxies = [\"10.0.0.5/32\"]\n[refresh]\nenabled = true\n[forward_auth]\npath = \"/_iptgate/verify\"\n{}",
+        open_and_token_routes(&up, "")
     );
     let gw = Gateway::start(&body).await;
     let cfg = gw.config_path();
@@ -167,32 +143,17 @@ upstream = "app"
     let out = explain(&cfg, &["--path", "/_iptgate/verify", "--ip", "127.0.0.1"]);
     assert_eq!(verdict(&out), "403 ip_denied", "{out}");
     // Asked by the trusted proxy: the original request is judged.
-    let out = explain(
-        &cfg,
-        &[
-            "--path",
-            "/_iptgate/verify",
-            "--ip",
-            "10.0.0.5",
-            "--header",
-            "X-Forwarded-Uri: /open/page",
-            "--header",
-            "X-Forwarded-Method: GET",
-        ],
-    );
+    let asked_by_proxy = |headers: &[&str]| {
+        let mut args = vec!["--path", "/_iptgate/verify", "--ip", "10.0.0.5"];
+        for h in headers {
+            args.extend(["--header", h]);
+        }
+        explain(&cfg, &args)
+    };
+    let out = asked_by_proxy(&["X-Forwarded-Uri: /open/page", "X-Forwarded-Method: GET"]);
     assert!(out.contains("route     #0 `open`"), "{out}");
     assert!(verdict(&out).starts_with("200"), "{out}");
-    let out = explain(
-        &cfg,
-        &[
-            "--path",
-            "/_iptgate/verify",
-            "--ip",
-            "10.0.0.5",
-            "--header",
-            "X-Forwarded-Uri: /private",
-        ],
-    );
+    let out = asked_by_proxy(&["X-Forwarded-Uri: /private"]);
     assert_eq!(verdict(&out), "401 token_missing", "{out}");
 
     // Refresh and logout are the gateway's own, never a route's, and judge a token.

@@ -551,6 +551,30 @@ pub fn insecure_tls() -> rustls::ClientConfig {
     .with_no_client_auth()
 }
 
+/// The token config, a public route `open` on `/open` and a token route `app` on `/`, both to
+/// upstream `app` at `up`; `extra_route` goes between them.
+pub fn open_and_token_routes(up: &Upstream, extra_route: &str) -> String {
+    format!(
+        r#"{TOKEN}
+[upstreams.app]
+url = "{}"
+
+[[routes]]
+name = "open"
+prefix = "/open"
+auth = "public"
+upstream = "app"
+{extra_route}
+[[routes]]
+name = "app"
+prefix = "/"
+auth = "token"
+upstream = "app"
+"#,
+        up.url()
+    )
+}
+
 /// Options for a gateway on plain HTTP (no `[server.tls]`).
 pub fn plain() -> Opts<'static> {
     Opts {

@@ -4,28 +4,6 @@ use std::time::Duration;
 
 use crate::harness::*;
 
-fn routes(up: &Upstream, extra_route: &str) -> String {
-    format!(
-        r#"{TOKEN}
-[upstreams.app]
-url = "{}"
-
-[[routes]]
-name = "open"
-prefix = "/open"
-auth = "public"
-upstream = "app"
-{extra_route}
-[[routes]]
-name = "app"
-prefix = "/"
-auth = "token"
-upstream = "app"
-"#,
-        up.url()
-    )
-}
-
 const NEW_ROUTE: &str = r#"
 [[routes]]
 name = "fresh"
@@ -37,7 +15,7 @@ upstream = "app"
 #[tokio::test]
 async fn reload_under_load_loses_nothing_and_bad_configs_keep_the_old_one() {
     let up = Upstream::start().await;
-    let gw = Gateway::start(&routes(&up, "")).await;
+    let gw = Gateway::start(&open_and_token_routes(&up, "")).await;
     let path = gw.config_path();
     let base = std::fs::read_to_string(&path).unwrap();
     let with_new = base.replace(
@@ -134,7 +112,7 @@ async fn reload_under_load_loses_nothing_and_bad_configs_keep_the_old_one() {
 #[tokio::test]
 async fn metrics_count_refusals_by_route_and_code() {
     let up = Upstream::start().await;
-    let body = routes(&up, "").replace("name = \"app\"", "name = \"metrics-app\"");
+    let body = open_and_token_routes(&up, "").replace("name = \"app\"", "name = \"metrics-app\"");
     let gw = Gateway::start(&body).await;
     let admin = gw.admin_url("");
     let scrape = || scrape(&admin);
@@ -170,7 +148,7 @@ async fn metrics_count_refusals_by_route_and_code() {
 #[tokio::test]
 async fn dry_run_lets_a_refusal_through_and_records_it() {
     let up = Upstream::start().await;
-    let body = routes(&up, "").replace(
+    let body = open_and_token_routes(&up, "").replace(
         "name = \"app\"\nprefix = \"/\"\nauth = \"token\"",
         "name = \"dry\"\nprefix = \"/\"\nauth = \"token\"\ndry_run = true\nip = { allow = [\"10.0.0.0/8\"] }\nrate_limit = [\"dry_one\"]",
     );
@@ -297,7 +275,7 @@ fn access_line(log: &str, path: &str) -> serde_json::Value {
 #[tokio::test]
 async fn access_log_is_json_with_the_fields_and_never_a_token() {
     let up = Upstream::start().await;
-    let gw = Logged::start(&routes(&up, "")).await;
+    let gw = Logged::start(&open_and_token_routes(&up, "")).await;
     let base = &gw.base;
     let c = plain_client();
     let secret_query = "eyJhbGciOiJIUzI1NiJ9.c2VjcmV0LXF1ZXJ5.sig-in-query";
@@ -379,7 +357,7 @@ timeout = "300ms"
 "#,
         up.url()
     );
-    let gw = Logged::start(&routes(&up, &extra)).await;
+    let gw = Logged::start(&open_and_token_routes(&up, &extra)).await;
     let base = &gw.base;
     let c = plain_client();
     // A genuine token refused by `require`: the log says whose it was.
@@ -467,7 +445,7 @@ upstream = "app"
 "#;
     let body = format!(
         "[client_ip]\ntrusted_proxies = [\"127.0.0.1/32\"]\n[forward_auth]\npath = \"/_iptgate/verify\"\n[refresh]\nenabled = true\n{}",
-        routes(&up, login)
+        open_and_token_routes(&up, login)
     );
     let gw = Logged::start(&body).await;
     let base = &gw.base;
@@ -516,7 +494,7 @@ upstream = "app"
 #[tokio::test]
 async fn fixed_series_are_exported_at_zero_from_the_start() {
     let up = Upstream::start().await;
-    let gw = Logged::start(&routes(&up, "")).await;
+    let gw = Logged::start(&open_and_token_routes(&up, "")).await;
     let text = scrape(&gw.admin).await;
     for (name, labels) in [
         ("iptgate_config_reloads_total", &["result=\"ok\""][..]),
@@ -549,7 +527,7 @@ async fn fixed_series_are_exported_at_zero_from_the_start() {
 #[tokio::test]
 async fn a_dry_run_refusal_is_logged_with_the_request() {
     let up = Upstream::start().await;
-    let body = routes(&up, "").replace(
+    let body = open_and_token_routes(&up, "").replace(
         "name = \"app\"\nprefix = \"/\"\nauth = \"token\"",
         "name = \"dry\"\nprefix = \"/\"\nauth = \"token\"\ndry_run = true",
     );

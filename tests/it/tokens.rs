@@ -75,6 +75,20 @@ fn token_of(r: &reqwest::Response) -> Option<String> {
         .map(|v| v.to_str().unwrap().to_string())
 }
 
+/// The refresh token a login or a refresh answered with.
+fn refresh_of(r: &reqwest::Response) -> String {
+    r.headers()["iptoken-refresh"].to_str().unwrap().to_string()
+}
+
+/// The `Set-Cookie` values of an answer.
+fn set_cookies(r: &reqwest::Response) -> Vec<String> {
+    r.headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .collect()
+}
+
 /// Sign arbitrary header/claims with HMAC-SHA256 over the test secret (an independent JWT
 /// implementation: aws-lc-rs HMAC + base64 + serde_json).
 fn hs256(header: serde_json::Value, claims: serde_json::Value, key: &[u8]) -> String {
@@ -511,12 +525,7 @@ async fn cookies_refresh_rotation_reuse_detection_and_logout() {
     let gw = Gateway::start(&app(&up, extra)).await;
     let c = client();
     let r = login(&c, &gw, "user=carol").await;
-    let cookies: Vec<String> = r
-        .headers()
-        .get_all("set-cookie")
-        .iter()
-        .map(|v| v.to_str().unwrap().to_string())
-        .collect();
+    let cookies = set_cookies(&r);
     assert!(
         cookies.iter().any(|c| c.starts_with("ipt=")
             && c.contains("HttpOnly")
@@ -525,7 +534,7 @@ async fn cookies_refresh_rotation_reuse_detection_and_logout() {
         "{cookies:?}"
     );
     let access = token_of(&r).unwrap();
-    let refresh = r.headers()["iptoken-refresh"].to_str().unwrap().to_string();
+    let refresh = refresh_of(&r);
     // The cookie alone authenticates.
     let r = c
         .get(gw.url("/x"))
@@ -564,7 +573,7 @@ async fn cookies_refresh_rotation_reuse_detection_and_logout() {
     let r = refresh_with(&c, &gw, &refresh).await;
     assert_eq!(r.status(), 200);
     let access2 = token_of(&r).unwrap();
-    let refresh2 = r.headers()["iptoken-refresh"].to_str().unwrap().to_string();
+    let refresh2 = refresh_of(&r);
     assert_ne!(refresh, refresh2);
     assert_eq!(
         c.get(gw.url("/x"))
@@ -633,12 +642,9 @@ async fn logout_ends_the_session_with_an_expired_access_token_or_the_refresh_tok
     };
 
     let r = login(&c, &gw, "user=carol").await;
-    let (access, refresh) = (
-        token_of(&r).unwrap(),
-        r.headers()["iptoken-refresh"].to_str().unwrap().to_string(),
-    );
+    let (access, refresh) = (token_of(&r).unwrap(), refresh_of(&r));
     let r = login(&c, &gw, "user=dave").await;
-    let refresh2 = r.headers()["iptoken-refresh"].to_str().unwrap().to_string();
+    let refresh2 = refresh_of(&r);
     tokio::time::sleep(Duration::from_millis(4100)).await;
     let r = c
         .get(gw.url("/x"))
@@ -651,12 +657,7 @@ async fn logout_ends_the_session_with_an_expired_access_token_or_the_refresh_tok
     // The expired access token still ends its session: 204, cookies cleared, family revoked.
     let r = logout(Some(access.clone()), None).await.unwrap();
     assert_eq!(r.status(), 204);
-    let cleared: Vec<_> = r
-        .headers()
-        .get_all("set-cookie")
-        .iter()
-        .map(|v| v.to_str().unwrap().to_string())
-        .collect();
+    let cleared = set_cookies(&r);
     assert!(
         cleared
             .iter()
@@ -675,7 +676,7 @@ async fn logout_ends_the_session_with_an_expired_access_token_or_the_refresh_tok
     // An old tab's revoked access token beside the live refresh token: the refresh token's
     // session ends.
     let r = login(&c, &gw, "user=erin").await;
-    let refresh3 = r.headers()["iptoken-refresh"].to_str().unwrap().to_string();
+    let refresh3 = refresh_of(&r);
     let r = logout(Some(access.clone()), Some(refresh3.clone()))
         .await
         .unwrap();
@@ -708,7 +709,7 @@ async fn with_forward_token_the_access_cookie_goes_on_and_the_refresh_cookie_nev
     let c = client();
     let r = login(&c, &gw, "user=carol").await;
     let access = token_of(&r).unwrap();
-    let refresh = r.headers()["iptoken-refresh"].to_str().unwrap().to_string();
+    let refresh = refresh_of(&r);
     let both = format!("ipt={access}; ipt_refresh={refresh}; other=1");
     // A token route and a public one (whose app answers 401 to a GET without a user).
     for (path, status) in [("/x", 200), ("/other/login", 401)] {
@@ -737,7 +738,7 @@ async fn a_refresh_takes_static_claims_from_the_current_config() {
     .await;
     let c = client();
     let r = login(&c, &gw, "user=carol&role=admin").await;
-    let refresh = r.headers()["iptoken-refresh"].to_str().unwrap().to_string();
+    let refresh = refresh_of(&r);
     let text = std::fs::read_to_string(gw.config_path()).unwrap();
     let changed = text.replace(
         "claims = { app = \"demo\" }",
@@ -772,13 +773,7 @@ async fn an_upstream_set_cookie_for_our_cookie_is_dropped() {
     .await;
     let gw = Gateway::start(&app(&up, "")).await;
     let r = client().post(gw.url("/login")).send().await.unwrap();
-    let cookies: Vec<&str> = r
-        .headers()
-        .get_all("set-cookie")
-        .iter()
-        .map(|v| v.to_str().unwrap())
-        .collect();
-    assert_eq!(cookies, vec!["app=1"]);
+    assert_eq!(set_cookies(&r), vec!["app=1"]);
     assert!(token_of(&r).is_some());
 }
 
