@@ -1,4 +1,4 @@
-//! Pure checks that `from_file.rs` applies to single values: host and domain names, cookie
+//! Pure checks that `from_file/` applies to single values: host and domain names, cookie
 //! attributes, header names the gateway cannot hand out, route matchers, host bits of a
 //! CIDR, and URLs with a password in them (which must never be printed).
 

@@ -1,6 +1,6 @@
 //! The shape of `gateway.toml`, exactly as a user writes it. No logic lives here: every
 //! struct rejects unknown keys so a typo can never silently weaken a security setting.
-//! Validation into the runtime [`crate::config::Config`] happens once, in `from_file.rs`.
+//! Validation into the runtime [`crate::config::Config`] happens once, in `from_file/`.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -1,5 +1,5 @@
 //! The validated runtime configuration. Every value here has already been checked by
-//! `from_file.rs`: nothing after startup (or a reload) re-validates config.
+//! `from_file/`: nothing after startup (or a reload) re-validates config.
 
 pub mod checks;
 mod file;
