@@ -13,11 +13,14 @@
 //!
 //! [`handle`] wraps [`run`]: it loads the config generation once, turns a [`Reject`] into
 //! exactly one response, and writes the access-log line and metrics.
+//! Phases 2–5 give one verdict, [`judge`] (`verdict.rs`), which forward auth and `explain`
+//! also ask; before any phase, `head.rs` refuses an ambiguous request head.
 
 pub mod auth;
 pub mod client_ip;
 pub mod forward;
 pub mod forward_auth;
+mod head;
 pub mod ip_policy;
 pub mod mint;
 pub mod path;
@@ -25,6 +28,12 @@ pub mod rate_limit;
 pub mod route;
 pub mod session;
 pub mod shared;
+mod verdict;
+
+use head::check_head;
+pub use head::{request_host, valid_host};
+use verdict::*;
+pub use verdict::{judge, Ask, Judged};
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
@@ -91,19 +100,6 @@ pub struct Outcome {
     pub dry_run: Vec<(&'static str, String)>,
     /// `RateLimit-Policy` / `RateLimit` for the route's first policy.
     pub ratelimit: Option<(HeaderValue, HeaderValue)>,
-}
-
-/// On a dry-run route a refusal is recorded and the request goes on.
-fn enforce(r: Result<(), Reject>, dry_run: bool, out: &mut Outcome) -> Result<(), Reject> {
-    match r {
-        Err(e) if dry_run => {
-            // Logged with the request's fields by the access log, at the end.
-            crate::metrics::dry_run(e.code());
-            out.dry_run.push((e.code(), e.cause().to_string()));
-            Ok(())
-        }
-        other => other,
-    }
 }
 
 pub async fn handle(
@@ -376,347 +372,4 @@ async fn run(
         }
     }
     Ok(resp)
-}
-
-/// A request as phases 2–5 see it (also built by forward auth and `explain`).
-pub struct Ask<'a> {
-    pub method: &'a Method,
-    /// Without port; compared case-insensitively.
-    pub host: Option<&'a str>,
-    /// Normalized.
-    pub path: &'a str,
-    pub headers: &'a HeaderMap,
-    /// The resolved client IP (phase 1).
-    pub ip: IpAddr,
-    /// When the request arrived: the time its rate-limit checks count it at.
-    pub started: Instant,
-}
-
-/// The verdict of phases 2–5.
-pub struct Judged {
-    pub route: usize,
-    pub claims: Option<Claims>,
-}
-
-/// Phases 2–5: IP policy, route, rate limits, auth. Cheap checks come first, so an
-/// abusive client never reaches signature verification.
-pub async fn judge(
-    a: &Ask<'_>,
-    active: &Active,
-    state: &State,
-    out: &mut Outcome,
-) -> Result<Judged, Reject> {
-    let cfg = &active.config;
-    let ip = a.ip;
-
-    // 2. global IP policy. A dry-run route records an address outside the global allow list
-    // and goes on (rolling out a new allow list); the global deny list is a blocklist and
-    // holds on every route.
-    if let Err(e) = active.ip_policy.check(ip) {
-        let dry = !active.ip_policy.denies(ip)
-            && route::find(&active.routes, a.method, a.host, a.path)
-                .is_ok_and(|i| active.routes[i].cfg.dry_run);
-        if !dry {
-            return Err(e);
-        }
-        enforce(Err(e), true, out)?;
-    }
-
-    // 3. route, then its own IP policy
-    let idx = route::find(&active.routes, a.method, a.host, a.path)?;
-    out.route = Some(idx);
-    let route = &active.routes[idx];
-    let rc = &route.cfg;
-    if let Some(p) = &route.ip {
-        enforce(p.check(ip), rc.dry_run, out)?;
-    }
-
-    // 4. rate limits (subject-keyed policies wait for a verified subject after phase 5)
-    limits(a, active, state, idx, None, false, out).await?;
-    if let AuthMode::Mint(_) = rc.auth {
-        if let Some(left) = shared::login_locked(active, state, ip).await? {
-            enforce(
-                Err(Reject::LoginLocked { retry_after: left }),
-                rc.dry_run,
-                out,
-            )?;
-        }
-    }
-
-    // 5. auth
-    let mut claims = None;
-    if let AuthMode::Token = rc.auth {
-        let (Some(tc), Some(keys)) = (&cfg.token, &active.keys) else {
-            return Err(Reject::Internal("token route without keys".into()));
-        };
-        let verdict = auth::verify(
-            a.headers,
-            tc,
-            keys,
-            &state.store,
-            cfg.store.on_error,
-            ip,
-            &rc.require,
-            &mut out.sub,
-        )
-        .await;
-        crate::metrics::verified(verdict.as_ref().err().map(Reject::code));
-        match verdict {
-            Ok(c) => claims = Some(c),
-            Err(e) => enforce(Err(e), rc.dry_run, out)?,
-        }
-        let sub = claims.as_ref().and_then(|c| c.sub.as_deref());
-        limits(a, active, state, idx, sub, true, out).await?;
-    }
-    Ok(Judged { route: idx, claims })
-}
-
-/// Check the route's rate-limit policies of one kind (subject-keyed or not). `global` policies
-/// kept in the shared store come last: their count cannot be given back, so a client the local
-/// policies refuse never spends everyone's shared budget.
-async fn limits(
-    a: &Ask<'_>,
-    active: &Active,
-    state: &State,
-    idx: usize,
-    sub: Option<&str>,
-    subject_phase: bool,
-    out: &mut Outcome,
-) -> Result<(), Reject> {
-    let rc = &active.routes[idx].cfg;
-    let now = active.limiters.time(a.started);
-    let shared_store = state.store.shared().is_some();
-    // Policies (by position, the first 64) this request has counted against so far.
-    let mut counted: u64 = 0;
-    // Shared `global` policies in a second pass; without a shared store there are none.
-    let passes: &[bool] = if shared_store {
-        &[false, true]
-    } else {
-        &[false]
-    };
-    for &shared_pass in passes {
-        for (n, &pi) in rc.rate_limit.iter().enumerate() {
-            let policy = active.limiters.policy(pi);
-            let shared = policy.key == LimitKey::Global && shared_store;
-            if shared != shared_pass {
-                continue;
-            }
-            if (policy.key == LimitKey::Subject) != subject_phase {
-                if n == 0 && !subject_phase {
-                    // The first policy waits for a verified subject: until then (and on a
-                    // refusal before it) the headers report its whole quota, since nothing was
-                    // counted.
-                    let full = rate_limit::Decision::untouched(policy.burst);
-                    out.ratelimit = Some(ratelimit_headers(active, pi, &full));
-                }
-                continue;
-            }
-            let d = if shared {
-                Box::pin(shared::global(active, state, policy)).await?
-            } else {
-                None
-            };
-            let d = match d {
-                Some(d) => d,
-                None => active
-                    .limiters
-                    .check_at(pi, &key_input(a, &rc.name, sub), now),
-            };
-            if n == 0 {
-                out.ratelimit = Some(ratelimit_headers(active, pi, &d));
-            }
-            if d.allowed {
-                if n < 64 {
-                    counted |= 1 << n;
-                }
-                continue;
-            }
-            if !rc.dry_run {
-                // On a dry-run route the refusal is counted as one (`iptgate_dry_run_total`).
-                crate::metrics::rate_limited(&policy.name);
-                refund(a, active, idx, sub, subject_phase, counted, now, out);
-            }
-            enforce(
-                Err(Reject::RateLimited {
-                    policy: policy.name.clone(),
-                    retry_after: d.retry_after,
-                }),
-                rc.dry_run,
-                out,
-            )?;
-        }
-    }
-    Ok(())
-}
-
-/// What a rate-limit policy keys the request on.
-fn key_input<'a>(a: &'a Ask<'_>, route: &'a str, sub: Option<&'a str>) -> rate_limit::KeyInput<'a> {
-    rate_limit::KeyInput {
-        ip: a.ip,
-        sub,
-        route,
-        headers: a.headers,
-    }
-}
-
-/// `RateLimit-Policy` and `RateLimit` for policy `pi` in state `d`.
-fn ratelimit_headers(
-    active: &Active,
-    pi: usize,
-    d: &rate_limit::Decision,
-) -> (HeaderValue, HeaderValue) {
-    let (policy_hdr, name) = &active.ratelimit_headers[pi];
-    (policy_hdr.clone(), rate_limit::state_header(name, d))
-}
-
-/// A request one policy refuses costs nothing in the route's others: what they counted is
-/// given back, so a client that waits out `Retry-After` gets in. `counted`: the policies of
-/// this phase that counted the request (by position); in the subject phase every non-subject
-/// policy has. A `global` policy's count in the shared store is not given back (it is
-/// checked last, see [`limits`]).
-#[allow(clippy::too_many_arguments)]
-fn refund(
-    a: &Ask<'_>,
-    active: &Active,
-    idx: usize,
-    sub: Option<&str>,
-    subject_phase: bool,
-    counted: u64,
-    now: rate_limit::Time,
-    out: &mut Outcome,
-) {
-    let rc = &active.routes[idx].cfg;
-    for (m, &pi) in rc.rate_limit.iter().enumerate() {
-        let is_subject = active.limiters.policy(pi).key == LimitKey::Subject;
-        let was_counted = if is_subject == subject_phase {
-            m < 64 && counted & (1 << m) != 0
-        } else {
-            subject_phase
-        };
-        if !was_counted {
-            continue;
-        }
-        if let Some(d) = active
-            .limiters
-            .refund_at(pi, &key_input(a, &rc.name, sub), now)
-        {
-            if m == 0 {
-                out.ratelimit = Some(ratelimit_headers(active, pi, &d));
-            }
-        }
-    }
-}
-
-/// The request's framing and host must be unambiguous. No transfer coding but `chunked`.
-/// And (RFC 9112 §3.2, §3.2.2) an HTTP/1.1 request carries
-/// exactly one Host header with a valid value, and an absolute-form target names the same host
-/// as Host (RFC 9112 says the target wins; the gateway routes on Host and passes Host on, so a
-/// different one is refused rather than silently ignored). Otherwise `400 bad_request` before
-/// any phase runs. HTTP/2 is left as it was: a Host header there, if any, names the host
-/// routed on and passed on, which is what clients that set one mean.
-fn check_head(
-    version: http::Version,
-    headers: &HeaderMap,
-    uri: &http::Uri,
-    seen: &forward::Seen,
-) -> Result<(), Reject> {
-    // A transfer coding besides `chunked` (`gzip, chunked`): hyper takes the chunks off and
-    // would pass the body on still gzipped with nothing saying so.
-    let te = seen.has(forward::Seen::TRANSFER_ENCODING);
-    let other_coding = te
-        && headers.get_all(header::TRANSFER_ENCODING).iter().any(|v| {
-            v.to_str().map_or(true, |s| {
-                s.split(',')
-                    .any(|c| !c.trim().eq_ignore_ascii_case("chunked"))
-            })
-        });
-    if other_coding {
-        return Err(Reject::BadRequest("a transfer coding other than chunked"));
-    }
-    if seen.hosts > 1 {
-        return Err(Reject::BadRequest("more than one Host header"));
-    }
-    let Some(host) = &seen.host else {
-        return if version == http::Version::HTTP_11 {
-            Err(Reject::BadRequest("missing Host header"))
-        } else {
-            Ok(())
-        };
-    };
-    if host.is_empty() {
-        // Allowed for a target without an authority; nothing to route on.
-        return Ok(());
-    }
-    if !valid_host(host.as_bytes()) {
-        return Err(Reject::BadRequest("invalid Host header"));
-    }
-    let h1 = matches!(version, http::Version::HTTP_10 | http::Version::HTTP_11);
-    if let (true, Some(target), Ok(host)) = (h1, uri.authority(), host.to_str()) {
-        if !route::host_of(target.as_str()).eq_ignore_ascii_case(route::host_of(host)) {
-            return Err(Reject::BadRequest("Host differs from the request target"));
-        }
-    }
-    Ok(())
-}
-
-/// A Host value that is one authority, `host[:port]`, with no userinfo.
-pub fn valid_host(h: &[u8]) -> bool {
-    plain_host(h) || (!h.contains(&b'@') && http::uri::Authority::try_from(h).is_ok())
-}
-
-/// `name[:port]` with a name of letters, digits, `.` and `-` and a port up to 65535: the Host
-/// nearly every request carries, accepted without the full authority parse.
-fn plain_host(h: &[u8]) -> bool {
-    let (name, port) = match h.iter().position(|&c| c == b':') {
-        Some(i) => (&h[..i], Some(&h[i + 1..])),
-        None => (h, None),
-    };
-    let name_ok = !name.is_empty()
-        && name
-            .iter()
-            .all(|&c| c.is_ascii_alphanumeric() || c == b'.' || c == b'-');
-    let port_ok = port.is_none_or(|p| {
-        (1..=5).contains(&p.len())
-            && p.iter().all(u8::is_ascii_digit)
-            && p.iter().fold(0u32, |n, &d| n * 10 + u32::from(d - b'0')) <= u32::from(u16::MAX)
-    });
-    name_ok && port_ok
-}
-
-/// Host for route matching: `Host`, else the URI authority (HTTP/2), without port. Borrowed:
-/// route matching compares hosts case-insensitively, so nothing is lower-cased per request.
-pub fn request_host<'a>(host: Option<&'a HeaderValue>, uri: &'a http::Uri) -> Option<&'a str> {
-    let raw = host
-        .and_then(|v| v.to_str().ok())
-        .or_else(|| uri.authority().map(|a| a.as_str()))?;
-    Some(route::host_of(raw))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::plain_host;
-    use proptest::prelude::*;
-
-    #[test]
-    fn plain_hosts() {
-        for ok in ["example.com", "a-b.example:8443", "127.0.0.1:80", "x:65535"] {
-            assert!(plain_host(ok.as_bytes()), "{ok}");
-        }
-        for not in [
-            "", ":80", "a:", "a:65536", "a:123456", "[::1]:80", "u@h", "a b", "a:8a",
-        ] {
-            assert!(!plain_host(not.as_bytes()), "{not}");
-        }
-    }
-
-    proptest! {
-        /// The shortcut accepts nothing the full check would refuse.
-        #[test]
-        fn plain_host_is_a_valid_authority(h in "[a-z0-9.:@-]{0,12}") {
-            if plain_host(h.as_bytes()) {
-                prop_assert!(http::uri::Authority::try_from(h.as_bytes()).is_ok());
-                prop_assert!(!h.contains('@'));
-            }
-        }
-    }
 }

@@ -336,6 +336,21 @@ impl<C: Clock> Limiters<C> {
         }
     }
 
+    /// The state of the request's bucket in policy `idx` at `now`, counting nothing (a request
+    /// refused before the limits ran still reports where its client stands).
+    pub fn peek_at(&self, idx: usize, input: &KeyInput<'_>, now: Time) -> Decision {
+        let slot = &self.slots[idx];
+        match slot.key(input).and_then(|k| slot.gcra.peek_at(k, now.0)) {
+            Some((remaining, reset)) => Decision {
+                allowed: true,
+                remaining,
+                reset: Duration::from_nanos(reset),
+                retry_after: Duration::ZERO,
+            },
+            None => Decision::untouched(slot.policy.burst),
+        }
+    }
+
     /// Gives back one request counted against policy `idx` at `now` (a later policy refused
     /// it): the bucket's state after, or `None` when nothing was counted for that key.
     pub fn refund_at(&self, idx: usize, input: &KeyInput<'_>, now: Time) -> Option<Decision> {

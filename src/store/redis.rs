@@ -41,16 +41,30 @@ end
 return 1
 ";
 
-/// A login failure for KEYS[1] (counter) within ARGV[1] ms; at ARGV[2] failures, lock KEYS[2]
-/// for ARGV[3] ms and return 1.
+/// A login failure for KEYS[1] (the times of the key's recent failures, oldest first, by the
+/// server's clock): those older than ARGV[1] ms go, and at ARGV[2] left in the window the key is
+/// locked (KEYS[2]) for ARGV[3] ms and 1 returned. The window slides, as in the in-memory guard.
 const LOGIN_FAILURE: &str = r"
-local n = redis.call('INCR', KEYS[1])
-if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
-if n >= tonumber(ARGV[2]) then
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local window = tonumber(ARGV[1])
+local max = tonumber(ARGV[2])
+redis.call('RPUSH', KEYS[1], now)
+redis.call('LTRIM', KEYS[1], -max, -1)
+while true do
+  local oldest = redis.call('LINDEX', KEYS[1], 0)
+  if oldest and tonumber(oldest) <= now - window then
+    redis.call('LPOP', KEYS[1])
+  else
+    break
+  end
+end
+if redis.call('LLEN', KEYS[1]) >= max then
   redis.call('SET', KEYS[2], '1', 'PX', ARGV[3])
   redis.call('DEL', KEYS[1])
   return 1
 end
+redis.call('PEXPIRE', KEYS[1], window)
 return 0
 ";
 

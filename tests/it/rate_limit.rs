@@ -279,14 +279,18 @@ async fn a_request_one_policy_refuses_costs_nothing_in_the_others() {
     assert_eq!(up.count(), 2);
 }
 
+/// A request refused before the limits (the route's IP policy) is not counted, and its headers
+/// say where the client's bucket stands: full for a new client, partly spent for one that used
+/// the same policy on another route.
 #[tokio::test]
-async fn responses_refused_before_the_limits_carry_the_whole_quota() {
+async fn responses_refused_before_the_limits_report_the_bucket_uncounted() {
     let up = Upstream::start().await;
     let gw = Gateway::start(&format!(
-        "{}{}{}ip = {{ deny = [\"127.0.0.32\"] }}\n",
+        "{}{}{}ip = {{ deny = [\"127.0.0.32\", \"127.0.0.33\"] }}\n{}",
         upstream(&up),
         policy("burst3", "ip"),
         route("guarded", "/guarded", "public", &["burst3"]),
+        route("open", "/open", "public", &["burst3"]),
     ))
     .await;
     let r = get(&client_at(32), &gw, "/guarded").await;
@@ -300,6 +304,18 @@ async fn responses_refused_before_the_limits_carry_the_whole_quota() {
     );
     assert_eq!(code_of(r).await, (403, "ip_denied".to_string()));
     assert_eq!(up.count(), 0);
+
+    let c = client_at(33);
+    assert_eq!(statuses(&c, &gw, "/open", 2).await, [200, 200]);
+    for _ in 0..2 {
+        let r = get(&c, &gw, "/guarded").await;
+        assert_eq!(
+            header(&r, "ratelimit").as_deref(),
+            Some("\"burst3\";r=1;t=7200"),
+            "the bucket as /open left it, and the refusal not counted"
+        );
+        assert_eq!(code_of(r).await, (403, "ip_denied".to_string()));
+    }
 }
 
 fn login_app(up: &Upstream) -> String {

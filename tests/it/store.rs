@@ -431,6 +431,44 @@ async fn login_failures_on_two_gateways_add_up_through_redis() {
     );
 }
 
+/// The lock-out window slides: failures at 0, 1.2, 1.6 and 1.7 s with `max_failures = 3` and a
+/// 1.5 s window lock at the last one (three within 1.5 s), where a window fixed at the first
+/// failure would have restarted at 1.5 s and counted only two.
+#[tokio::test]
+async fn login_failures_count_in_a_sliding_window_in_redis() {
+    let Some(redis) = Redis::start() else { return };
+    let up = Upstream::start().await;
+    let body = format!(
+        "{}\n[login_protection]\nmax_failures = 3\nwindow = \"1500ms\"\nlockout = \"10m\"\n",
+        app(&up, &redis.url(), "closed")
+    );
+    let gw = Gateway::start(&body).await;
+    let c = client();
+    let started = tokio::time::Instant::now();
+    for at in [0, 1200, 1600, 1700] {
+        tokio::time::sleep_until(started + Duration::from_millis(at)).await;
+        assert_eq!(
+            c.post(gw.url("/login"))
+                .body("user=bad")
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            401,
+            "failure at {at} ms"
+        );
+    }
+    let (status, code) = code_of(
+        c.post(gw.url("/login"))
+            .body("user=bad")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((status, code.as_str()), (429, "login_locked"));
+}
+
 #[tokio::test]
 async fn a_global_rate_limit_is_shared_by_two_gateways_through_redis() {
     let Some(redis) = Redis::start() else { return };

@@ -126,6 +126,12 @@ impl Validator {
         let max_failures = l.max_failures.unwrap_or(5);
         if max_failures == 0 {
             self.err("login_protection.max_failures", "must be at least 1");
+        } else if max_failures > MAX_LOGIN_FAILURES {
+            // Each client's recent failure times are kept, up to this many.
+            self.err(
+                "login_protection.max_failures",
+                format!("{max_failures} is more than {MAX_LOGIN_FAILURES}"),
+            );
         }
         let failure_status = l.failure_status.clone().unwrap_or_else(|| vec![401, 403]);
         self.statuses(
@@ -134,7 +140,7 @@ impl Validator {
             "[401, 403]",
         );
         LoginProtection {
-            max_failures: max_failures.max(1),
+            max_failures: max_failures.clamp(1, MAX_LOGIN_FAILURES),
             window: self.positive_duration(
                 "login_protection.window",
                 &l.window,
@@ -516,3 +522,6 @@ fn parse_target(raw: &str) -> Result<Target, String> {
         base_path,
     })
 }
+
+/// A lock-out that needs more failures than this is no lock-out.
+const MAX_LOGIN_FAILURES: u32 = 1000;

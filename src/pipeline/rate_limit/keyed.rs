@@ -271,6 +271,30 @@ impl<C: Clock> KeyedGcra<C> {
         out
     }
 
+    /// The state of `key`'s bucket at `now` without counting a request: requests allowed right
+    /// now and until the bucket is full. `None` when the key is not tracked (a full bucket).
+    pub(crate) fn peek_at(&self, key: u64, now: u64) -> Option<(u32, u64)> {
+        let hash = self.hasher.hash_one(key);
+        let shard = self.shard(hash);
+        if shard.slots.is_empty() {
+            return None;
+        }
+        let i = shard.find(key, hash);
+        let tat = shard.slots[i].tat;
+        if tat == 0 {
+            return None;
+        }
+        let full = self.tau.saturating_add(self.t);
+        let room = now
+            .saturating_add(full)
+            .saturating_sub(tat.max(now))
+            .min(full);
+        Some((
+            u32::try_from(room / self.t).unwrap_or(u32::MAX),
+            tat.saturating_sub(now),
+        ))
+    }
+
     /// Gives back one request `key` was allowed at `now` (another policy refused it): its TAT
     /// moves back one interval, never before `now`. `None` when the key is not tracked.
     pub(crate) fn refund_at(&self, key: u64, now: u64) -> Option<Outcome> {

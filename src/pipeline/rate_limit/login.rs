@@ -2,8 +2,10 @@
 //!
 //! A client is an IPv4 address, or an IPv6 /64 ([`LOGIN_IPV6_PREFIX`]): one subscriber usually
 //! holds a whole /64, so counting single IPv6 addresses would let it rotate addresses and never
-//! be locked. Failures are counted in a fixed window that opens at the first failure and lasts
-//! `window`; the `max_failures`-th failure inside it locks the client for `lockout`. A successful
+//! be locked. The window slides, as fail2ban's `findtime`: the `max_failures`-th failure within
+//! any span of `window` locks the client for `lockout` (each client keeps the times of its last
+//! failures, at most `max_failures` of them). A fixed window opened at the first failure would
+//! let a client send twice the number at its edge, and again every window. A successful
 //! login does not clear the count: the key is the client, not the account, so a reset would let
 //! anyone holding one valid account interleave its logins with guesses at others' passwords and
 //! never be locked. While locked, failures are not counted (the pipeline refuses the requests
@@ -31,10 +33,10 @@ pub const MAX_TRACKED_LOGIN_KEYS: usize = 1_000_000;
 /// IPv6 clients are grouped by this prefix.
 pub const LOGIN_IPV6_PREFIX: u8 = 64;
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Default)]
 struct Client {
-    failures: u32,
-    window_start: Instant,
+    /// When its failures inside the window happened, oldest first (at most `max_failures`).
+    failures: Vec<Instant>,
     locked_until: Option<Instant>,
 }
 
@@ -47,7 +49,10 @@ impl Client {
 
     fn live(&self, now: Instant, window: Duration) -> bool {
         self.lock_left(now).is_some()
-            || (self.failures > 0 && now.saturating_duration_since(self.window_start) < window)
+            || self
+                .failures
+                .last()
+                .is_some_and(|&t| now.saturating_duration_since(t) < window)
     }
 }
 
@@ -105,21 +110,16 @@ impl LoginGuard {
             metrics::counter!("iptgate_login_guard_cap_total").increment(1);
             return None;
         }
-        let mut c = self.clients.entry(key).or_insert(Client {
-            failures: 0,
-            window_start: now,
-            locked_until: None,
-        });
+        let mut c = self.clients.entry(key).or_default();
         if c.lock_left(now).is_some() {
             return None;
         }
-        if c.failures == 0 || now.saturating_duration_since(c.window_start) >= self.cfg.window {
-            c.failures = 0;
-            c.window_start = now;
-        }
-        c.failures += 1;
-        if c.failures >= self.cfg.max_failures.max(1) {
-            c.failures = 0;
+        let (window, max) = (self.cfg.window, self.cfg.max_failures.max(1) as usize);
+        c.failures
+            .retain(|&t| now.saturating_duration_since(t) < window);
+        c.failures.push(now);
+        if c.failures.len() >= max {
+            c.failures = Vec::new();
             c.locked_until = now.checked_add(self.cfg.lockout);
             return Some(self.cfg.lockout);
         }

@@ -499,15 +499,30 @@ fn login_lock_expires_and_window_resets() {
     g.failure_at(a, t1);
     g.failure_at(a, t1);
     assert_eq!(g.locked_at(a, t1), None);
-    // Failures spread over more than the window do not lock.
+    // Failures spread over more than the window do not lock; the window slides.
     let b = ip("192.0.2.2");
     g.failure_at(b, t0);
     g.failure_at(b, t0 + Duration::from_secs(300));
-    g.failure_at(b, t0 + Duration::from_secs(601)); // window restarted here
+    g.failure_at(b, t0 + Duration::from_secs(601)); // the first has left the window
     assert_eq!(g.locked_at(b, t0 + Duration::from_secs(601)), None);
-    g.failure_at(b, t0 + Duration::from_secs(700));
     assert_eq!(
-        g.failure_at(b, t0 + Duration::from_secs(800)),
+        g.failure_at(b, t0 + Duration::from_secs(700)), // 300, 601, 700
+        Some(Duration::from_secs(900))
+    );
+}
+
+#[test]
+fn login_window_slides_over_a_burst_at_its_edge() {
+    // Three failures within 600 s lock, wherever the first failure of the client fell: a
+    // window fixed at the first one would restart at 600 s and let this burst through.
+    let g = LoginGuard::new(&login_cfg());
+    let t0 = Instant::now();
+    let a = ip("192.0.2.1");
+    for s in [0, 599, 601] {
+        assert_eq!(g.failure_at(a, t0 + Duration::from_secs(s)), None, "{s}");
+    }
+    assert_eq!(
+        g.failure_at(a, t0 + Duration::from_secs(602)),
         Some(Duration::from_secs(900))
     );
 }

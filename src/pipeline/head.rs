@@ -1,0 +1,117 @@
+//! The request head must be unambiguous before any phase runs: framing, Host, target.
+
+use super::*;
+
+/// The request's framing and host must be unambiguous. No transfer coding but `chunked`.
+/// And (RFC 9112 §3.2, §3.2.2) an HTTP/1.1 request carries
+/// exactly one Host header with a valid value, and an absolute-form target names the same host
+/// as Host (RFC 9112 says the target wins; the gateway routes on Host and passes Host on, so a
+/// different one is refused rather than silently ignored). Otherwise `400 bad_request` before
+/// any phase runs. HTTP/2 is left as it was: a Host header there, if any, names the host
+/// routed on and passed on, which is what clients that set one mean.
+pub(super) fn check_head(
+    version: http::Version,
+    headers: &HeaderMap,
+    uri: &http::Uri,
+    seen: &forward::Seen,
+) -> Result<(), Reject> {
+    // A transfer coding besides `chunked` (`gzip, chunked`): hyper takes the chunks off and
+    // would pass the body on still gzipped with nothing saying so.
+    let te = seen.has(forward::Seen::TRANSFER_ENCODING);
+    let other_coding = te
+        && headers.get_all(header::TRANSFER_ENCODING).iter().any(|v| {
+            v.to_str().map_or(true, |s| {
+                s.split(',')
+                    .any(|c| !c.trim().eq_ignore_ascii_case("chunked"))
+            })
+        });
+    if other_coding {
+        return Err(Reject::BadRequest("a transfer coding other than chunked"));
+    }
+    if seen.hosts > 1 {
+        return Err(Reject::BadRequest("more than one Host header"));
+    }
+    let Some(host) = &seen.host else {
+        return if version == http::Version::HTTP_11 {
+            Err(Reject::BadRequest("missing Host header"))
+        } else {
+            Ok(())
+        };
+    };
+    if host.is_empty() {
+        // Allowed for a target without an authority; nothing to route on.
+        return Ok(());
+    }
+    if !valid_host(host.as_bytes()) {
+        return Err(Reject::BadRequest("invalid Host header"));
+    }
+    let h1 = matches!(version, http::Version::HTTP_10 | http::Version::HTTP_11);
+    if let (true, Some(target), Ok(host)) = (h1, uri.authority(), host.to_str()) {
+        if !route::host_of(target.as_str()).eq_ignore_ascii_case(route::host_of(host)) {
+            return Err(Reject::BadRequest("Host differs from the request target"));
+        }
+    }
+    Ok(())
+}
+
+/// A Host value that is one authority, `host[:port]`, with no userinfo.
+pub fn valid_host(h: &[u8]) -> bool {
+    plain_host(h) || (!h.contains(&b'@') && http::uri::Authority::try_from(h).is_ok())
+}
+
+/// `name[:port]` with a name of letters, digits, `.` and `-` and a port up to 65535: the Host
+/// nearly every request carries, accepted without the full authority parse.
+fn plain_host(h: &[u8]) -> bool {
+    let (name, port) = match h.iter().position(|&c| c == b':') {
+        Some(i) => (&h[..i], Some(&h[i + 1..])),
+        None => (h, None),
+    };
+    let name_ok = !name.is_empty()
+        && name
+            .iter()
+            .all(|&c| c.is_ascii_alphanumeric() || c == b'.' || c == b'-');
+    let port_ok = port.is_none_or(|p| {
+        (1..=5).contains(&p.len())
+            && p.iter().all(u8::is_ascii_digit)
+            && p.iter().fold(0u32, |n, &d| n * 10 + u32::from(d - b'0')) <= u32::from(u16::MAX)
+    });
+    name_ok && port_ok
+}
+
+/// Host for route matching: `Host`, else the URI authority (HTTP/2), without port. Borrowed:
+/// route matching compares hosts case-insensitively, so nothing is lower-cased per request.
+pub fn request_host<'a>(host: Option<&'a HeaderValue>, uri: &'a http::Uri) -> Option<&'a str> {
+    let raw = host
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| uri.authority().map(|a| a.as_str()))?;
+    Some(route::host_of(raw))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::plain_host;
+    use proptest::prelude::*;
+
+    #[test]
+    fn plain_hosts() {
+        for ok in ["example.com", "a-b.example:8443", "127.0.0.1:80", "x:65535"] {
+            assert!(plain_host(ok.as_bytes()), "{ok}");
+        }
+        for not in [
+            "", ":80", "a:", "a:65536", "a:123456", "[::1]:80", "u@h", "a b", "a:8a",
+        ] {
+            assert!(!plain_host(not.as_bytes()), "{not}");
+        }
+    }
+
+    proptest! {
+        /// The shortcut accepts nothing the full check would refuse.
+        #[test]
+        fn plain_host_is_a_valid_authority(h in "[a-z0-9.:@-]{0,12}") {
+            if plain_host(h.as_bytes()) {
+                prop_assert!(http::uri::Authority::try_from(h.as_bytes()).is_ok());
+                prop_assert!(!h.contains('@'));
+            }
+        }
+    }
+}
