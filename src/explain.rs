@@ -67,6 +67,12 @@ pub fn explain(active: &Active, a: &Args) -> Result<(String, Result<(), Reject>)
         let (raw_path, _query) = a.path.split_once('?').unwrap_or((&a.path, ""));
         let mut p = path::normalize(raw_path).map_err(Reject::BadRequest)?;
         line(format!("path      {raw_path} -> normalized {p}"));
+        if a.host
+            .as_deref()
+            .is_some_and(|h| !crate::pipeline::valid_host(h.as_bytes()))
+        {
+            return Err(Reject::BadRequest("invalid Host header"));
+        }
         let mut method = method.clone();
         let mut host = a
             .host

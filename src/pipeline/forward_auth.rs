@@ -83,8 +83,11 @@ pub fn original(h: &HeaderMap) -> Result<Original<'_>, Reject> {
         &["x-forwarded-host"],
         false,
         "forward auth: ambiguous host",
-    )?
-    .map(crate::pipeline::route::host_of);
+    )?;
+    if host.is_some_and(|h| !crate::pipeline::valid_host(h.as_bytes())) {
+        return Err(Reject::BadRequest("forward auth: invalid X-Forwarded-Host"));
+    }
+    let host = host.map(crate::pipeline::route::host_of);
     Ok(Original { method, path, host })
 }
 

@@ -3,12 +3,15 @@
 use super::*;
 
 /// The request's framing and host must be unambiguous. No transfer coding but `chunked`.
-/// And (RFC 9112 §3.2, §3.2.2) an HTTP/1.1 request carries
-/// exactly one Host header with a valid value, and an absolute-form target names the same host
-/// as Host (RFC 9112 says the target wins; the gateway routes on Host and passes Host on, so a
-/// different one is refused rather than silently ignored). Otherwise `400 bad_request` before
-/// any phase runs. HTTP/2 is left as it was: a Host header there, if any, names the host
-/// routed on and passed on, which is what clients that set one mean.
+/// An HTTP/1.1 request carries exactly one Host header (RFC 9112 §3.2), and every host the
+/// request names (Host, the target's or `:authority`'s authority) is one valid `host[:port]`
+/// with a numeric port and no userinfo: the gateway routes on the name, and an app that reads
+/// `admin.example:abc` or `x@admin.example` as `admin.example` must not be sent a request judged
+/// as another host's. Where a request names its host twice (an absolute-form target and Host,
+/// or HTTP/2 `:authority` and Host), both name the same host: RFC 9112 says the target wins
+/// and RFC 9113 §8.3.1 calls a difference malformed; the gateway routes on Host and passes
+/// Host on, so a different one is refused rather than silently ignored. Otherwise
+/// `400 bad_request` before any phase runs.
 pub(super) fn check_head(
     version: http::Version,
     headers: &HeaderMap,
@@ -31,6 +34,12 @@ pub(super) fn check_head(
     if seen.hosts > 1 {
         return Err(Reject::BadRequest("more than one Host header"));
     }
+    let target = uri.authority();
+    if target.is_some_and(|a| !valid_host(a.as_str().as_bytes())) {
+        return Err(Reject::BadRequest(
+            "invalid authority in the request target",
+        ));
+    }
     let Some(host) = &seen.host else {
         return if version == http::Version::HTTP_11 {
             Err(Reject::BadRequest("missing Host header"))
@@ -45,8 +54,7 @@ pub(super) fn check_head(
     if !valid_host(host.as_bytes()) {
         return Err(Reject::BadRequest("invalid Host header"));
     }
-    let h1 = matches!(version, http::Version::HTTP_10 | http::Version::HTTP_11);
-    if let (true, Some(target), Ok(host)) = (h1, uri.authority(), host.to_str()) {
+    if let (Some(target), Ok(host)) = (target, host.to_str()) {
         if !route::host_of(target.as_str()).eq_ignore_ascii_case(route::host_of(host)) {
             return Err(Reject::BadRequest("Host differs from the request target"));
         }
@@ -54,9 +62,25 @@ pub(super) fn check_head(
     Ok(())
 }
 
-/// A Host value that is one authority, `host[:port]`, with no userinfo.
+/// A Host value that is one authority, `host[:port]`, with no userinfo and a port of digits
+/// (the `http` crate's authority parse takes any port).
 pub fn valid_host(h: &[u8]) -> bool {
-    plain_host(h) || (!h.contains(&b'@') && http::uri::Authority::try_from(h).is_ok())
+    plain_host(h)
+        || (!h.contains(&b'@')
+            && http::uri::Authority::try_from(h).is_ok_and(|a| {
+                let port = &a.as_str()[a.host().len()..];
+                port.is_empty()
+                    || port
+                        .strip_prefix(':')
+                        .is_some_and(|p| digits_port(p.as_bytes()))
+            }))
+}
+
+/// A port of 1–5 digits up to 65535 (no sign, no space: `u16::from_str` takes `+80`).
+fn digits_port(p: &[u8]) -> bool {
+    (1..=5).contains(&p.len())
+        && p.iter().all(u8::is_ascii_digit)
+        && p.iter().fold(0u32, |n, &d| n * 10 + u32::from(d - b'0')) <= u32::from(u16::MAX)
 }
 
 /// `name[:port]` with a name of letters, digits, `.` and `-` and a port up to 65535: the Host
@@ -70,11 +94,7 @@ fn plain_host(h: &[u8]) -> bool {
         && name
             .iter()
             .all(|&c| c.is_ascii_alphanumeric() || c == b'.' || c == b'-');
-    let port_ok = port.is_none_or(|p| {
-        (1..=5).contains(&p.len())
-            && p.iter().all(u8::is_ascii_digit)
-            && p.iter().fold(0u32, |n, &d| n * 10 + u32::from(d - b'0')) <= u32::from(u16::MAX)
-    });
+    let port_ok = port.is_none_or(digits_port);
     name_ok && port_ok
 }
 
@@ -89,7 +109,7 @@ pub fn request_host<'a>(host: Option<&'a HeaderValue>, uri: &'a http::Uri) -> Op
 
 #[cfg(test)]
 mod tests {
-    use super::plain_host;
+    use super::{plain_host, valid_host};
     use proptest::prelude::*;
 
     #[test]
@@ -101,6 +121,32 @@ mod tests {
             "", ":80", "a:", "a:65536", "a:123456", "[::1]:80", "u@h", "a b", "a:8a",
         ] {
             assert!(!plain_host(not.as_bytes()), "{not}");
+        }
+    }
+
+    #[test]
+    fn hosts_with_odd_ports_or_userinfo_are_invalid() {
+        for ok in [
+            "[::1]:8443",
+            "[2001:db8::1]",
+            "example.com",
+            "EXAMPLE.com:80",
+            "a_b.example",
+        ] {
+            assert!(valid_host(ok.as_bytes()), "{ok}");
+        }
+        for not in [
+            "admin.example:abc",
+            "admin.example:+80",
+            "admin.example:80x",
+            "admin.example:-1",
+            "admin.example:",
+            "admin.example:65536",
+            "[::1]:x",
+            "x@admin.example",
+            "a:b@x.example:443",
+        ] {
+            assert!(!valid_host(not.as_bytes()), "{not}");
         }
     }
 

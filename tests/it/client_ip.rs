@@ -133,6 +133,8 @@ ip = {{ allow = ["127.0.0.1"] }}
         .header("X-Forwarded-Proto", "http")
         .header("X-Original-URL", "/admin")
         .header("X_Rewrite_URL", "/admin")
+        .header("X-HTTP-Method-Override", "DELETE")
+        .header("X_HTTP_Method", "DELETE")
         .send()
         .await
         .unwrap();
@@ -152,6 +154,8 @@ ip = {{ allow = ["127.0.0.1"] }}
         "x_real_ip",
         "x-original-url",
         "x_rewrite_url",
+        "x-http-method-override",
+        "x_http_method",
     ] {
         assert_eq!(seen.header(h), None, "{h} reached the upstream");
     }
@@ -213,6 +217,25 @@ ip = {{ allow = ["203.0.113.9"] }}
         up.last().header("x-forwarded-for"),
         Some("198.51.100.66, 203.0.113.9, 127.0.0.1")
     );
+
+    // From a trusted proxy its own forwarding headers stay; an underscore spelling (the
+    // client's, passed on by a proxy that forwards any name) and a method override do not.
+    let resp = pub_with("203.0.113.9")
+        .header("X_Forwarded_For", "7.7.7.7")
+        .header("X_Real_IP", "7.7.7.7")
+        .header("X-HTTP-Method-Override", "DELETE")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let seen = up.last();
+    assert_eq!(
+        seen.header("x-forwarded-for"),
+        Some("203.0.113.9, 127.0.0.1")
+    );
+    for h in ["x_forwarded_for", "x_real_ip", "x-http-method-override"] {
+        assert_eq!(seen.header(h), None, "{h} reached the upstream");
+    }
 
     // A `Connection` header naming X-Forwarded-For does not erase the chain we pass on.
     let resp = client_h1()

@@ -251,6 +251,28 @@ async fn an_ambiguous_or_missing_host_is_400() {
         ),
         ("invalid Host", "GET / HTTP/1.1\r\nHost: a b\r\n", 400),
         ("userinfo in Host", "GET / HTTP/1.1\r\nHost: u@a\r\n", 400),
+        // An app reading these as `a` would serve a request the gateway routed as another host.
+        (
+            "a port of letters",
+            "GET / HTTP/1.1\r\nHost: a:abc\r\n",
+            400,
+        ),
+        ("a signed port", "GET / HTTP/1.1\r\nHost: a:+80\r\n", 400),
+        (
+            "a port past digits",
+            "GET / HTTP/1.1\r\nHost: a:80x\r\n",
+            400,
+        ),
+        (
+            "an IPv6 host with a bad port",
+            "GET / HTTP/1.1\r\nHost: [::1]:x\r\n",
+            400,
+        ),
+        (
+            "absolute-form with a bad port",
+            "GET http://a:abc/ HTTP/1.1\r\nHost: a\r\n",
+            400,
+        ),
         (
             "absolute-form naming another host",
             "GET http://evil.example/ HTTP/1.1\r\nHost: a\r\n",
@@ -290,6 +312,67 @@ async fn an_ambiguous_or_missing_host_is_400() {
         "{:?}",
         up.all()[0]
     );
+}
+
+/// One HTTP/2 request over TLS (ALPN h2) with exactly this URI, whose authority becomes
+/// `:authority`, and these headers; the answer's status.
+async fn h2_status(gw: &Gateway, uri: &str, headers: &[(&str, &str)]) -> u16 {
+    let connector =
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls_client_config(&[b"h2"])));
+    let tcp = TcpStream::connect(gw.addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = connector.connect(name, tcp).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let mut req = http::Request::get(uri);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(http_body_util::Empty::<Bytes>::new()).unwrap();
+    send.send_request(req).await.unwrap().status().as_u16()
+}
+
+/// A `host` route needs a token; everything else is public. An HTTP/2 request whose
+/// `:authority` carries userinfo or a port of letters, or whose Host names another host than
+/// `:authority`, is refused: an app reading `x@admin.example` or `admin.example:abc` as
+/// `admin.example` would serve the admin host a request the gateway routed as public.
+#[tokio::test]
+async fn http2_authority_must_be_one_valid_host() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&format!(
+        "{TOKEN}\n[upstreams.app]\nurl = \"{}\"\n\n[[routes]]\nname = \"admin\"\nprefix = \"/\"\nhost = \"admin.example\"\nauth = \"token\"\nupstream = \"app\"\n\n[[routes]]\nname = \"rest\"\nprefix = \"/\"\nauth = \"public\"\nupstream = \"app\"\n",
+        up.url()
+    ))
+    .await;
+    assert_eq!(h2_status(&gw, "https://admin.example/", &[]).await, 401);
+    assert_eq!(h2_status(&gw, "https://public.example/", &[]).await, 200);
+    assert_eq!(
+        h2_status(
+            &gw,
+            "https://public.example/",
+            &[("host", "public.example:443")]
+        )
+        .await,
+        200,
+        "the same host twice"
+    );
+    for (why, uri, headers) in [
+        ("userinfo", "https://x@admin.example/", &[][..]),
+        ("a port of letters", "https://admin.example:abc/", &[][..]),
+        (
+            "Host naming another host than :authority",
+            "https://public.example/",
+            &[("host", "admin.example")][..],
+        ),
+    ] {
+        assert_eq!(h2_status(&gw, uri, headers).await, 400, "{why}");
+    }
+    assert_eq!(up.count(), 2);
 }
 
 #[tokio::test]
@@ -1059,6 +1142,15 @@ async fn only_websocket_upgrades_are_passed_on() {
     let seen = up.last();
     assert!(seen.header("upgrade").is_none(), "h2c not offered upstream");
     assert!(seen.header("http2-settings").is_none());
+    // HTTP2-Settings is connection-specific even when `Connection` does not name it.
+    let out = raw(
+        gw.addr,
+        b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\nConnection: Upgrade, close\r\n\r\n",
+        Duration::from_secs(3),
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(up.last().header("http2-settings").is_none());
     // A WebSocket upgrade without its key is the client's fault, refused before the upstream.
     let count = up.count();
     let out = raw(

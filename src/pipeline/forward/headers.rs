@@ -10,7 +10,7 @@ pub(super) const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwa
 
 /// Hop-by-hop headers: never passed on. A `static`, not a `const`: a `const` array of
 /// `HeaderName`s is built and dropped again wherever it is used.
-pub(super) static HOP_BY_HOP: [HeaderName; 9] = [
+pub(super) static HOP_BY_HOP: [HeaderName; 10] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -20,6 +20,9 @@ pub(super) static HOP_BY_HOP: [HeaderName; 9] = [
     header::UPGRADE,
     header::PROXY_AUTHORIZATION,
     header::PROXY_AUTHENTICATE,
+    // The h2c upgrade's settings (RFC 7540 §3.2.1): connection-specific, listed in
+    // `Connection` or not.
+    HeaderName::from_static("http2-settings"),
 ];
 
 /// What a message's headers hold that the gateway acts on, found in one pass over them
@@ -37,19 +40,20 @@ pub struct Seen {
 
 impl Seen {
     /// Any of the hop-by-hop headers; bit `i` is `HOP_BY_HOP[i]`.
-    pub const HOP: u32 = 0x1ff;
+    pub const HOP: u32 = 0x3ff;
     pub const CONNECTION: u32 = 1;
     pub const TRANSFER_ENCODING: u32 = 1 << 5;
     pub const UPGRADE: u32 = 1 << 6;
-    pub const CONTENT_LENGTH: u32 = 1 << 9;
-    pub const AUTHORIZATION: u32 = 1 << 10;
-    pub const COOKIE: u32 = 1 << 11;
-    /// `X-Forwarded-*`, `Forwarded` or `X-Real-IP`, in any spelling an app might read.
-    pub const FORWARDING: u32 = 1 << 12;
+    pub const CONTENT_LENGTH: u32 = 1 << 10;
+    pub const AUTHORIZATION: u32 = 1 << 11;
+    pub const COOKIE: u32 = 1 << 12;
+    /// `X-Forwarded-*`, `Forwarded`, `X-Real-IP` or another header that tells an app where a
+    /// request came from or what it really is ([`forwarding_spelling`]), in any spelling.
+    pub const FORWARDING: u32 = 1 << 13;
     /// A header only the gateway reads or sets: the token header, the refresh header, a
     /// claim header (any spelling).
-    pub const OURS: u32 = 1 << 13;
-    pub const EXPECT: u32 = 1 << 14;
+    pub const OURS: u32 = 1 << 14;
+    pub const EXPECT: u32 = 1 << 15;
 
     /// Whether any of `bits` was seen.
     pub fn has(&self, bits: u32) -> bool {
@@ -69,6 +73,7 @@ pub(super) fn class(k: &str) -> u32 {
         "upgrade" => Seen::UPGRADE,
         "proxy-authorization" => 1 << 7,
         "proxy-authenticate" => 1 << 8,
+        "http2-settings" => 1 << 9,
         "content-length" => Seen::CONTENT_LENGTH,
         "authorization" => Seen::AUTHORIZATION,
         "cookie" => Seen::COOKIE,
@@ -77,15 +82,32 @@ pub(super) fn class(k: &str) -> u32 {
     }
 }
 
-/// A name an app framework may read as a forwarding header (`_` for `-`, any case), or as
-/// the path it really serves (`X-Original-URL`, `X-Rewrite-URL`: IIS, older Symfony and
-/// Laravel route on them, so a client could name a path the gateway never judged).
+/// A name an app framework may read as a forwarding header (`_` for `-`, any case), as the
+/// path it really serves (`X-Original-URL`, `X-Rewrite-URL`: IIS, older Symfony and Laravel
+/// route on them, so a client could name a path the gateway never judged), or as the method it
+/// really runs (`X-HTTP-Method-Override` and its kin: Rails, Laravel, Express and ASP.NET run a
+/// POST carrying `DELETE` there as a DELETE, which the route's `methods` never judged).
 pub(super) fn forwarding_spelling(k: &str) -> bool {
     (k.len() > 12 && same_spelling(&k[..12], "x-forwarded-"))
         || same_spelling(k, "forwarded")
         || same_spelling(k, "x-real-ip")
         || same_spelling(k, "x-original-url")
         || same_spelling(k, "x-rewrite-url")
+        || method_override(k)
+}
+
+fn method_override(k: &str) -> bool {
+    same_spelling(k, "x-http-method-override")
+        || same_spelling(k, "x-http-method")
+        || same_spelling(k, "x-method-override")
+}
+
+/// A [`forwarding_spelling`] a trusted proxy's request may keep: the canonical names (the proxy
+/// set them) of what is not method override. An underscore spelling is the client's own,
+/// passed on by a proxy that forwards any name (nginx drops them, HAProxy, Envoy and Traefik
+/// do not), and an app reading `X_Forwarded_For` would take the client's word.
+pub(super) fn kept_from_trusted_proxy(k: &str) -> bool {
+    !k.contains('_') && !method_override(k)
 }
 
 /// One pass over a request's headers.

@@ -157,10 +157,14 @@ pub async fn send(mut req: Request<Incoming>, f: Forward<'_>) -> Result<Response
         // after the client was told to go on.
         h.remove(header::EXPECT);
     }
-    if !f.peer_trusted && seen.has(Seen::FORWARDING) {
+    if seen.has(Seen::FORWARDING) {
+        // From a trusted proxy, its own (canonical) forwarding headers stay.
         let doomed: Vec<HeaderName> = h
             .keys()
-            .filter(|k| forwarding_spelling(k.as_str()))
+            .filter(|k| {
+                forwarding_spelling(k.as_str())
+                    && !(f.peer_trusted && kept_from_trusted_proxy(k.as_str()))
+            })
             .cloned()
             .collect();
         for k in doomed {
