@@ -7,11 +7,14 @@ use super::*;
 /// request names (Host, the target's or `:authority`'s authority) is one valid `host[:port]`
 /// with a numeric port and no userinfo: the gateway routes on the name, and an app that reads
 /// `admin.example:abc` or `x@admin.example` as `admin.example` must not be sent a request judged
-/// as another host's. Where a request names its host twice (an absolute-form target and Host,
-/// or HTTP/2 `:authority` and Host), both name the same host: RFC 9112 says the target wins
-/// and RFC 9113 §8.3.1 calls a difference malformed; the gateway routes on Host and passes
-/// Host on, so a different one is refused rather than silently ignored. Otherwise
-/// `400 bad_request` before any phase runs.
+/// as another host's. An HTTP/1 absolute-form target and Host name the same host: RFC 9112
+/// says the target wins, the gateway routes on Host and passes Host on, so a different one is
+/// refused rather than silently ignored. Otherwise `400 bad_request` before any phase runs.
+///
+/// HTTP/2 `:authority` beside a Host header that differs is left as it was (RFC 9113 §8.3.1
+/// makes refusing it a SHOULD): clients such as reqwest/hyper send the URL's authority there
+/// and a Host header set by hand beside it, meaning Host; the gateway routes on that Host and
+/// the upstream gets the same one, so they cannot disagree.
 pub(super) fn check_head(
     version: http::Version,
     headers: &HeaderMap,
@@ -54,7 +57,8 @@ pub(super) fn check_head(
     if !valid_host(host.as_bytes()) {
         return Err(Reject::BadRequest("invalid Host header"));
     }
-    if let (Some(target), Ok(host)) = (target, host.to_str()) {
+    let h1 = matches!(version, http::Version::HTTP_10 | http::Version::HTTP_11);
+    if let (true, Some(target), Ok(host)) = (h1, target, host.to_str()) {
         if !route::host_of(target.as_str()).eq_ignore_ascii_case(route::host_of(host)) {
             return Err(Reject::BadRequest("Host differs from the request target"));
         }
