@@ -163,7 +163,22 @@ pub fn verify(cfg: &Config, ip: &str, token: &str) -> ExitCode {
     };
     let verdict = keys
         .verify(tc, token.trim(), TokenType::Access, now())
-        .and_then(|c| check_binding(tc, &c, ip, None).map(|_| c));
+        .and_then(|c| check_binding(tc, &c, ip, None).map(|_| c))
+        .and_then(|c| {
+            // A claim the route would have to forward but cannot put in a header refuses the
+            // token there (`token_invalid`): the same verdict here.
+            let unsendable = tc.forward_claims.iter().any(|(claim, _)| {
+                c.get(claim)
+                    .is_some_and(|v| crate::pipeline::forward::claim_header_value(&v).is_none())
+            });
+            if unsendable {
+                Err(crate::token::TokenError::Invalid(
+                    "claim is not a valid header value",
+                ))
+            } else {
+                Ok(c)
+            }
+        });
     match verdict {
         Ok(c) => {
             let json = serde_json::to_string_pretty(&serde_json::Value::Object(c.to_map()))

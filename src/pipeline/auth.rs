@@ -11,72 +11,138 @@ use crate::error::Reject;
 use crate::store::Store;
 use crate::token::{check_binding, check_require, Claims, Keys, TokenError, TokenType};
 
-/// The value of cookie `name` in the request's Cookie headers (the first, when repeated).
+/// The value of cookie `name` in the request's Cookie headers (the first, when repeated), when
+/// it is text.
 pub fn cookie<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    cookies(h, name).next()
+    cookies(h, name)
+        .next()
+        .and_then(|v| std::str::from_utf8(v).ok())
 }
 
-/// Every value of cookie `name` in the request's Cookie headers.
-fn cookies<'a, 'n>(h: &'a HeaderMap, name: &'n str) -> impl Iterator<Item = &'a str> + use<'a, 'n> {
+/// Every value of cookie `name` in the request's Cookie headers, as bytes: a pair whose value
+/// is not ASCII (a browser sends UTF-8 as it is) is another cookie's business and does not hide
+/// the ones after it.
+fn cookies<'a, 'n>(
+    h: &'a HeaderMap,
+    name: &'n str,
+) -> impl Iterator<Item = &'a [u8]> + use<'a, 'n> {
     h.get_all(header::COOKIE)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .filter(move |(n, _)| *n == name)
-        .map(|(_, v)| v.trim().trim_matches('"'))
+        .flat_map(|v| v.as_bytes().split(|&c| c == b';'))
+        .filter_map(|pair| {
+            let eq = pair.iter().position(|&c| c == b'=')?;
+            Some((pair[..eq].trim_ascii(), &pair[eq + 1..]))
+        })
+        .filter(move |(n, _)| *n == name.as_bytes())
+        .map(|(_, v)| trim_quotes(v.trim_ascii()))
+}
+
+fn trim_quotes(v: &[u8]) -> &[u8] {
+    match v {
+        [b'"', inner @ .., b'"'] => inner,
+        _ => v,
+    }
+}
+
+/// The scheme and the credentials of an `Authorization` value, split at the first space or
+/// tab. One rule for reading the token and for stripping it, so no value is skipped by one and
+/// passed on by the other.
+pub fn authorization_parts(v: &[u8]) -> (&[u8], &[u8]) {
+    let v = v.trim_ascii();
+    match v.iter().position(|&c| c == b' ' || c == b'\t') {
+        Some(i) => (&v[..i], v[i + 1..].trim_ascii()),
+        None => (v, &[]),
+    }
+}
+
+/// The one token that `values` carry: empty ones are none, two different ones are
+/// `token_invalid`, and so is one that is not ASCII (it cannot be a token, and one the gateway
+/// skipped could still reach the app beside the one it verified).
+pub(crate) struct OneToken<'a> {
+    found: Option<&'a str>,
+}
+
+impl<'a> OneToken<'a> {
+    pub(crate) fn new() -> OneToken<'a> {
+        OneToken { found: None }
+    }
+
+    pub(crate) fn note(&mut self, t: &'a [u8]) -> Result<(), Reject> {
+        let t = t.trim_ascii();
+        if t.is_empty() {
+            return Ok(());
+        }
+        let Some(t) = t.is_ascii().then(|| std::str::from_utf8(t).ok()).flatten() else {
+            return Err(Reject::TokenInvalid("a token that is not ASCII"));
+        };
+        match self.found {
+            Some(prev) if prev != t => {
+                Err(Reject::TokenInvalid("two different tokens in one request"))
+            }
+            Some(_) => Ok(()),
+            None => {
+                self.found = Some(t);
+                Ok(())
+            }
+        }
+    }
+
+    pub(crate) fn get(self) -> Option<&'a str> {
+        self.found
+    }
 }
 
 /// The token carried by the request, in the configured `accept` order. Two places carrying
 /// different tokens is `token_invalid`; an Authorization scheme we do not accept counts as
 /// no token there.
 pub fn extract<'a>(h: &'a HeaderMap, cfg: &TokenConfig) -> Result<Option<&'a str>, Reject> {
-    let mut found: Option<&'a str> = None;
-    let mut note = |t: &'a str| -> Result<(), Reject> {
-        let t = t.trim();
-        if t.is_empty() {
-            return Ok(());
-        }
-        match found {
-            Some(prev) if prev != t => {
-                Err(Reject::TokenInvalid("two different tokens in one request"))
-            }
-            Some(_) => Ok(()),
-            None => {
-                found = Some(t);
-                Ok(())
-            }
-        }
-    };
+    let mut one = OneToken::new();
     for src in &cfg.accept {
         match src {
             TokenSource::Authorization => {
                 for v in h.get_all(header::AUTHORIZATION) {
-                    let Ok(v) = v.to_str() else { continue };
-                    if let Some((scheme, tok)) = v.trim().split_once(' ') {
-                        if cfg.schemes.iter().any(|s| s.eq_ignore_ascii_case(scheme)) {
-                            note(tok)?;
-                        }
+                    let (scheme, tok) = authorization_parts(v.as_bytes());
+                    if cfg
+                        .schemes
+                        .iter()
+                        .any(|s| s.as_bytes().eq_ignore_ascii_case(scheme))
+                    {
+                        one.note(tok)?;
                     }
                 }
             }
             TokenSource::Header => {
                 for v in h.get_all(&cfg.header) {
-                    if let Ok(v) = v.to_str() {
-                        note(v)?;
-                    }
+                    one.note(v.as_bytes())?;
                 }
             }
             TokenSource::Cookie => {
                 // Every copy: a second cookie of the same name (set for another path or
                 // domain) carrying another token is as ambiguous as two headers.
                 for v in cookies(h, &cfg.cookie.name) {
-                    note(v)?;
+                    one.note(v)?;
                 }
             }
         }
     }
-    Ok(found)
+    Ok(one.get())
+}
+
+/// The refresh token in its header or the `<cookie>_refresh` cookie; as for access tokens, two
+/// different ones are `token_invalid`.
+pub(crate) fn refresh_token<'a>(
+    h: &'a HeaderMap,
+    refresh_header: &http::HeaderName,
+    tc: &TokenConfig,
+) -> Result<Option<&'a str>, Reject> {
+    let mut one = OneToken::new();
+    for v in h.get_all(refresh_header) {
+        one.note(v.as_bytes())?;
+    }
+    for v in cookies(h, &tc.cookie.refresh_name) {
+        one.note(v)?;
+    }
+    Ok(one.get())
 }
 
 /// The device id the request carries, when device binding is configured.

@@ -48,12 +48,13 @@ fn drop_our_cookies(h: &mut HeaderMap, cookie: &CookieConfig) {
         .get_all(header::SET_COOKIE)
         .iter()
         .filter(|v| {
-            let name = v
-                .to_str()
-                .ok()
-                .and_then(|s| s.split_once('='))
-                .map(|(n, _)| n.trim());
-            name != Some(cookie.name.as_str()) && name != Some(cookie.refresh_name.as_str())
+            // On bytes: a value that is not ASCII after the name is still that cookie.
+            let b = v.as_bytes();
+            let name = b
+                .iter()
+                .position(|&c| c == b'=')
+                .map(|i| b[..i].trim_ascii());
+            name != Some(cookie.name.as_bytes()) && name != Some(cookie.refresh_name.as_bytes())
         })
         .cloned()
         .collect();

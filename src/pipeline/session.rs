@@ -12,7 +12,9 @@ use hyper::body::Incoming;
 use crate::body::{empty, full, Body};
 use crate::config::{AuthMode, RouteConfig, TokenConfig, RESERVED_CLAIMS};
 use crate::error::Reject;
-use crate::pipeline::auth::{check_revoked, cookie, device_id, extract, map_token_error, now};
+use crate::pipeline::auth::{
+    check_revoked, device_id, extract, map_token_error, now, refresh_token,
+};
 use crate::pipeline::mint::set_cookie;
 use crate::state::{Active, State};
 use crate::store::Spend;
@@ -78,7 +80,7 @@ pub(crate) fn presented<'a>(
             });
         }
     }
-    if let Some(token) = refresh_token(h, refresh, tc) {
+    if let Some(token) = refresh_token(h, &refresh.header, tc)? {
         out.push(Presented {
             token,
             typ: TokenType::Refresh,
@@ -86,19 +88,6 @@ pub(crate) fn presented<'a>(
         });
     }
     Ok(out)
-}
-
-/// The refresh token in its header or the `<cookie>_refresh` cookie.
-fn refresh_token<'a>(
-    h: &'a http::HeaderMap,
-    refresh: &crate::config::RefreshConfig,
-    tc: &TokenConfig,
-) -> Option<&'a str> {
-    h.get(&refresh.header)
-        .and_then(|v| v.to_str().ok())
-        .or_else(|| cookie(h, &tc.cookie.refresh_name))
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
 }
 
 /// Answer a gateway-served path, or `None` to go on to routing.
@@ -189,7 +178,7 @@ pub async fn serve(
         return Ok(Some(logged_out(tc)));
     }
 
-    let token = refresh_token(h, refresh, tc).ok_or(Reject::TokenMissing)?;
+    let token = refresh_token(h, &refresh.header, tc)?.ok_or(Reject::TokenMissing)?;
     let claims = session_of(
         token,
         TokenType::Refresh,

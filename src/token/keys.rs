@@ -149,7 +149,13 @@ struct JoseHeader<'a> {
     alg: Option<std::borrow::Cow<'a, str>>,
     #[serde(borrow)]
     kid: Option<std::borrow::Cow<'a, str>>,
-    crit: Option<serde::de::IgnoredAny>,
+    /// Present at all, `null` included: no extension is understood here.
+    #[serde(default, deserialize_with = "present")]
+    crit: bool,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    <serde::de::IgnoredAny as serde::Deserialize>::deserialize(d).map(|_| true)
 }
 
 fn hmac_alg(a: Algorithm) -> Option<hmac::Algorithm> {
@@ -516,7 +522,7 @@ impl Keys {
         if header.alg.as_deref() != Some(self.alg.name()) {
             return Err(TokenError::Invalid("wrong alg"));
         }
-        if header.crit.is_some() {
+        if header.crit {
             return Err(TokenError::Invalid("crit header"));
         }
         match header.kid.as_deref() {

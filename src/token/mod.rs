@@ -144,6 +144,9 @@ pub(crate) fn check_claims(
     let exp = c
         .numeric_date("exp")?
         .ok_or(TokenError::Invalid("exp missing"))?;
+    // `iat` is not compared with anything, but one that is not a NumericDate (RFC 7519 §4.1.6)
+    // makes the token malformed.
+    c.numeric_date("iat")?;
     if let Some(nbf) = c.numeric_date("nbf")? {
         if nbf > now + leeway {
             return Err(TokenError::Invalid("not yet valid"));

@@ -204,12 +204,25 @@ fn forged_tokens_are_refused() {
         invalid(&sign_hs("HS512", json!({}), claims(n), SECRET)),
         "HS512 when HS256"
     );
-    assert!(invalid(&sign_hs(
-        "HS256",
-        json!({"crit": ["exp"]}),
-        claims(n),
-        SECRET
-    )));
+    for crit in [json!(["exp"]), json!([]), json!(null)] {
+        assert!(
+            invalid(&sign_hs(
+                "HS256",
+                json!({ "crit": crit }),
+                claims(n),
+                SECRET
+            )),
+            "crit {crit}"
+        );
+    }
+    for iat in [json!("yesterday"), json!(-1), json!(null)] {
+        let mut c = claims(n);
+        c["iat"] = iat.clone();
+        assert!(
+            invalid(&sign_hs("HS256", json!({}), c, SECRET)),
+            "iat {iat}"
+        );
+    }
     assert!(
         invalid(&sign_hs("HS256", json!({"kid": "nope"}), claims(n), SECRET)),
         "unknown kid"

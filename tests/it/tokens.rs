@@ -483,6 +483,69 @@ async fn forged_and_broken_tokens_get_the_right_401_and_never_reach_the_upstream
         .await
         .unwrap();
     assert_eq!(code_of(r).await, (401, "token_invalid".into()));
+    // A carrier holding bytes that are not ASCII is a token too (a malformed one), never one
+    // skipped: beside a valid token it is two different tokens, so another IP's token cannot
+    // ride to the app after one that passes.
+    let bytes = |s: Vec<u8>| http::HeaderValue::from_bytes(&s).unwrap();
+    let smuggled = [
+        (
+            "Authorization",
+            [format!("Bearer {b} ").as_bytes(), b"\xe9"].concat(),
+        ),
+        (
+            "Authorization",
+            [format!("Token {b}").as_bytes(), b"\xe9"].concat(),
+        ),
+        ("IPToken", [b.as_bytes(), b"\xe9"].concat()),
+        (
+            "Cookie",
+            [b"x=\xe9; ipt=".as_slice(), b.as_bytes()].concat(),
+        ),
+    ];
+    for (name, value) in smuggled {
+        // The valid token `a` goes in another carrier than the one under test.
+        let (beside, valid) = match name {
+            "Authorization" => ("IPToken", a.clone()),
+            _ => ("Authorization", format!("Bearer {a}")),
+        };
+        let before = up.count();
+        let r = c
+            .get(gw.url("/feed"))
+            .header(beside, valid)
+            .header(name, bytes(value))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(code_of(r).await, (401, "token_invalid".into()), "{name}");
+        assert_eq!(up.count(), before);
+    }
+    // Another cookie's UTF-8 value does not hide ours.
+    let r = c
+        .get(gw.url("/feed"))
+        .header(
+            "Cookie",
+            bytes([b"lang=caf\xc3\xa9; ipt=".as_slice(), a.as_bytes()].concat()),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // On a public route such an Authorization value is ours all the same: stripped.
+    let r = c
+        .post(gw.url("/other/login"))
+        .body("user=alice")
+        .header(
+            "Authorization",
+            bytes([format!("Bearer {b} ").as_bytes(), b"\xe9"].concat()),
+        )
+        .header("X-Keep", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let seen = up.last();
+    assert_eq!(seen.header("x-keep"), Some("1"));
+    assert!(seen.headers.get("authorization").is_none(), "{seen:?}");
 }
 
 #[tokio::test]
@@ -569,6 +632,18 @@ async fn cookies_refresh_rotation_reuse_detection_and_logout() {
         .await
         .unwrap();
     assert_eq!(code_of(r).await, (401, "token_invalid".into()));
+    // Two different refresh tokens in one request are as ambiguous as two access tokens:
+    // refused, and neither spent.
+    let other_refresh = refresh_of(&login(&c, &gw, "user=dave").await);
+    let r = c
+        .post(gw.url("/auth/refresh"))
+        .header("IPToken-Refresh", &refresh)
+        .header("Cookie", format!("ipt_refresh={other_refresh}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(code_of(r).await, (401, "token_invalid".into()));
+    assert_eq!(refresh_with(&c, &gw, &other_refresh).await.status(), 200);
     // Rotate.
     let r = refresh_with(&c, &gw, &refresh).await;
     assert_eq!(r.status(), 200);
@@ -849,6 +924,25 @@ async fn token_cli_mints_and_verifies() {
     let bad = verify("10.9.9.9");
     assert_eq!(bad.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&bad.stdout).contains("ip_mismatch"));
+    // A subject the route could not put in X-Auth-Subject: refused there, and here.
+    let mut claims = good_claims("127.0.0.1");
+    claims["sub"] = json!("a\r\nX-Evil: 1");
+    let odd = hs256(json!({"alg": "HS256"}), claims, SECRET.as_bytes());
+    let r = client()
+        .get(gw.url("/x"))
+        .bearer_auth(&odd)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(code_of(r).await, (401, "token_invalid".into()));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_iptgate"))
+        .args(["token", "verify", "--config"])
+        .arg(&cfg)
+        .args(["--ip", "127.0.0.1", &odd])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("401 token_invalid"));
     let _ = Duration::from_secs(0);
 }
 

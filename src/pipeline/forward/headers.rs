@@ -283,10 +283,11 @@ pub fn claim_header_value(v: &serde_json::Value) -> Option<HeaderValue> {
 /// [`rewrite_cookies`].
 pub fn strip_token(h: &mut HeaderMap, token: &TokenConfig) {
     let ours = |v: &HeaderValue| {
-        v.to_str()
-            .ok()
-            .and_then(|s| s.split_once(' '))
-            .is_some_and(|(scheme, _)| token.schemes.iter().any(|t| t.eq_ignore_ascii_case(scheme)))
+        let (scheme, _) = crate::pipeline::auth::authorization_parts(v.as_bytes());
+        token
+            .schemes
+            .iter()
+            .any(|t| t.as_bytes().eq_ignore_ascii_case(scheme))
     };
     if h.get_all(header::AUTHORIZATION).iter().any(ours) {
         let keep: Vec<HeaderValue> = h
