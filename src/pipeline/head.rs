@@ -80,9 +80,10 @@ pub fn valid_host(h: &[u8]) -> bool {
             }))
 }
 
-/// A port of 1–5 digits up to 65535 (no sign, no space: `u16::from_str` takes `+80`).
+/// A port of up to 5 digits, at most 65535 (no sign, no space: `u16::from_str` takes `+80`).
+/// Empty is allowed, as RFC 3986 does (`port = *DIGIT`): `a:` names host `a`.
 fn digits_port(p: &[u8]) -> bool {
-    (1..=5).contains(&p.len())
+    p.len() <= 5
         && p.iter().all(u8::is_ascii_digit)
         && p.iter().fold(0u32, |n, &d| n * 10 + u32::from(d - b'0')) <= u32::from(u16::MAX)
 }
@@ -118,11 +119,17 @@ mod tests {
 
     #[test]
     fn plain_hosts() {
-        for ok in ["example.com", "a-b.example:8443", "127.0.0.1:80", "x:65535"] {
+        for ok in [
+            "example.com",
+            "a-b.example:8443",
+            "127.0.0.1:80",
+            "x:65535",
+            "a:",
+        ] {
             assert!(plain_host(ok.as_bytes()), "{ok}");
         }
         for not in [
-            "", ":80", "a:", "a:65536", "a:123456", "[::1]:80", "u@h", "a b", "a:8a",
+            "", ":80", "a:65536", "a:123456", "[::1]:80", "u@h", "a b", "a:8a",
         ] {
             assert!(!plain_host(not.as_bytes()), "{not}");
         }
@@ -132,6 +139,7 @@ mod tests {
     fn hosts_with_odd_ports_or_userinfo_are_invalid() {
         for ok in [
             "[::1]:8443",
+            "[::1]:",
             "[2001:db8::1]",
             "example.com",
             "EXAMPLE.com:80",
@@ -144,7 +152,6 @@ mod tests {
             "admin.example:+80",
             "admin.example:80x",
             "admin.example:-1",
-            "admin.example:",
             "admin.example:65536",
             "[::1]:x",
             "x@admin.example",
