@@ -136,8 +136,9 @@ fn args(
         Ok(t) => t.unwrap_or(default_ttl),
         Err(e) => return Err(format!("--ttl: {e}")),
     };
-    if ttl.is_zero() || ttl > MAX_TTL {
-        return Err("--ttl: must be longer than 0 and at most 10 years".into());
+    if ttl < Duration::from_secs(1) || ttl > MAX_TTL {
+        // Tokens count time in whole seconds: under one, it would expire as it is issued.
+        return Err("--ttl: must be at least 1s and at most 10 years".into());
     }
     Ok((sub, extra, ttl))
 }
@@ -238,6 +239,7 @@ mod tests {
         assert!(err(None, &["role=[\"a\\rb\"]"], None).contains("control"));
         assert!(err(None, &[], Some("11y")).contains("10 years"));
         assert!(err(None, &[], Some("0s")).contains("--ttl"));
+        assert!(err(None, &[], Some("500ms")).contains("--ttl"));
         assert!(args(None, &[], Some("3650d"), DAY).is_ok());
     }
 }

@@ -316,7 +316,14 @@ pub fn print_walkthrough(r: &Running) {
     let scheme = if tls { "https" } else { "http" };
     let port = r.addr.port();
     let k = if tls { " -k" } else { "" };
-    let base = format!("{scheme}://127.0.0.1:{port}");
+    // Where the listener is: loopback for a wildcard address, IPv6 in brackets.
+    let host = match r.addr.ip() {
+        ip if ip.is_unspecified() && ip.is_ipv6() => "[::1]".to_string(),
+        ip if ip.is_unspecified() => "127.0.0.1".to_string(),
+        std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+        ip => ip.to_string(),
+    };
+    let base = format!("{scheme}://{host}:{port}");
     let header = a
         .config
         .token

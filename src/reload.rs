@@ -13,26 +13,7 @@ pub fn reload(state: &State) -> Result<u64, String> {
     let result = Config::load(&path)
         .map_err(|e| e.to_string())
         .and_then(|cfg| {
-            let (old, new) = (&current.config.server, &cfg.server);
-            if old.listen != new.listen
-                || old.admin_listen != new.admin_listen
-                || old.redirect_http != new.redirect_http
-            {
-                tracing::warn!("listener addresses changed: they take effect after a restart");
-            }
-            if old.workers != new.workers || old.max_connections != new.max_connections {
-                tracing::warn!(
-                    "server.workers or server.max_connections changed: they take effect after a restart"
-                );
-            }
-            if old.tls.is_some() != new.tls.is_some() {
-                tracing::warn!("TLS on/off changed: it takes effect after a restart");
-            }
-            if current.config.store.backend != cfg.store.backend {
-                tracing::warn!(
-                    "store backend or url changed: it takes effect after a restart (on_error applies now)"
-                );
-            }
+            restart_needed(&state.boot, &cfg);
             for w in &cfg.warnings {
                 tracing::warn!(file = %path.display(), "config: {w}");
             }
@@ -49,6 +30,54 @@ pub fn reload(state: &State) -> Result<u64, String> {
         }
     }
     result
+}
+
+/// Warn about what differs from what the process was started with and only a restart
+/// applies, naming the values (a change reverted by a later reload warns no more).
+fn restart_needed(boot: &crate::state::Boot, cfg: &Config) {
+    let (old, new) = (&boot.server, &cfg.server);
+    let addr = |a: Option<std::net::SocketAddr>| a.map_or("none".to_string(), |a| a.to_string());
+    for (key, was, now) in [
+        (
+            "server.listen",
+            addr(Some(old.listen)),
+            addr(Some(new.listen)),
+        ),
+        (
+            "server.admin_listen",
+            addr(old.admin_listen),
+            addr(new.admin_listen),
+        ),
+        (
+            "server.redirect_http",
+            addr(old.redirect_http),
+            addr(new.redirect_http),
+        ),
+        (
+            "server.workers",
+            old.workers.to_string(),
+            new.workers.to_string(),
+        ),
+        (
+            "server.max_connections",
+            old.max_connections.to_string(),
+            new.max_connections.to_string(),
+        ),
+        (
+            "server.tls",
+            if old.tls.is_some() { "on" } else { "off" }.to_string(),
+            if new.tls.is_some() { "on" } else { "off" }.to_string(),
+        ),
+    ] {
+        if was != now {
+            tracing::warn!(key, running = %was, configured = %now, "{key} changed: it takes effect after a restart");
+        }
+    }
+    if boot.store != cfg.store.backend {
+        tracing::warn!(
+            "store backend or url changed: it takes effect after a restart (on_error applies now)"
+        );
+    }
 }
 
 /// Reload on every SIGHUP until the process ends.

@@ -394,7 +394,7 @@ async fn serve_io<S>(
         inner: io,
         activity: activity.clone(),
     });
-    let peer = conn.peer.ip();
+    let (peer, hop) = (conn.peer.ip(), conn.hop);
     let st = state.clone();
     let svc = service_fn(move |req| crate::pipeline::handle(req, conn.clone(), st.clone()));
     let (tell, told) = oneshot::channel();
@@ -402,11 +402,17 @@ async fn serve_io<S>(
     match proto {
         Proto::Sniff => {
             let c = servers.sniff.serve_connection_with_upgrades(io, svc);
-            drive(c, told, |c| c.graceful_shutdown()).await;
+            if let Some(Err(e)) = drive(c, told, |c| c.graceful_shutdown()).await {
+                if let Some(e) = e.downcast_ref::<hyper::Error>() {
+                    log_unparsed(e, hop, state);
+                }
+            }
         }
         Proto::H1 => {
             let c = servers.h1.serve_connection(io, svc).with_upgrades();
-            drive(c, told, |c| c.graceful_shutdown()).await;
+            if let Some(Err(e)) = drive(c, told, |c| c.graceful_shutdown()).await {
+                log_unparsed(&e, hop, state);
+            }
         }
         Proto::H2 => {
             let c = servers.h2.serve_connection(io, svc);
@@ -415,18 +421,44 @@ async fn serve_io<S>(
     }
 }
 
+/// A request head hyper could not parse, which it answered itself (`400`, or `431` for one
+/// too large) before any phase ran: still one access-log line, a `security` warning and a
+/// count, as for the gateway's own `400`s. The client IP is the connection's (no header was
+/// read); the method and path are unknown (`-`, empty).
+fn log_unparsed(e: &hyper::Error, client: IpAddr, state: &State) {
+    if !e.is_parse() && !e.is_parse_too_large() {
+        return;
+    }
+    let status = if e.is_parse_too_large() { 431 } else { 400 };
+    let out = crate::pipeline::Outcome {
+        client_ip: Some(client),
+        code: Some("bad_request"),
+        cause: Some(e.to_string()),
+        ..Default::default()
+    };
+    let active = state.active.load();
+    let unknown = http::Method::from_bytes(b"-").unwrap_or_default();
+    crate::access_log::record(&unknown, None, status, None, &out, &active, Instant::now());
+}
+
 /// Poll the connection `c` to its end, draining it (`drain`) or dropping it as its watcher
 /// says. This task is woken several times per request; it then polls the connection and
 /// the oneshot only, not the watcher's timers.
-async fn drive<C: Future>(c: C, mut told: oneshot::Receiver<Verdict>, drain: impl Fn(Pin<&mut C>)) {
+///
+/// Returns how the connection ended, `None` when the watcher closed it.
+async fn drive<C: Future>(
+    c: C,
+    mut told: oneshot::Receiver<Verdict>,
+    drain: impl Fn(Pin<&mut C>),
+) -> Option<C::Output> {
     let mut c = pin!(c);
     let mut closing = false;
     loop {
         tokio::select! {
             biased;
-            _ = c.as_mut() => break,
+            end = c.as_mut() => return Some(end),
             v = &mut told, if !closing => match v {
-                Ok(Verdict::Close) => break,
+                Ok(Verdict::Close) => return None,
                 // Asked to drain, or the watcher is gone (the runtime is stopping).
                 Ok(Verdict::Drain) | Err(_) => {
                     drain(c.as_mut());

@@ -174,8 +174,16 @@ impl Active {
 }
 
 /// Everything that outlives a config generation.
+/// What the process was started with that a reload does not change (listeners, workers, the
+/// store's connection): a reload compares with these, not with the previous generation.
+pub struct Boot {
+    pub server: crate::config::ServerConfig,
+    pub store: crate::config::StoreBackend,
+}
+
 pub struct State {
     pub active: ArcSwap<Active>,
+    pub boot: Boot,
     pub store: Store,
     pub draining: AtomicBool,
     pub connections: AtomicUsize,
@@ -190,9 +198,14 @@ impl State {
             .await
             .map_err(|e| e.to_string())?;
         let pools = Pools::default();
+        let boot = Boot {
+            server: config.server.clone(),
+            store: config.store.backend.clone(),
+        };
         let active = build_active(config, None, &pools, 1)?;
         Ok(Arc::new(State {
             active: ArcSwap::from_pointee(active),
+            boot,
             store,
             draining: AtomicBool::new(false),
             connections: AtomicUsize::new(0),

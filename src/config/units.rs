@@ -14,8 +14,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             "`{s}`: `M` is ambiguous (minutes or months?); write \"15m\" for minutes or \"30d\" for days"
         ));
     }
-    humantime::parse_duration(s.trim())
-        .map_err(|e| format!("`{s}` is not a duration ({e}); write e.g. \"500ms\", \"30s\", \"15m\", \"1h\", \"30d\""))
+    // humantime's own message lists units beyond the documented ones: not repeated.
+    humantime::parse_duration(s.trim()).map_err(|_| {
+        format!("`{s}` is not a duration; write e.g. \"500ms\", \"30s\", \"15m\", \"1h\", \"30d\" or \"1h 30m\"")
+    })
 }
 
 /// "10MiB", "512KiB", "1GB", "1000" (bytes).

@@ -97,10 +97,13 @@ pub struct MintCtx<'a> {
     pub device_id: Option<&'a str>,
 }
 
-/// The outcome, for the login guard and metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The outcome, for the login guard, metrics and the access log.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Minted {
-    Yes,
+    /// With the subject the tokens name, when known.
+    Yes {
+        sub: Option<String>,
+    },
     No,
 }
 
@@ -197,7 +200,7 @@ pub fn apply(resp: &mut Response<Body>, m: &MintCtx<'_>) -> Result<Minted, Rejec
                 MintRequest {
                     typ: TokenType::Refresh,
                     ip: m.ip,
-                    sub,
+                    sub: sub.clone(),
                     extra,
                     dev,
                     fam,
@@ -218,7 +221,7 @@ pub fn apply(resp: &mut Response<Body>, m: &MintCtx<'_>) -> Result<Minted, Rejec
     }
     // The token must never be cached by an intermediary.
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Ok(Minted::Yes)
+    Ok(Minted::Yes { sub })
 }
 
 pub use crate::token::random_id;

@@ -355,16 +355,12 @@ async fn run(
                 },
             )?;
             let status = resp.status().as_u16();
-            Box::pin(shared::login_outcome(
-                active,
-                state,
-                ip,
-                minted == mint::Minted::Yes,
-                status,
-            ))
-            .await;
-            if minted == mint::Minted::Yes {
+            let yes = matches!(minted, mint::Minted::Yes { .. });
+            Box::pin(shared::login_outcome(active, state, ip, yes, status)).await;
+            if let mint::Minted::Yes { sub } = minted {
                 out.minted = true;
+                // The access log names who logged in.
+                out.sub = sub;
                 crate::metrics::minted("access");
             }
         } else {

@@ -83,6 +83,44 @@ upstream = "app"
     assert!(e.contains("routes[1].auth"), "{e}");
 }
 
+/// A secret whose variable is not set (as where CI runs `check`) or an unknown algorithm does
+/// not hide the rest of [token]'s errors.
+#[test]
+fn an_unusable_secret_or_algorithm_does_not_hide_the_other_token_errors() {
+    for head in [
+        "secret = { env = \"IPTGATE_TEST_UNSET_VARIABLE\" }",
+        "algorithm = \"HS257\"\nsecret = { env = \"IPTGATE_TEST_UNSET_VARIABLE\" }",
+    ] {
+        let e = load(&format!(
+            "{BASE}\n[token]\n{head}\nttl = \"0s\"\nheader = \"Transfer-Encoding\"\ncookie = {{ name = \"ipt\", path = \"nopath\" }}\nip_binding = \"exactly\"\n"
+        ))
+        .unwrap_err();
+        for key in [
+            "token.ttl",
+            "token.header",
+            "token.cookie.path",
+            "token.ip_binding",
+        ] {
+            assert!(e.contains(key), "{key} in: {e}");
+        }
+        assert!(
+            e.contains("token.secret.env") || e.contains("token.algorithm"),
+            "{e}"
+        );
+    }
+}
+
+/// Tokens count time in whole seconds: a lifetime under one second is an error.
+#[test]
+fn token_lifetimes_under_a_second_are_errors() {
+    let e = load(&format!(
+        "{BASE}\n[token]\nsecret = {{ env = \"IPTGATE_TEST_UNSET_VARIABLE\" }}\nttl = \"500ms\"\n[refresh]\nenabled = true\nttl = \"100ns\"\n"
+    ))
+    .unwrap_err();
+    assert!(e.contains("token.ttl: must be at least 1s"), "{e}");
+    assert!(e.contains("refresh.ttl: must be at least 1s"), "{e}");
+}
+
 #[test]
 fn unknown_keys_do_not_hide_each_other_or_the_other_errors() {
     let e = load(

@@ -15,7 +15,8 @@ async fn demo_runs_the_walkthrough_with_a_fresh_cert_and_secret() {
     let shipped =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/gateway.toml")).unwrap();
     let text = shipped
-        .replace("127.0.0.1:8443", &format!("127.0.0.1:{port}"))
+        // Another loopback address than the usual: the printed commands must name it.
+        .replace("127.0.0.1:8443", &format!("127.0.0.3:{port}"))
         .replace("127.0.0.1:9901", &format!("127.0.0.1:{admin}"))
         .replace("127.0.0.1:3000", &format!("127.0.0.1:{app}"));
     std::fs::write(dir.join("gateway.toml"), text).unwrap();
@@ -35,7 +36,7 @@ async fn demo_runs_the_walkthrough_with_a_fresh_cert_and_secret() {
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap();
-    let base = format!("https://127.0.0.1:{port}");
+    let base = format!("https://127.0.0.3:{port}");
     let mut up = false;
     for _ in 0..100 {
         if c.get(format!("{base}/public/hello")).send().await.is_ok() {
@@ -89,7 +90,7 @@ async fn demo_runs_the_walkthrough_with_a_fresh_cert_and_secret() {
     let out = child.wait_with_output().await.unwrap();
     let printed = String::from_utf8_lossy(&out.stdout);
     assert!(
-        printed.contains("curl") && printed.contains("/login"),
+        printed.contains("curl") && printed.contains(&format!("{base}/login")),
         "{printed}"
     );
     let _ = std::fs::remove_dir_all(&dir);

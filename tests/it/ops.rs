@@ -272,6 +272,81 @@ fn access_line(log: &str, path: &str) -> serde_json::Value {
     serde_json::from_str(line).unwrap()
 }
 
+/// A request head hyper refuses itself (`400`, `431` when too large) before any phase runs is
+/// still logged and counted, with the connection's address as client.
+#[tokio::test]
+async fn requests_hyper_cannot_parse_are_logged_and_counted() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = Upstream::start().await;
+    let gw = Logged::start(&open_and_token_routes(&up, "")).await;
+    let addr = gw.base.trim_start_matches("http://").to_string();
+    let huge = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(100_000)
+    );
+    for (req, status) in [("GARBAGE\r\n\r\n".to_string(), "400"), (huge, "431")] {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let _ = s.write_all(req.as_bytes()).await;
+        let mut buf = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut buf)).await;
+        let out = String::from_utf8_lossy(&buf);
+        assert!(out.starts_with(&format!("HTTP/1.1 {status}")), "{out}");
+    }
+    let text = scrape(&gw.admin).await;
+    for status in ["400", "431"] {
+        let n = metric(
+            &text,
+            "iptgate_requests_total",
+            &[
+                "route=\"\"",
+                "code=\"bad_request\"",
+                &format!("status=\"{status}\""),
+            ],
+        );
+        assert_eq!(n, 1.0, "{status}: {text}");
+    }
+    let log = gw.stop().await;
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .filter(|l| l.contains("\"target\":\"access\"") && l.contains("bad_request"))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{log}");
+    for v in &lines {
+        assert_eq!(v["client_ip"], "127.0.0.1", "{v}");
+        assert_eq!(v["method"], "-", "{v}");
+    }
+}
+
+/// A listener change is only applied by a restart: a reload warns, naming the running and the
+/// configured address, and a later reload back to the running one warns no more.
+#[tokio::test]
+async fn a_listener_change_warns_with_both_addresses_until_it_is_reverted() {
+    let up = Upstream::start().await;
+    let gw = Logged::start(&open_and_token_routes(&up, "")).await;
+    let path = gw.dir.join("gateway.toml");
+    let running = std::fs::read_to_string(&path).unwrap();
+    let listen = gw.base.trim_start_matches("http://").to_string();
+    let other = format!("127.0.0.1:{}", free_port());
+    let c = plain_client();
+    for text in [running.replace(&listen, &other), running.clone()] {
+        std::fs::write(&path, text).unwrap();
+        let r = c.post(format!("{}/reload", gw.admin)).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let log = gw.stop().await;
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("takes effect after a restart"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{log}");
+    assert!(
+        warnings[0].contains(&listen) && warnings[0].contains(&other),
+        "{}",
+        warnings[0]
+    );
+}
+
 #[tokio::test]
 async fn access_log_is_json_with_the_fields_and_never_a_token() {
     let up = Upstream::start().await;
@@ -432,7 +507,7 @@ timeout = "300ms"
 }
 
 #[tokio::test]
-async fn refresh_and_logout_log_their_subject_and_a_refused_forward_auth_its_client_ip() {
+async fn login_refresh_and_logout_log_their_subject_and_a_refused_forward_auth_its_client_ip() {
     let up = Upstream::start().await;
     let login = r#"
 [[routes]]
@@ -482,6 +557,7 @@ upstream = "app"
         .unwrap();
     assert_eq!(r.status(), 400);
     let log = gw.stop().await;
+    assert_eq!(access_line(&log, "/login")["sub"], "carol", "{log}");
     assert_eq!(access_line(&log, "/auth/refresh")["sub"], "carol", "{log}");
     assert_eq!(access_line(&log, "/auth/logout")["sub"], "carol", "{log}");
     assert_eq!(

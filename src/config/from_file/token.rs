@@ -43,7 +43,9 @@ impl Validator {
         }
     }
 
-    pub(super) fn token(&mut self, t: &TokenFile) -> Option<TokenConfig> {
+    /// The algorithm and its key material; `None` (with the errors recorded) when either is
+    /// unusable.
+    fn token_keys(&mut self, t: &TokenFile) -> Option<(Algorithm, KeyMaterial)> {
         let alg_name = t.algorithm.as_deref().unwrap_or("HS256");
         let algorithm = match Algorithm::ALL.iter().find(|(n, _)| *n == alg_name) {
             Some((_, a)) => *a,
@@ -125,6 +127,27 @@ impl Validator {
                 public_keys,
             }
         };
+        Some((algorithm, keys))
+    }
+
+    /// A token's lifetime: tokens count time in whole seconds, so one under a second would
+    /// expire as it is issued.
+    fn token_lifetime(&mut self, path: &str, v: &Option<String>, default: Duration) -> Duration {
+        let d = self.positive_duration(path, v, default);
+        if !d.is_zero() && d < Duration::from_secs(1) {
+            self.err(
+                path,
+                "must be at least 1s (tokens count time in whole seconds)",
+            );
+            return default;
+        }
+        d
+    }
+
+    pub(super) fn token(&mut self, t: &TokenFile) -> Option<TokenConfig> {
+        // A bad algorithm or key is reported, and the rest of [token] is still checked: every
+        // error at once, even where the secret's variable is not set (CI running `check`).
+        let algorithm_and_keys = self.token_keys(t);
         let ip_binding = match t.ip_binding.as_deref().unwrap_or("exact") {
             "exact" => IpBinding::Exact,
             "subnet" => IpBinding::Subnet,
@@ -313,7 +336,7 @@ impl Validator {
             Some("") => None,
             Some(s) => Some(s.to_string()),
         };
-        let ttl = self.positive_duration("token.ttl", &t.ttl, Duration::from_secs(3600));
+        let ttl = self.token_lifetime("token.ttl", &t.ttl, Duration::from_secs(3600));
         let leeway = self.duration("token.leeway", &t.leeway, Duration::from_secs(30));
         if leeway > ttl {
             self.warnings.push(format!(
@@ -322,6 +345,7 @@ impl Validator {
                 t.ttl.as_deref().unwrap_or("60m")
             ));
         }
+        let (algorithm, keys) = algorithm_and_keys?;
         let tc = TokenConfig {
             algorithm,
             keys,
@@ -357,7 +381,7 @@ impl Validator {
     ) -> Option<RefreshConfig> {
         if let Some(off) = r.filter(|r| !r.enabled) {
             // Checked all the same: switching it on later must not reveal an old mistake.
-            self.positive_duration("refresh.ttl", &off.ttl, Duration::from_secs(30 * 86_400));
+            self.token_lifetime("refresh.ttl", &off.ttl, Duration::from_secs(30 * 86_400));
         }
         let r = r.filter(|r| r.enabled)?;
         if !has_token && !self.token_section {
@@ -377,7 +401,7 @@ impl Validator {
         self.gateway_path("refresh.path", &path);
         self.gateway_path("refresh.logout_path", &logout_path);
         Some(RefreshConfig {
-            ttl: self.positive_duration("refresh.ttl", &r.ttl, Duration::from_secs(30 * 86_400)),
+            ttl: self.token_lifetime("refresh.ttl", &r.ttl, Duration::from_secs(30 * 86_400)),
             header,
             path,
             logout_path,
