@@ -8,9 +8,15 @@
 //! own task (hyper's `Connection`), spawned once when it opens.
 //!
 //! A request that an idle connection could not take — the upstream closed it while it sat in
-//! the pool — is given back by hyper unsent and tried on the next connection, so an upstream's
-//! keep-alive timeout never surfaces as a 502. Idle connections are dropped after
-//! [`IDLE_TIMEOUT`] and beyond [`MAX_IDLE`] per target.
+//! the pool — is given back by hyper unsent and tried on the next connection. When the close
+//! crosses the request on the wire (the upstream's keep-alive timeout ran out as it was
+//! written), hyper has sent it and cannot give it back: an idempotent request without a body
+//! (`GET`, `HEAD`, `OPTIONS`, `TRACE`, `PUT`, `DELETE`) is then sent once more on a new
+//! connection, as nginx and Go's transport do, provided its connection had sat idle for
+//! [`REPLAY_AFTER_IDLE`] (keep-alive timeouts are longer than that; the copy this takes is
+//! not worth making for connections in steady use). So an upstream's keep-alive timeout never
+//! surfaces as a 502. Idle connections are dropped after [`IDLE_TIMEOUT`] and beyond
+//! [`MAX_IDLE`] per target.
 
 use std::collections::{HashMap, VecDeque};
 use std::error::Error as StdError;
@@ -39,6 +45,9 @@ use crate::config::{Target, UpstreamConfig};
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Idle connections kept per target; the oldest go first.
 pub const MAX_IDLE: usize = 256;
+/// A connection idle this long may be closed by the upstream as a request is written on it:
+/// a replayable request sent on one is kept, to be sent again on a new connection.
+pub const REPLAY_AFTER_IDLE: Duration = Duration::from_millis(250);
 
 /// Why a request got no response from the upstream.
 #[derive(Debug)]
@@ -139,18 +148,28 @@ impl Pool {
     ) -> Result<Response<PooledBody>, SendFail> {
         loop {
             let taken = self.idle().pop_back();
-            let Some(Idle { mut tx, .. }) = taken else {
+            let Some(Idle { mut tx, since }) = taken else {
                 break;
             };
             if tx.ready().await.is_err() {
                 continue;
             }
+            let again = (since.elapsed() >= REPLAY_AFTER_IDLE)
+                .then(|| replayable(&req))
+                .flatten();
             match tx.try_send_request(req).await {
                 Ok(resp) => return Ok(self.wrap(resp, tx)),
-                Err(mut e) => match e.take_message() {
+                Err(mut e) => match (e.take_message(), again) {
                     // Never written: the connection was gone; the next one gets it.
-                    Some(unsent) => req = unsent,
-                    None => return Err(SendError::Http(e.into_error()).into()),
+                    (Some(unsent), _) => req = unsent,
+                    // Written as the upstream closed the connection: once more, on a new one
+                    // (the other idle ones are as old).
+                    (None, Some(copy)) => {
+                        tracing::debug!(error = %e.into_error(), "idle upstream connection closed under a request: sending it again on a new one");
+                        req = copy;
+                        break;
+                    }
+                    (None, None) => return Err(SendError::Http(e.into_error()).into()),
                 },
             }
         }
@@ -238,6 +257,25 @@ impl Pool {
             .await
             .map_err(|_| SendError::ConnectTimeout)?
     }
+}
+
+/// A copy of `req` to send again, when it may be: an idempotent method (RFC 9110 §9.2.2) and
+/// no body.
+fn replayable(req: &Request<Body>) -> Option<Request<Body>> {
+    use http::Method;
+    let idempotent = matches!(
+        *req.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    );
+    if !idempotent || !req.body().is_end_stream() {
+        return None;
+    }
+    let mut copy = Request::new(crate::body::empty());
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    Some(copy)
 }
 
 /// HTTP/1.1 over `io`; the connection's task is spawned here and ends when it closes.

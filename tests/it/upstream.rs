@@ -137,6 +137,74 @@ async fn upstream_closing_idle_connections_is_not_a_502() {
     );
 }
 
+/// An upstream that answers the first request on a connection with a keep-alive `200 ok`,
+/// then reads the next request on it and closes without an answer: its keep-alive timeout
+/// running out as that request arrived. Returns the requests it read (request lines).
+async fn closing_under_the_second_request() -> (SocketAddr, Arc<std::sync::Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        for _ in 0..16 {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                for answered in [true, false] {
+                    let head = loop {
+                        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break buf.drain(..end + 4).collect::<Vec<u8>>();
+                        }
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let line = String::from_utf8_lossy(&head);
+                    log.lock()
+                        .unwrap()
+                        .push(line.lines().next().unwrap_or("").to_string());
+                    if !answered {
+                        return; // closed under the request
+                    }
+                    let resp = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                    if stream.write_all(resp).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// The upstream closes an idle keep-alive connection as a request is written on it: a `GET`
+/// (idempotent, no body) is sent again on a new connection and answered; a `POST` is not
+/// (the upstream may have acted on it) and is a 502.
+#[tokio::test]
+async fn a_request_crossing_an_idle_close_is_sent_again_when_idempotent() {
+    let (addr, seen) = closing_under_the_second_request().await;
+    let gw = Gateway::start(&route_to(&format!("http://{addr}"), "")).await;
+    let c = client();
+    assert_eq!(c.get(gw.url("/a")).send().await.unwrap().status(), 200);
+    // Idle long enough for the gateway to keep a copy of the next request.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let r = c.get(gw.url("/b")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        *seen.lock().unwrap(),
+        ["GET /a HTTP/1.1", "GET /b HTTP/1.1", "GET /b HTTP/1.1"]
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let r = c.post(gw.url("/c")).body("x").send().await.unwrap();
+    assert_eq!(code_of(r).await, (502, "upstream_unavailable".into()));
+    assert_eq!(seen.lock().unwrap().len(), 4, "the POST was sent once");
+}
+
 #[tokio::test]
 async fn https_upstream_with_a_private_ca() {
     let addr = tls_upstream().await;
@@ -277,6 +345,31 @@ async fn an_upstream_response_with_both_length_and_chunks_reaches_the_client_who
     .await
     .expect("the client gets the whole response");
     assert_eq!(r, (http::StatusCode::OK, "ok".to_string()));
+}
+
+/// A 204 from the app that claims a length (and sends bytes) reaches HTTP/2 and HTTP/1.1
+/// clients as a 204 with no body and no Content-Length: an HTTP/2 client refuses the stream
+/// of one that has it.
+#[tokio::test]
+async fn a_204_claiming_a_length_reaches_http2_clients_as_a_plain_204() {
+    let addr = scripted_upstream(
+        b"HTTP/1.1 204 No Content\r\ncontent-length: 4\r\n\r\noops",
+        Duration::from_millis(200),
+    )
+    .await;
+    let gw = Gateway::start(&route_to(&format!("http://{addr}"), "")).await;
+    for (c, version) in [
+        (client(), http::Version::HTTP_2),
+        (client_h1(), http::Version::HTTP_11),
+    ] {
+        let r = c.get(gw.url("/x")).send().await.unwrap();
+        assert_eq!(
+            (r.status(), r.version()),
+            (http::StatusCode::NO_CONTENT, version)
+        );
+        assert!(r.headers().get("content-length").is_none(), "{version:?}");
+        assert_eq!(r.bytes().await.unwrap().len(), 0);
+    }
 }
 
 #[tokio::test]

@@ -377,11 +377,14 @@ pub async fn send(mut req: Request<Incoming>, f: Forward<'_>) -> Result<Response
             "unexpected 101 from upstream".into(),
         ));
     }
+    let no_content = resp.status() == StatusCode::NO_CONTENT;
     let h = resp.headers_mut();
     let seen = scan_response(h);
-    if seen.has(Seen::TRANSFER_ENCODING) {
+    if seen.has(Seen::TRANSFER_ENCODING) || (no_content && seen.has(Seen::CONTENT_LENGTH)) {
         // The upstream framed the body in chunks: a Content-Length beside that is not the
         // length of what is passed on (RFC 9112 §6.3), and would leave the client waiting.
+        // A 204 has no body and must not say otherwise (RFC 9110 §8.6): HTTP/2 clients
+        // refuse the stream of one that does.
         h.remove(header::CONTENT_LENGTH);
     }
     strip_hop_by_hop(h, &seen);
