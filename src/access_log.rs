@@ -104,3 +104,103 @@ pub fn record(
         );
     }
 }
+
+/// A response body past this size, or of unknown size (chunked, streamed), is logged when it
+/// ends: `bytes` as sent and `total_ms` to the last byte, as nginx's `$body_bytes_sent` and
+/// `$request_time`. A smaller one of known size is logged with the head (what the client is
+/// sent is that size, written at once).
+pub const LOG_AT_END_OVER: u64 = 64 * 1024;
+
+/// What the access line of a response logged at its end needs.
+pub struct Deferred {
+    pub method: Method,
+    pub path: Option<String>,
+    pub status: u16,
+    pub out: Outcome,
+    pub active: std::sync::Arc<Active>,
+    pub started: Instant,
+}
+
+/// A response body that writes its access line when it ends, fails, or is dropped unfinished
+/// (the client went away): with the bytes passed on so far.
+pub struct LoggedBody {
+    inner: crate::body::Body,
+    sent: u64,
+    log: Option<Deferred>,
+}
+
+impl LoggedBody {
+    pub fn new(inner: crate::body::Body, log: Deferred) -> LoggedBody {
+        LoggedBody {
+            inner,
+            sent: 0,
+            log: Some(log),
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(d) = self.log.take() {
+            record(
+                &d.method,
+                d.path.as_deref(),
+                d.status,
+                Some(self.sent),
+                &d.out,
+                &d.active,
+                d.started,
+            );
+        }
+    }
+}
+
+impl http_body::Body for LoggedBody {
+    type Data = bytes::Bytes;
+    type Error = crate::body::BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        use std::task::Poll;
+        let r = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        match &r {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    self.sent += d.len() as u64;
+                }
+            }
+            Poll::Ready(Some(Err(e))) => {
+                if let Some(d) = &self.log {
+                    // The client sees the body cut short; the log says why.
+                    tracing::warn!(
+                        target: "upstream",
+                        method = d.method.as_str(),
+                        path = d.path.as_deref().unwrap_or(""),
+                        status = d.status,
+                        bytes = self.sent,
+                        error = %e,
+                        "response body failed midway"
+                    );
+                }
+                self.finish();
+            }
+            Poll::Ready(None) => self.finish(),
+            Poll::Pending => {}
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for LoggedBody {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}

@@ -291,7 +291,15 @@ pub fn explain(active: &Active, a: &Args) -> Result<(String, Result<(), Reject>)
         Ok(Answer::ForwardAuthAllowed) => {
             line("verdict   200 (forward auth: allowed, with the claim headers)".into());
         }
-        Err(e) => line(format!("verdict   {} {}", e.status().as_u16(), e.code())),
+        Err(e) => {
+            line(format!("verdict   {} {}", e.status().as_u16(), e.code()));
+            // Why, as the log's `cause` says it (never a token); a 405 names the methods.
+            if let Reject::MethodNotAllowed(allow) = e {
+                line(format!("allow     {allow}"));
+            } else if !e.cause().is_empty() {
+                line(format!("cause     {}", e.cause()));
+            }
+        }
     }
     Ok((out, verdict.map(|_| ())))
 }

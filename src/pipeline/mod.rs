@@ -160,19 +160,37 @@ pub async fn handle(
         h.insert(HeaderName::from_static("ratelimit-policy"), policy);
         h.insert(HeaderName::from_static("ratelimit"), now);
     }
-    let logged_path = pending.logged_path();
     let bytes = http_body::Body::size_hint(resp.body()).exact();
     let status = resp.status().as_u16();
-    crate::access_log::record(
-        &pending.method,
-        logged_path,
-        status,
-        bytes,
-        &pending.out,
-        &active,
-        started,
-    );
-    if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+    let upgraded = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
+    let at_end = !upgraded
+        && !http_body::Body::is_end_stream(resp.body())
+        && bytes.is_none_or(|b| b > crate::access_log::LOG_AT_END_OVER);
+    if at_end {
+        // A stream or a large body: its line is written when it ends (bytes sent, time to
+        // the last byte).
+        let log = crate::access_log::Deferred {
+            method: pending.method.clone(),
+            path: pending.logged_path().map(str::to_owned),
+            status,
+            out: std::mem::take(&mut pending.out),
+            active: active.clone(),
+            started,
+        };
+        resp = resp
+            .map(|b| http_body_util::BodyExt::boxed(crate::access_log::LoggedBody::new(b, log)));
+    } else {
+        crate::access_log::record(
+            &pending.method,
+            pending.logged_path(),
+            status,
+            bytes,
+            &pending.out,
+            &active,
+            started,
+        );
+    }
+    if upgraded {
         conn.activity.upgraded();
     }
     conn.activity.part_done();

@@ -167,7 +167,12 @@ async fn explain_knows_the_gateway_served_paths() {
         assert_eq!(verdict(&out), "401 token_missing", "{out}");
         let out = explain(&cfg, &["--path", p, "--ip", "127.0.0.1"]);
         assert_eq!(verdict(&out), "405 method_not_allowed", "{out}");
+        assert!(out.contains("allow     POST"), "{out}");
     }
+    // A refusal says why, as the log does.
+    let out = explain(&cfg, &["--path", "/a%2Fb", "--ip", "127.0.0.1"]);
+    assert_eq!(verdict(&out), "400 bad_request", "{out}");
+    assert!(out.contains("cause     encoded slash"), "{out}");
     let token = mint("127.0.0.1", "alice", json!({}));
     let logout = |ip: &str| {
         explain(

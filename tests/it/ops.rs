@@ -347,6 +347,46 @@ async fn a_listener_change_warns_with_both_addresses_until_it_is_reverted() {
     );
 }
 
+/// A streamed response is logged when it ends: the bytes sent and the time to the last one.
+#[tokio::test]
+async fn a_streamed_response_is_logged_with_its_bytes_and_time_to_the_end() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        for _ in 0..32 {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {
+                    let head =
+                        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n";
+                    if s.write_all(head).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    if s.write_all(b"6\r\n world\r\n0\r\n\r\n").await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let gw = Logged::start(&route_to(&format!("http://{addr}"), "")).await;
+    let r = plain_client()
+        .get(format!("{}/stream/x", gw.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), "hello world");
+    let log = gw.stop().await;
+    let v = access_line(&log, "/stream/x");
+    assert_eq!(v["bytes"], 11, "{v}");
+    assert!(v["total_ms"].as_f64().unwrap() >= 290.0, "{v}");
+}
+
 #[tokio::test]
 async fn access_log_is_json_with_the_fields_and_never_a_token() {
     let up = Upstream::start().await;
