@@ -58,6 +58,9 @@ enum Cmd {
         /// Host names or IPs for the certificate (default: localhost, 127.0.0.1, ::1).
         #[arg(long = "host")]
         hosts: Vec<String>,
+        /// Replace a certificate or key already in DIR.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -160,12 +163,25 @@ fn main() -> ExitCode {
             }
         },
         Cmd::Check => iptgate::check::run(&path),
-        Cmd::Cert { out, hosts } => match iptgate::tls::check_hosts(&hosts) {
+        Cmd::Cert { out, hosts, force } => match iptgate::tls::check_hosts(&hosts) {
             Err(e) => {
                 eprintln!("cert: --host {e}");
                 ExitCode::from(2)
             }
-            Ok(()) => write_cert(&out, &hosts),
+            Ok(()) => {
+                // A key in place may be the one a gateway serves with: never replaced unasked.
+                let there = ["gateway.crt", "gateway.key"]
+                    .map(|f| out.join(f))
+                    .into_iter()
+                    .find(|p| p.exists());
+                match there {
+                    Some(p) if !force => {
+                        eprintln!("cert: {} exists; pass --force to replace it", p.display());
+                        ExitCode::from(2)
+                    }
+                    _ => write_cert(&out, &hosts),
+                }
+            }
         },
         Cmd::Token { cmd } => {
             let cfg = match load(&path) {

@@ -124,6 +124,30 @@ fn cert_writes_a_usable_pair() {
         let mode = std::fs::metadata(&paths.key).unwrap().permissions().mode();
         assert_eq!(mode & 0o077, 0, "private key readable by its owner only");
     }
+    // A key in place is never replaced unasked; with --force it is.
+    let key = std::fs::read(&paths.key).unwrap();
+    let again = |force: bool| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_iptgate"));
+        cmd.args(["cert", "--out"]).arg(&dir);
+        if force {
+            cmd.arg("--force");
+        }
+        cmd.output().unwrap()
+    };
+    let out = again(false);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--force"));
+    assert_eq!(
+        std::fs::read(&paths.key).unwrap(),
+        key,
+        "the key is untouched"
+    );
+    assert!(again(true).status.success());
+    assert_ne!(
+        std::fs::read(&paths.key).unwrap(),
+        key,
+        "replaced with --force"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
