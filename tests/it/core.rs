@@ -1157,6 +1157,20 @@ async fn only_websocket_upgrades_are_passed_on() {
     .await;
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
     assert!(up.last().header("http2-settings").is_none());
+    // A WebSocket handshake is a GET: a POST asking for one goes as a plain request.
+    let out = raw(
+        gw.addr,
+        b"POST /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade, close\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nContent-Length: 2\r\n\r\nhi",
+        Duration::from_secs(3),
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    let seen = up.last();
+    assert_eq!(
+        (seen.method.as_str(), seen.body.as_ref()),
+        ("POST", &b"hi"[..])
+    );
+    assert!(seen.header("upgrade").is_none(), "{seen:?}");
     // A WebSocket upgrade without its key is the client's fault, refused before the upstream.
     let count = up.count();
     let out = raw(

@@ -102,8 +102,10 @@ pub async fn send(mut req: Request<Incoming>, f: Forward<'_>) -> Result<Response
             return Err(Reject::PayloadTooLarge);
         }
     }
+    // A WebSocket handshake is a GET (RFC 6455 §4.1); any other method goes as a plain request.
     let upgrade = f.allow_upgrade
         && seen.has(Seen::UPGRADE)
+        && req.method() == http::Method::GET
         && is_upgrade(req.headers())
         && req.version() == Version::HTTP_11;
     let ws_key = upgrade
