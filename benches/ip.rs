@@ -125,7 +125,14 @@ fn resolve(c: &mut Criterion) {
             headers.append("x-forwarded-for", v);
         }
         group.bench_with_input(BenchmarkId::from_parameter(hops), &hops, |b, _| {
-            b.iter(|| client_ip::resolve(black_box(peer), None, black_box(&headers), &cfg))
+            b.iter(|| {
+                client_ip::resolve(
+                    black_box(peer),
+                    client_ip::Proxied::No,
+                    black_box(&headers),
+                    &cfg,
+                )
+            })
         });
     }
     group.finish();

@@ -99,7 +99,7 @@ pub fn explain(active: &Active, a: &Args) -> Result<(String, Result<(), Reject>)
             method = o.method;
             p = o.path;
         }
-        let cip = client_ip::resolve(peer, None, &headers, &cfg.client_ip);
+        let cip = client_ip::resolve(peer, client_ip::Proxied::No, &headers, &cfg.client_ip);
         line(format!(
             "client ip {} (from {:?}; peer {} {})",
             cip.ip,

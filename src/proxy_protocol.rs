@@ -9,8 +9,9 @@
 //! consuming so the listener can tell.
 //!
 //! Fail closed: anything but a complete, well-formed header within the timeout is an
-//! error, and the connection should be dropped. `LOCAL` (v2) and `UNKNOWN` (v1) headers, and
-//! v2 `PROXY` with an unspecified address family, mean "use the TCP peer" (`Ok(None)`).
+//! error, and the connection should be dropped. A v2 `LOCAL` header is the balancer's own
+//! connection ([`Source::Local`]); v1 `UNKNOWN` and v2 `PROXY` with an unspecified address
+//! family relay a client the balancer cannot name ([`Source::Unknown`]).
 //! A v2 `PROXY` header announcing UDP or UNIX-socket addresses cannot name a TCP client
 //! and is refused.
 
@@ -29,10 +30,21 @@ pub const V1_MAX_LEN: usize = 107;
 /// v2 signature, version/command, family/protocol, 2-byte length.
 const V2_FIXED_LEN: usize = 16;
 
-/// How often [`starts_with_proxy_signature`] looks again while what has arrived is still a
-/// strict prefix of a signature, and how long it waits in between.
-const PEEK_ATTEMPTS: usize = 5;
-const PEEK_PAUSE: Duration = Duration::from_millis(10);
+/// How long [`starts_with_proxy_signature`] first waits before it looks again while what has
+/// arrived is still a strict prefix of a signature; the pause doubles up to [`PEEK_PAUSE_MAX`].
+const PEEK_PAUSE: Duration = Duration::from_millis(5);
+const PEEK_PAUSE_MAX: Duration = Duration::from_millis(100);
+
+/// What a PROXY header says about the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The client's address.
+    Client(SocketAddr),
+    /// v1 `UNKNOWN`, v2 `PROXY` with an unspecified family: a client it cannot name.
+    Unknown,
+    /// v2 `LOCAL`: the balancer's own connection (a health check).
+    Local,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -45,18 +57,17 @@ pub enum ProxyError {
 }
 
 /// Read exactly one PROXY v1 or v2 header from the start of the stream (never a byte more).
-/// `Ok(None)`: a LOCAL/UNKNOWN header (use the TCP peer).
 pub async fn read_header<S: AsyncRead + Unpin>(
     stream: &mut S,
     timeout: Duration,
-) -> Result<Option<SocketAddr>, ProxyError> {
+) -> Result<Source, ProxyError> {
     match tokio::time::timeout(timeout, read_any(stream)).await {
         Ok(result) => result,
         Err(_) => Err(ProxyError::Timeout),
     }
 }
 
-async fn read_any<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Option<SocketAddr>, ProxyError> {
+async fn read_any<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Source, ProxyError> {
     // Both headers are at least 15 bytes long, so these first 6 are never too many.
     let mut start = [0u8; 12];
     stream.read_exact(&mut start[..6]).await?;
@@ -73,7 +84,7 @@ async fn read_any<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Option<SocketA
     read_v2(stream).await
 }
 
-async fn read_v1<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Option<SocketAddr>, ProxyError> {
+async fn read_v1<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Source, ProxyError> {
     let mut buf = [0u8; V1_MAX_LEN];
     buf[..V1_PREFIX.len()].copy_from_slice(V1_PREFIX);
     let mut len = V1_PREFIX.len();
@@ -100,13 +111,17 @@ async fn read_v1<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Option<SocketAd
         return Err(ProxyError::Malformed("v1 header has trailing bytes".into()));
     }
     Ok(match header.addresses {
-        v1::Addresses::Tcp4(a) => Some(SocketAddr::new(a.source_address.into(), a.source_port)),
-        v1::Addresses::Tcp6(a) => Some(SocketAddr::new(a.source_address.into(), a.source_port)),
-        v1::Addresses::Unknown => None,
+        v1::Addresses::Tcp4(a) => {
+            Source::Client(SocketAddr::new(a.source_address.into(), a.source_port))
+        }
+        v1::Addresses::Tcp6(a) => {
+            Source::Client(SocketAddr::new(a.source_address.into(), a.source_port))
+        }
+        v1::Addresses::Unknown => Source::Unknown,
     })
 }
 
-async fn read_v2<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Option<SocketAddr>, ProxyError> {
+async fn read_v2<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Source, ProxyError> {
     let mut fixed = [0u8; 4];
     stream.read_exact(&mut fixed).await?;
     let body_len = usize::from(u16::from_be_bytes([fixed[2], fixed[3]]));
@@ -121,22 +136,22 @@ async fn read_v2<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Option<SocketAd
         return Err(ProxyError::Malformed("v2 length mismatch".into()));
     }
     match header.command {
-        v2::Command::Local => Ok(None),
-        v2::Command::Proxy => match (header.protocol, header.addresses) {
-            (_, v2::Addresses::Unspecified) => Ok(None),
-            (v2::Protocol::Stream, v2::Addresses::IPv4(a)) => Ok(Some(SocketAddr::new(
-                a.source_address.into(),
-                a.source_port,
-            ))),
-            (v2::Protocol::Stream, v2::Addresses::IPv6(a)) => Ok(Some(SocketAddr::new(
-                a.source_address.into(),
-                a.source_port,
-            ))),
-            (_, v2::Addresses::Unix(_)) => {
-                Err(ProxyError::Malformed("v2 UNIX-socket source".into()))
+        v2::Command::Local => Ok(Source::Local),
+        v2::Command::Proxy => {
+            match (header.protocol, header.addresses) {
+                (_, v2::Addresses::Unspecified) => Ok(Source::Unknown),
+                (v2::Protocol::Stream, v2::Addresses::IPv4(a)) => Ok(Source::Client(
+                    SocketAddr::new(a.source_address.into(), a.source_port),
+                )),
+                (v2::Protocol::Stream, v2::Addresses::IPv6(a)) => Ok(Source::Client(
+                    SocketAddr::new(a.source_address.into(), a.source_port),
+                )),
+                (_, v2::Addresses::Unix(_)) => {
+                    Err(ProxyError::Malformed("v2 UNIX-socket source".into()))
+                }
+                (_, _) => Err(ProxyError::Malformed("v2 source is not TCP".into())),
             }
-            (_, _) => Err(ProxyError::Malformed("v2 source is not TCP".into())),
-        },
+        }
     }
 }
 
@@ -164,13 +179,14 @@ fn classify(got: &[u8]) -> Signature {
 }
 
 /// Does the connection open with a PROXY v1 (`"PROXY "`) or v2 signature? Peeks, never
-/// consumes. Waits for the first bytes to arrive (bound it with the header timeout); while
-/// they are a strict prefix of a signature, looks again a few times, 10 ms apart. A peer
-/// that stalls inside a signature prefix counts as sending one (the listener refuses it).
-/// End of stream before any byte: `false`.
+/// consumes. Waits for the first bytes to arrive, and while they are a strict prefix of a
+/// signature (`P` may begin `PROXY ` or `POST`), for more: bound it with the header timeout,
+/// and close a connection still undecided then, as any head that slow. End of stream before
+/// any byte: `false`.
 pub async fn starts_with_proxy_signature(stream: &tokio::net::TcpStream) -> std::io::Result<bool> {
     let mut buf = [0u8; 12];
-    for attempt in 0..PEEK_ATTEMPTS {
+    let mut pause = PEEK_PAUSE;
+    loop {
         let n = stream.peek(&mut buf).await?;
         if n == 0 {
             return Ok(false);
@@ -178,13 +194,12 @@ pub async fn starts_with_proxy_signature(stream: &tokio::net::TcpStream) -> std:
         match classify(&buf[..n]) {
             Signature::Present => return Ok(true),
             Signature::Absent => return Ok(false),
-            Signature::Undecided if attempt + 1 < PEEK_ATTEMPTS => {
-                tokio::time::sleep(PEEK_PAUSE).await;
+            Signature::Undecided => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(PEEK_PAUSE_MAX);
             }
-            Signature::Undecided => {}
         }
     }
-    Ok(true)
 }
 
 #[cfg(test)]

@@ -22,7 +22,9 @@ use tokio::task::JoinHandle;
 
 use crate::activity::{Activity, Quiet};
 use crate::config::Config;
-use crate::pipeline::{client_ip, Conn};
+use crate::pipeline::client_ip::{self, Proxied};
+use crate::pipeline::Conn;
+use crate::proxy_protocol::Source;
 use crate::state::State;
 
 #[derive(Debug, thiserror::Error)]
@@ -279,47 +281,54 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>, mut stop: watch::
     }
 }
 
-/// With `proxy_protocol = true`: the PROXY header a trusted proxy starts with (its source
-/// address, `None` for `LOCAL`/`UNKNOWN`); `Err` when the connection is to be closed (a
+/// With `proxy_protocol = true`: what the PROXY header a trusted proxy starts with says (a
+/// `LOCAL` one, the balancer's own connection, is as none); `Err` when the connection is to be closed (a
 /// trusted proxy's header malformed, or missing where `required`; one from an untrusted peer).
 async fn proxy_preamble(
     stream: &mut TcpStream,
     peer: SocketAddr,
     cfg: &crate::config::Config,
     required: bool,
-) -> Result<Option<IpAddr>, ()> {
+) -> Result<Proxied, ()> {
     if !cfg.client_ip.proxy_protocol {
-        return Ok(None);
+        return Ok(Proxied::No);
     }
     let handshake_timeout = cfg.server.header_read_timeout;
     if client_ip::is_trusted(peer.ip(), &cfg.client_ip) {
-        if !required && !starts_with_proxy(stream, handshake_timeout).await {
-            return Ok(None);
+        if !required && !starts_with_proxy(stream, handshake_timeout).await? {
+            return Ok(Proxied::No);
         }
         match crate::proxy_protocol::read_header(stream, handshake_timeout).await {
-            Ok(src) => Ok(src.map(|s| s.ip().to_canonical())),
+            Ok(Source::Client(s)) => Ok(Proxied::Client(s.ip().to_canonical())),
+            Ok(Source::Unknown) => Ok(Proxied::Unknown),
+            Ok(Source::Local) => Ok(Proxied::No),
             Err(e) => {
                 tracing::warn!(target: "security", peer = %peer.ip(), error = %e, "PROXY header refused");
                 Err(())
             }
         }
-    } else if starts_with_proxy(stream, handshake_timeout).await {
+    } else if starts_with_proxy(stream, handshake_timeout).await? {
         tracing::warn!(target: "security", peer = %peer.ip(), "PROXY header from an untrusted peer: connection closed");
         Err(())
     } else {
-        Ok(None)
+        Ok(Proxied::No)
     }
 }
 
-/// Whether the connection's first bytes are a PROXY signature (waiting at most `wait`).
-async fn starts_with_proxy(stream: &TcpStream, wait: Duration) -> bool {
-    tokio::time::timeout(
+/// Whether the connection's first bytes are a PROXY signature. `Err` (close it) when `wait`
+/// — the header read timeout — passes with nothing to tell (no byte, or a strict prefix of a
+/// signature): the head it would begin is already late, and the connection is not kept for
+/// a second timeout.
+async fn starts_with_proxy(stream: &TcpStream, wait: Duration) -> Result<bool, ()> {
+    match tokio::time::timeout(
         wait,
         crate::proxy_protocol::starts_with_proxy_signature(stream),
     )
     .await
-    .map(|r| r.unwrap_or(true))
-    .unwrap_or(false)
+    {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(_)) | Err(_) => Err(()),
+    }
 }
 
 async fn connection(

@@ -47,6 +47,9 @@ pub struct ClientIp {
 pub enum Decision {
     /// The effective peer is not a trusted proxy: headers are ignored.
     UntrustedPeer,
+    /// A PROXY header said `UNKNOWN`: the balancer relays a client it cannot name, and any
+    /// forwarding header is that client's own (an L4 balancer writes none): the peer is used.
+    ProxyUnknown,
     /// A trusted peer sent no forwarding header.
     NoHeader,
     /// The right-most address that is not a trusted proxy.
@@ -65,6 +68,9 @@ impl Decision {
     pub fn describe(self) -> &'static str {
         match self {
             Decision::UntrustedPeer => "peer is not a trusted proxy; forwarding headers ignored",
+            Decision::ProxyUnknown => {
+                "PROXY header said UNKNOWN; peer used, forwarding headers ignored"
+            }
             Decision::NoHeader => "trusted peer sent no forwarding header",
             Decision::RightmostUntrusted => {
                 "right-most address in the forwarding header that is not a trusted proxy"
@@ -77,10 +83,24 @@ impl Decision {
     }
 }
 
-/// `proxied` is the source address a trusted PROXY-protocol header announced.
+/// What a trusted proxy's PROXY-protocol header said about a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Proxied {
+    /// No header (PROXY protocol off, or not sent where it is optional), or a v2 `LOCAL` one
+    /// (the balancer's own connection, such as a health check): the TCP peer.
+    #[default]
+    No,
+    /// The client's address.
+    Client(IpAddr),
+    /// v1 `UNKNOWN`, or v2 `PROXY` with an unspecified family: a relayed client the balancer
+    /// cannot name.
+    Unknown,
+}
+
+/// `proxied`: what a trusted PROXY-protocol header announced.
 pub fn resolve(
     peer: IpAddr,
-    proxied: Option<IpAddr>,
+    proxied: Proxied,
     headers: &HeaderMap,
     cfg: &ClientIpConfig,
 ) -> ClientIp {
@@ -90,23 +110,26 @@ pub fn resolve(
 /// [`resolve`], also saying why.
 pub fn resolve_explained(
     peer: IpAddr,
-    proxied: Option<IpAddr>,
+    proxied: Proxied,
     headers: &HeaderMap,
     cfg: &ClientIpConfig,
 ) -> (ClientIp, Decision) {
     let peer = peer.to_canonical();
     let effective = match proxied {
-        Some(ip) => ClientIp {
+        Proxied::Client(ip) => ClientIp {
             ip: ip.to_canonical(),
             source: IpSource::ProxyProtocol,
             peer,
         },
-        None => ClientIp {
+        Proxied::No | Proxied::Unknown => ClientIp {
             ip: peer,
             source: IpSource::Peer,
             peer,
         },
     };
+    if proxied == Proxied::Unknown {
+        return (effective, Decision::ProxyUnknown);
+    }
     if !is_trusted(effective.ip, cfg) {
         return (effective, Decision::UntrustedPeer);
     }

@@ -100,8 +100,9 @@ pub async fn answer(
     out: &mut Outcome,
 ) -> Result<Response<Body>, Reject> {
     let cfg = &active.config;
-    let peer = conn.proxied.unwrap_or(conn.peer.ip()).to_canonical();
-    if !client_ip::is_trusted(peer, &cfg.client_ip) {
+    // The proxy asking: the connection's (an UNKNOWN relay is a client's, never a proxy's).
+    let peer = conn.hop;
+    if conn.proxied == client_ip::Proxied::Unknown || !client_ip::is_trusted(peer, &cfg.client_ip) {
         out.client_ip = Some(peer);
         return Err(Reject::IpDenied("forward auth asked by an untrusted peer"));
     }

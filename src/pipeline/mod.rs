@@ -54,8 +54,8 @@ use crate::token::Claims;
 #[derive(Debug, Clone)]
 pub struct Conn {
     pub peer: SocketAddr,
-    /// Source announced by a PROXY-protocol header from a trusted proxy.
-    pub proxied: Option<IpAddr>,
+    /// What a trusted proxy's PROXY-protocol header announced.
+    pub proxied: client_ip::Proxied,
     pub tls: bool,
     /// The address that connected to us (`proxied`, else `peer`), canonical, and the same
     /// formatted once for `X-Forwarded-For`.
@@ -66,8 +66,12 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn new(peer: SocketAddr, proxied: Option<IpAddr>, tls: bool) -> Conn {
-        let hop = proxied.unwrap_or(peer.ip()).to_canonical();
+    pub fn new(peer: SocketAddr, proxied: client_ip::Proxied, tls: bool) -> Conn {
+        let hop = match proxied {
+            client_ip::Proxied::Client(ip) => ip,
+            _ => peer.ip(),
+        }
+        .to_canonical();
         let hop_header = HeaderValue::from_str(&hop.to_string())
             .unwrap_or_else(|_| HeaderValue::from_static(""));
         Conn {
@@ -337,7 +341,9 @@ async fn run(
             client_ip: ip,
             peer,
             peer_header: &conn.hop_header,
-            peer_trusted: client_ip::is_trusted(peer, &cfg.client_ip),
+            // An UNKNOWN relay's forwarding headers are its client's own.
+            peer_trusted: conn.proxied != client_ip::Proxied::Unknown
+                && client_ip::is_trusted(peer, &cfg.client_ip),
             tls: conn.tls,
             upstream,
             path: &up_path,

@@ -14,7 +14,7 @@ const AFTER: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
 
 /// Writes `header` then `AFTER`, reads the header, and checks every byte of `AFTER`
 /// is still in the stream.
-async fn roundtrip(header: &[u8]) -> Result<Option<SocketAddr>, ProxyError> {
+async fn roundtrip(header: &[u8]) -> Result<Source, ProxyError> {
     let (mut client, mut server) = tokio::io::duplex(1 << 17);
     client.write_all(header).await.unwrap();
     client.write_all(AFTER).await.unwrap();
@@ -41,20 +41,23 @@ fn v2(command: Command, protocol: Protocol, addrs: v2::Addresses) -> Vec<u8> {
 #[tokio::test]
 async fn v1_tcp4() {
     let r = roundtrip(b"PROXY TCP4 192.0.2.1 198.51.100.2 56324 443\r\n").await;
-    assert_eq!(r.unwrap(), Some(sa("192.0.2.1:56324")));
+    assert_eq!(r.unwrap(), Source::Client(sa("192.0.2.1:56324")));
 }
 
 #[tokio::test]
 async fn v1_tcp6() {
     let r = roundtrip(b"PROXY TCP6 2001:db8::1 2001:db8::2 4711 443\r\n").await;
-    assert_eq!(r.unwrap(), Some(sa("[2001:db8::1]:4711")));
+    assert_eq!(r.unwrap(), Source::Client(sa("[2001:db8::1]:4711")));
 }
 
 #[tokio::test]
 async fn v1_unknown() {
-    assert_eq!(roundtrip(b"PROXY UNKNOWN\r\n").await.unwrap(), None);
+    assert_eq!(
+        roundtrip(b"PROXY UNKNOWN\r\n").await.unwrap(),
+        Source::Unknown
+    );
     let r = roundtrip(b"PROXY UNKNOWN ffff::1 ffff::2 65535 65535\r\n").await;
-    assert_eq!(r.unwrap(), None);
+    assert_eq!(r.unwrap(), Source::Unknown);
 }
 
 #[tokio::test]
@@ -62,7 +65,7 @@ async fn v1_max_length() {
     // The longest legal header: 107 bytes.
     let h = b"PROXY UNKNOWN ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff 65535 65535\r\n";
     assert_eq!(h.len(), 107);
-    assert_eq!(roundtrip(h).await.unwrap(), None);
+    assert_eq!(roundtrip(h).await.unwrap(), Source::Unknown);
     // One more byte and no CRLF in sight: refused after reading at most 107 bytes.
     let (mut client, mut server) = tokio::io::duplex(1024);
     client.write_all(b"PROXY ").await.unwrap();
@@ -103,7 +106,10 @@ async fn v2_tcp4() {
         Protocol::Stream,
         v2::IPv4::new([192, 0, 2, 1], [198, 51, 100, 2], 56324, 443).into(),
     );
-    assert_eq!(roundtrip(&h).await.unwrap(), Some(sa("192.0.2.1:56324")));
+    assert_eq!(
+        roundtrip(&h).await.unwrap(),
+        Source::Client(sa("192.0.2.1:56324"))
+    );
 }
 
 #[tokio::test]
@@ -122,7 +128,10 @@ async fn v2_tcp6_with_tlvs() {
         .unwrap()
         .build()
         .unwrap();
-    assert_eq!(roundtrip(&h).await.unwrap(), Some(sa("[2001:db8::1]:4711")));
+    assert_eq!(
+        roundtrip(&h).await.unwrap(),
+        Source::Client(sa("[2001:db8::1]:4711"))
+    );
 }
 
 #[tokio::test]
@@ -131,7 +140,10 @@ async fn v2_by_hand() {
     h.extend([
         0x21, 0x11, 0, 12, 203, 0, 113, 5, 10, 0, 0, 1, 0x1f, 0x90, 0x01, 0xbb,
     ]);
-    assert_eq!(roundtrip(&h).await.unwrap(), Some(sa("203.0.113.5:8080")));
+    assert_eq!(
+        roundtrip(&h).await.unwrap(),
+        Source::Client(sa("203.0.113.5:8080"))
+    );
 }
 
 #[tokio::test]
@@ -141,13 +153,13 @@ async fn v2_local_and_unspecified() {
         Protocol::Stream,
         v2::IPv4::new([192, 0, 2, 1], [198, 51, 100, 2], 1, 2).into(),
     );
-    assert_eq!(roundtrip(&h).await.unwrap(), None);
+    assert_eq!(roundtrip(&h).await.unwrap(), Source::Local);
     let mut h = V2_SIGNATURE.to_vec();
     h.extend([0x20, 0x00, 0, 0]);
-    assert_eq!(roundtrip(&h).await.unwrap(), None);
+    assert_eq!(roundtrip(&h).await.unwrap(), Source::Local);
     let mut h = V2_SIGNATURE.to_vec();
     h.extend([0x21, 0x00, 0, 0]);
-    assert_eq!(roundtrip(&h).await.unwrap(), None);
+    assert_eq!(roundtrip(&h).await.unwrap(), Source::Unknown);
 }
 
 #[tokio::test]
@@ -215,7 +227,7 @@ async fn header_split_across_writes() {
         }
     });
     let r = read_header(&mut server, T).await.unwrap();
-    assert_eq!(r, Some(sa("192.0.2.1:1")));
+    assert_eq!(r, Source::Client(sa("192.0.2.1:1")));
     let mut rest = [0u8; 4];
     server.read_exact(&mut rest).await.unwrap();
     assert_eq!(&rest, b"rest");
@@ -242,7 +254,7 @@ async fn over_a_real_socket_nothing_past_the_header_is_consumed() {
     assert!(starts_with_proxy_signature(&s).await.unwrap());
     assert_eq!(
         read_header(&mut s, T).await.unwrap(),
-        Some(sa("192.0.2.9:5000"))
+        Source::Client(sa("192.0.2.9:5000"))
     );
     let mut rest = Vec::new();
     s.read_to_end(&mut rest).await.unwrap();
@@ -252,7 +264,10 @@ async fn over_a_real_socket_nothing_past_the_header_is_consumed() {
 
 /// Connects, sends `chunks` (pausing between them), and returns the verdict of
 /// `starts_with_proxy_signature` and the bytes still unread afterwards.
-async fn peek_verdict(chunks: &'static [&'static [u8]], pause: Duration) -> (bool, Vec<u8>) {
+async fn peek_verdict(
+    chunks: &'static [&'static [u8]],
+    pause: Duration,
+) -> (Option<bool>, Vec<u8>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let client = tokio::spawn(async move {
@@ -265,7 +280,11 @@ async fn peek_verdict(chunks: &'static [&'static [u8]], pause: Duration) -> (boo
         s.shutdown().await.unwrap();
     });
     let (mut s, _) = listener.accept().await.unwrap();
-    let verdict = starts_with_proxy_signature(&s).await.unwrap();
+    // Undecided within the time (a prefix and nothing more) reads as `None`.
+    let verdict = tokio::time::timeout(Duration::from_millis(500), starts_with_proxy_signature(&s))
+        .await
+        .ok()
+        .map(Result::unwrap);
     client.await.unwrap();
     let mut rest = Vec::new();
     s.read_to_end(&mut rest).await.unwrap();
@@ -276,31 +295,39 @@ async fn peek_verdict(chunks: &'static [&'static [u8]], pause: Duration) -> (boo
 async fn signature_peek() {
     let quick = Duration::from_millis(1);
     let (v, rest) = peek_verdict(&[b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n"], quick).await;
-    assert!(v);
+    assert_eq!(v, Some(true));
     assert_eq!(rest, b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n");
-    assert!(
-        peek_verdict(&[b"\r\n\r\n\0\r\nQUIT\n\x21\x11"], quick)
-            .await
-            .0
+    let verdict = |chunks, pause| async move { peek_verdict(chunks, pause).await.0 };
+    assert_eq!(
+        verdict(&[b"\r\n\r\n\0\r\nQUIT\n\x21\x11"], quick).await,
+        Some(true)
     );
-    assert!(!peek_verdict(&[b"GET / HTTP/1.1\r\n\r\n"], quick).await.0);
-    assert!(!peek_verdict(&[b"\x16\x03\x01"], quick).await.0);
-    assert!(!peek_verdict(&[b"POST / HTTP/1.1\r\n"], quick).await.0);
+    assert_eq!(
+        verdict(&[b"GET / HTTP/1.1\r\n\r\n"], quick).await,
+        Some(false)
+    );
+    assert_eq!(verdict(&[b"\x16\x03\x01"], quick).await, Some(false));
+    assert_eq!(verdict(&[b"POST / HTTP/1.1\r\n"], quick).await, Some(false));
     // Nothing at all before the end of the stream.
-    assert!(!peek_verdict(&[], quick).await.0);
-    // A prefix, then the rest a little later: still recognised.
-    assert!(
-        peek_verdict(&[b"PRO", b"XY UNKNOWN\r\n"], Duration::from_millis(15))
-            .await
-            .0
+    assert_eq!(verdict(&[], quick).await, Some(false));
+    // A prefix, then the rest a little later: still recognised, either way.
+    let later = Duration::from_millis(15);
+    assert_eq!(
+        verdict(&[b"PRO", b"XY UNKNOWN\r\n"], later).await,
+        Some(true)
     );
-    assert!(
-        !peek_verdict(&[b"P", b"UT / HTTP/1.1\r\n"], Duration::from_millis(15))
-            .await
-            .0
+    assert_eq!(
+        verdict(&[b"P", b"UT / HTTP/1.1\r\n"], later).await,
+        Some(false)
     );
-    // A prefix and then nothing more: treated as a signature (fail closed).
-    assert!(peek_verdict(&[b"PROX"], quick).await.0);
+    // A `P` that stalls for 150 ms before `OST`: a slow client, not a signature.
+    let slow = Duration::from_millis(150);
+    assert_eq!(
+        verdict(&[b"P", b"OST / HTTP/1.1\r\n"], slow).await,
+        Some(false)
+    );
+    // A prefix and then nothing more: undecided until the caller's timeout closes it.
+    assert_eq!(verdict(&[b"PROX"], quick).await, None);
 }
 
 #[test]

@@ -581,10 +581,32 @@ async fn proxy_protocol_from_trusted_proxy_names_the_client() {
     assert_eq!(r.status(), Some(403), "{}", r.text);
     assert_eq!(up.count(), 2);
 
+    // UNKNOWN: the balancer relays a client it cannot name. An L4 balancer writes no
+    // forwarding header, so one there is the client's own: not believed, not passed on.
+    let r = from_proxy(
+        b"PROXY UNKNOWN\r\n".to_vec(),
+        get("/blocked/x", "X-Forwarded-For: 198.51.100.5, 10.0.0.1\r\n"),
+    )
+    .await;
+    assert_eq!(r.status(), Some(200), "{}", r.text);
+    assert_eq!(up.last().header("x-forwarded-for"), Some("127.0.0.1"));
+    let r = from_proxy(
+        b"PROXY UNKNOWN\r\n".to_vec(),
+        get("/", "X-Forwarded-For: 203.0.113.66\r\n"),
+    )
+    .await;
+    assert_eq!(
+        r.status(),
+        Some(200),
+        "the client's XFF is not the client: {}",
+        r.text
+    );
+    assert_eq!(up.count(), 4);
+
     // A trusted proxy must send the header: a bare request is closed unanswered.
     let r = raw_from(lo(1), gw.addr, GET).await;
     assert_eq!(r.status(), None, "answered: {}", r.text);
-    assert_eq!(up.count(), 2);
+    assert_eq!(up.count(), 4);
 }
 
 /// PROXY headers from anyone else are refused by closing the connection; plain requests

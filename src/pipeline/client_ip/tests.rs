@@ -43,7 +43,7 @@ fn xff_cfg() -> ClientIpConfig {
 #[test]
 fn untrusted_peer_ignores_headers() {
     let c = xff_cfg();
-    let r = resolve(ip("203.0.113.9"), None, &xff(&["1.1.1.1"]), &c);
+    let r = resolve(ip("203.0.113.9"), Proxied::No, &xff(&["1.1.1.1"]), &c);
     assert_eq!(
         r,
         ClientIp {
@@ -54,7 +54,7 @@ fn untrusted_peer_ignores_headers() {
     );
     // No trusted proxies at all: same.
     let c = cfg(ForwardHeader::XForwardedFor, &[]);
-    let r = resolve(ip("10.0.0.1"), None, &xff(&["1.1.1.1"]), &c);
+    let r = resolve(ip("10.0.0.1"), Proxied::No, &xff(&["1.1.1.1"]), &c);
     assert_eq!(r.ip, ip("10.0.0.1"));
     assert_eq!(r.source, IpSource::Peer);
 }
@@ -62,7 +62,7 @@ fn untrusted_peer_ignores_headers() {
 #[test]
 fn trusted_peer_gives_rightmost_untrusted() {
     let c = xff_cfg();
-    let (r, d) = resolve_explained(ip(PROXY), None, &xff(&["6.6.6.6, 1.2.3.4"]), &c);
+    let (r, d) = resolve_explained(ip(PROXY), Proxied::No, &xff(&["6.6.6.6, 1.2.3.4"]), &c);
     assert_eq!(r.ip, ip("1.2.3.4"));
     assert_eq!(r.source, IpSource::Header);
     assert_eq!(r.peer, ip(PROXY));
@@ -73,11 +73,11 @@ fn trusted_peer_gives_rightmost_untrusted() {
 fn multi_hop_with_two_trusted_proxies() {
     let c = xff_cfg();
     let h = xff(&["6.6.6.6, 1.2.3.4, 10.1.1.1", "10.2.2.2"]);
-    let r = resolve(ip(PROXY), None, &h, &c);
+    let r = resolve(ip(PROXY), Proxied::No, &h, &c);
     assert_eq!(r.ip, ip("1.2.3.4"));
     // All trusted: the left-most.
     let h = xff(&["10.3.3.3, 10.1.1.1", "10.2.2.2"]);
-    let (r, d) = resolve_explained(ip(PROXY), None, &h, &c);
+    let (r, d) = resolve_explained(ip(PROXY), Proxied::No, &h, &c);
     assert_eq!(
         (r.ip, r.source, d),
         (ip("10.3.3.3"), IpSource::Header, Decision::AllTrusted)
@@ -103,7 +103,7 @@ fn garbage_reached_by_the_walk_falls_back_to_peer() {
         &["\"1.2.3.4\""],
         &["1.2.3.4 5.6.7.8"],
     ] {
-        let (r, d) = resolve_explained(ip(PROXY), None, &xff(lines), &c);
+        let (r, d) = resolve_explained(ip(PROXY), Proxied::No, &xff(lines), &c);
         assert_eq!((r.ip, r.source), (ip(PROXY), IpSource::Peer), "{lines:?}");
         assert_eq!(d, Decision::Malformed, "{lines:?}");
     }
@@ -117,7 +117,7 @@ fn garbage_left_of_the_answer_is_never_read() {
         &["x y z", "1.2.3.4"],
         &["[[[, 1.2.3.4, 10.9.9.9"],
     ] {
-        let r = resolve(ip(PROXY), None, &xff(lines), &c);
+        let r = resolve(ip(PROXY), Proxied::No, &xff(lines), &c);
         assert_eq!(r.ip, ip("1.2.3.4"), "{lines:?}");
     }
     // Non-ASCII bytes in the client's part of the same line.
@@ -126,7 +126,7 @@ fn garbage_left_of_the_answer_is_never_read() {
         "x-forwarded-for",
         HeaderValue::from_bytes(b"\xff\xfe, 1.2.3.4").unwrap(),
     );
-    assert_eq!(resolve(ip(PROXY), None, &h, &c).ip, ip("1.2.3.4"));
+    assert_eq!(resolve(ip(PROXY), Proxied::No, &h, &c).ip, ip("1.2.3.4"));
 }
 
 #[test]
@@ -143,7 +143,7 @@ fn xff_ports_brackets_and_mapped() {
         // A mapped trusted proxy is still a trusted proxy.
         ("1.2.3.4, ::ffff:10.0.0.7", "1.2.3.4"),
     ] {
-        let r = resolve(ip(PROXY), None, &xff(&[line]), &c);
+        let r = resolve(ip(PROXY), Proxied::No, &xff(&[line]), &c);
         assert_eq!(r.ip, ip(want), "{line}");
         assert!(r.ip.to_canonical() == r.ip);
     }
@@ -152,16 +152,16 @@ fn xff_ports_brackets_and_mapped() {
 #[test]
 fn mapped_peer_is_canonical_and_trusted() {
     let c = xff_cfg();
-    let r = resolve(ip("::ffff:10.0.0.1"), None, &xff(&["1.2.3.4"]), &c);
+    let r = resolve(ip("::ffff:10.0.0.1"), Proxied::No, &xff(&["1.2.3.4"]), &c);
     assert_eq!(r.peer, ip("10.0.0.1"));
     assert_eq!(r.ip, ip("1.2.3.4"));
-    let r = resolve(ip("::ffff:8.8.8.8"), None, &HeaderMap::new(), &c);
+    let r = resolve(ip("::ffff:8.8.8.8"), Proxied::No, &HeaderMap::new(), &c);
     assert_eq!(r.ip, ip("8.8.8.8"));
     // Trusted proxies written as mapped IPv6 networks.
     let c = cfg(ForwardHeader::XForwardedFor, &["::ffff:10.0.0.0/104"]);
     assert!(is_trusted(ip("10.4.4.4"), &c));
     assert_eq!(
-        resolve(ip(PROXY), None, &xff(&["1.2.3.4"]), &c).ip,
+        resolve(ip(PROXY), Proxied::No, &xff(&["1.2.3.4"]), &c).ip,
         ip("1.2.3.4")
     );
 }
@@ -169,7 +169,7 @@ fn mapped_peer_is_canonical_and_trusted() {
 #[test]
 fn no_header_from_trusted_peer() {
     let c = xff_cfg();
-    let (r, d) = resolve_explained(ip(PROXY), None, &HeaderMap::new(), &c);
+    let (r, d) = resolve_explained(ip(PROXY), Proxied::No, &HeaderMap::new(), &c);
     assert_eq!(
         (r.ip, r.source, d),
         (ip(PROXY), IpSource::Peer, Decision::NoHeader)
@@ -180,7 +180,12 @@ fn no_header_from_trusted_peer() {
 fn proxy_protocol_source_is_the_effective_peer() {
     let c = xff_cfg();
     // PROXY source untrusted: it is the client, headers ignored.
-    let r = resolve(ip(PROXY), Some(ip("198.51.100.1")), &xff(&["1.2.3.4"]), &c);
+    let r = resolve(
+        ip(PROXY),
+        Proxied::Client(ip("198.51.100.1")),
+        &xff(&["1.2.3.4"]),
+        &c,
+    );
     assert_eq!(
         r,
         ClientIp {
@@ -190,19 +195,30 @@ fn proxy_protocol_source_is_the_effective_peer() {
         }
     );
     // PROXY source is itself a trusted proxy: its forwarding header is read.
-    let r = resolve(ip(PROXY), Some(ip("10.5.5.5")), &xff(&["1.2.3.4"]), &c);
+    let r = resolve(
+        ip(PROXY),
+        Proxied::Client(ip("10.5.5.5")),
+        &xff(&["1.2.3.4"]),
+        &c,
+    );
     assert_eq!((r.ip, r.source), (ip("1.2.3.4"), IpSource::Header));
     // ...and a malformed one falls back to the PROXY source, not the TCP peer.
-    let r = resolve(ip(PROXY), Some(ip("10.5.5.5")), &xff(&["x"]), &c);
+    let r = resolve(ip(PROXY), Proxied::Client(ip("10.5.5.5")), &xff(&["x"]), &c);
     assert_eq!((r.ip, r.source), (ip("10.5.5.5"), IpSource::ProxyProtocol));
     // Mapped PROXY source.
     let r = resolve(
         ip(PROXY),
-        Some(ip("::ffff:198.51.100.1")),
+        Proxied::Client(ip("::ffff:198.51.100.1")),
         &HeaderMap::new(),
         &c,
     );
     assert_eq!(r.ip, ip("198.51.100.1"));
+    // UNKNOWN: a relayed client the balancer cannot name; its forwarding header is its own.
+    let (r, d) = resolve_explained(ip(PROXY), Proxied::Unknown, &xff(&["1.2.3.4"]), &c);
+    assert_eq!(
+        (r.ip, r.source, d),
+        (ip(PROXY), IpSource::Peer, Decision::ProxyUnknown)
+    );
 }
 
 fn fwd_cfg() -> ClientIpConfig {
@@ -237,7 +253,7 @@ fn forwarded_quoted_v6_and_ports() {
         // Quoted commas and semicolons do not split.
         (&["for=192.0.2.43;host=\"a,b;c\""], "192.0.2.43"),
     ] {
-        let r = resolve(ip(PROXY), None, &fwd(lines), &c);
+        let r = resolve(ip(PROXY), Proxied::No, &fwd(lines), &c);
         assert_eq!((r.ip, r.source), (ip(want), IpSource::Header), "{lines:?}");
     }
 }
@@ -264,7 +280,7 @@ fn forwarded_unknown_obfuscated_and_malformed() {
         (&["192.0.2.43"], Decision::Malformed),
         (&["for=[2001:db8::1]:x"], Decision::Malformed),
     ] {
-        let (r, d) = resolve_explained(ip(PROXY), None, &fwd(lines), &c);
+        let (r, d) = resolve_explained(ip(PROXY), Proxied::No, &fwd(lines), &c);
         assert_eq!(
             (r.ip, r.source, d),
             (ip(PROXY), IpSource::Peer, why),
@@ -282,7 +298,7 @@ fn forwarded_client_garbage_on_the_left_is_not_read() {
         "for=unknown, for=192.0.2.43",
         "for=192.0.2.1;for=1.1.1.1, for=192.0.2.43, for=10.1.2.3",
     ] {
-        let r = resolve(ip(PROXY), None, &fwd(&[line]), &c);
+        let r = resolve(ip(PROXY), Proxied::No, &fwd(&[line]), &c);
         assert_eq!(r.ip, ip("192.0.2.43"), "{line}");
     }
 }
@@ -291,30 +307,36 @@ fn forwarded_client_garbage_on_the_left_is_not_read() {
 fn x_real_ip() {
     let c = cfg(ForwardHeader::XRealIp, &["10.0.0.0/8"]);
     let h = headers("x-real-ip", &["192.0.2.7"]);
-    let r = resolve(ip(PROXY), None, &h, &c);
+    let r = resolve(ip(PROXY), Proxied::No, &h, &c);
     assert_eq!((r.ip, r.source), (ip("192.0.2.7"), IpSource::Header));
     let h = headers("x-real-ip", &[" [2001:db8::7]:99 "]);
-    assert_eq!(resolve(ip(PROXY), None, &h, &c).ip, ip("2001:db8::7"));
+    assert_eq!(
+        resolve(ip(PROXY), Proxied::No, &h, &c).ip,
+        ip("2001:db8::7")
+    );
     // Ignored from an untrusted peer.
-    assert_eq!(resolve(ip("192.0.2.1"), None, &h, &c).ip, ip("192.0.2.1"));
+    assert_eq!(
+        resolve(ip("192.0.2.1"), Proxied::No, &h, &c).ip,
+        ip("192.0.2.1")
+    );
     // Two lines: ambiguous.
     let h = headers("x-real-ip", &["192.0.2.7", "192.0.2.8"]);
-    let (r, d) = resolve_explained(ip(PROXY), None, &h, &c);
+    let (r, d) = resolve_explained(ip(PROXY), Proxied::No, &h, &c);
     assert_eq!((r.ip, d), (ip(PROXY), Decision::Ambiguous));
     // A list is not one value.
     let h = headers("x-real-ip", &["192.0.2.7, 192.0.2.8"]);
-    let (r, d) = resolve_explained(ip(PROXY), None, &h, &c);
+    let (r, d) = resolve_explained(ip(PROXY), Proxied::No, &h, &c);
     assert_eq!((r.ip, d), (ip(PROXY), Decision::Malformed));
     // The configured header only: X-Forwarded-For is not a fallback.
     let h = xff(&["192.0.2.9"]);
-    assert_eq!(resolve(ip(PROXY), None, &h, &c).ip, ip(PROXY));
+    assert_eq!(resolve(ip(PROXY), Proxied::No, &h, &c).ip, ip(PROXY));
 }
 
 #[test]
 fn only_the_configured_header_is_read() {
     let c = xff_cfg();
     let h = fwd(&["for=192.0.2.43"]);
-    assert_eq!(resolve(ip(PROXY), None, &h, &c).ip, ip(PROXY));
+    assert_eq!(resolve(ip(PROXY), Proxied::No, &h, &c).ip, ip(PROXY));
 }
 
 #[test]
@@ -413,7 +435,7 @@ proptest! {
             .map(|&(a, s)| if forwarded { spell_fwd(a, s) } else { spell_xff(a, s) })
             .collect();
         let h = if chain.is_empty() { HeaderMap::new() } else { map_of(name, &lines(&elems, &cuts)) };
-        let r = resolve(ip(PROXY), None, &h, &c);
+        let r = resolve(ip(PROXY), Proxied::No, &h, &c);
         let want = chain.iter().rev().map(|&(a, _)| a).find(|a| !is_trusted(*a, &c))
             .or(chain.first().map(|&(a, _)| a));
         match want {
@@ -434,7 +456,7 @@ proptest! {
         let c = xff_cfg();
         let elems: Vec<String> = chain.iter().map(|(_, s)| s.clone()).collect();
         let h = map_of("x-forwarded-for", &lines(&elems, &cuts));
-        let r = resolve(ip(PROXY), None, &h, &c);
+        let r = resolve(ip(PROXY), Proxied::No, &h, &c);
         if r.ip == ip(PROXY) && r.source == IpSource::Peer {
             return Ok(());
         }
@@ -476,7 +498,7 @@ proptest! {
             h.append(name.clone(), HeaderValue::from_bytes(&prefix).unwrap());
             h.append(name, HeaderValue::from_bytes(tail).unwrap());
         }
-        let r = resolve(ip(PROXY), None, &h, &c);
+        let r = resolve(ip(PROXY), Proxied::No, &h, &c);
         prop_assert_eq!((r.ip, r.source), (ip("198.51.100.7"), IpSource::Header));
     }
 
@@ -498,7 +520,7 @@ proptest! {
             let _ = parse_node(v, Syntax::Forwarded);
             let _ = forwarded_element(v);
         }
-        let r = resolve(ip(PROXY), None, &h, &c);
+        let r = resolve(ip(PROXY), Proxied::No, &h, &c);
         prop_assert_eq!(r.ip, r.ip.to_canonical());
         prop_assert_eq!(r.peer, ip(PROXY));
     }
