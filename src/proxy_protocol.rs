@@ -135,6 +135,10 @@ async fn read_v2<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Source, ProxyEr
     if header.header.len() != buf.len() {
         return Err(ProxyError::Malformed("v2 length mismatch".into()));
     }
+    // The TLVs after the addresses must fill the rest exactly, as HAProxy requires.
+    if let Some(Err(e)) = header.tlvs().find(Result::is_err) {
+        return Err(ProxyError::Malformed(format!("v2 TLVs: {e}")));
+    }
     match header.command {
         v2::Command::Local => Ok(Source::Local),
         v2::Command::Proxy => {

@@ -344,6 +344,7 @@ async fn run(
             // An UNKNOWN relay's forwarding headers are its client's own.
             peer_trusted: conn.proxied != client_ip::Proxied::Unknown
                 && client_ip::is_trusted(peer, &cfg.client_ip),
+            ip_header: cfg.client_ip.header,
             tls: conn.tls,
             upstream,
             path: &up_path,

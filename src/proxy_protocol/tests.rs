@@ -134,6 +134,24 @@ async fn v2_tcp6_with_tlvs() {
     );
 }
 
+/// A TLV announcing more bytes than the header holds (or a stray byte after the last TLV):
+/// malformed, as HAProxy has it.
+#[tokio::test]
+async fn v2_with_broken_tlvs_is_refused() {
+    for tail in [&[0x02, 0x00, 0xff, b'a', b'b'][..], &[0x04]] {
+        let mut h = V2_SIGNATURE.to_vec();
+        let len = 12 + tail.len();
+        h.extend([0x21, 0x11, 0, len as u8]);
+        h.extend([192, 0, 2, 1, 198, 51, 100, 2, 0x13, 0x88, 0x01, 0xbb]);
+        h.extend(tail);
+        let r = roundtrip(&h).await;
+        assert!(
+            matches!(r, Err(ProxyError::Malformed(_))),
+            "{tail:?}: {r:?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn v2_by_hand() {
     let mut h = V2_SIGNATURE.to_vec();

@@ -135,6 +135,9 @@ ip = {{ allow = ["127.0.0.1"] }}
         .header("X_Rewrite_URL", "/admin")
         .header("X-HTTP-Method-Override", "DELETE")
         .header("X_HTTP_Method", "DELETE")
+        .header("Client-IP", "6.6.6.6")
+        .header("CF-Connecting-IP", "6.6.6.6")
+        .header("X-Original-Forwarded-For", "6.6.6.6")
         .send()
         .await
         .unwrap();
@@ -156,6 +159,9 @@ ip = {{ allow = ["127.0.0.1"] }}
         "x_rewrite_url",
         "x-http-method-override",
         "x_http_method",
+        "client-ip",
+        "cf-connecting-ip",
+        "x-original-forwarded-for",
     ] {
         assert_eq!(seen.header(h), None, "{h} reached the upstream");
     }
@@ -220,9 +226,13 @@ ip = {{ allow = ["203.0.113.9"] }}
 
     // From a trusted proxy its own forwarding headers stay; an underscore spelling (the
     // client's, passed on by a proxy that forwards any name) and a method override do not.
-    let resp = pub_with("203.0.113.9")
+    // Nor do the client-address headers of the families the gateway does not read the
+    // client from (`header` is x-forwarded-for here), and empty XFF elements are nobody.
+    let resp = pub_with("203.0.113.9, ")
         .header("X_Forwarded_For", "7.7.7.7")
         .header("X_Real_IP", "7.7.7.7")
+        .header("X-Real-IP", "7.7.7.7")
+        .header("Forwarded", "for=7.7.7.7")
         .header("X-HTTP-Method-Override", "DELETE")
         .send()
         .await
@@ -233,7 +243,13 @@ ip = {{ allow = ["203.0.113.9"] }}
         seen.header("x-forwarded-for"),
         Some("203.0.113.9, 127.0.0.1")
     );
-    for h in ["x_forwarded_for", "x_real_ip", "x-http-method-override"] {
+    for h in [
+        "x_forwarded_for",
+        "x_real_ip",
+        "x-real-ip",
+        "forwarded",
+        "x-http-method-override",
+    ] {
         assert_eq!(seen.header(h), None, "{h} reached the upstream");
     }
 
@@ -313,9 +329,24 @@ async fn a_client_named_in_forwarded_or_x_real_ip_reaches_the_upstream_in_x_forw
             route_to(&up.url(), "")
         ))
         .await;
+        // The proxy lets the client's own X-Forwarded-* and other client-address headers
+        // through (nginx's `proxy_set_header X-Real-IP $remote_addr` does): they name a
+        // client the gateway did not decide on, and never reach the upstream.
         let resp = client()
             .get(gw.url("/x"))
             .header(name, value)
+            .header("X-Forwarded-For", "6.6.6.6")
+            .header("X-Forwarded-Proto", "ftp")
+            .header("X-Forwarded-Host", "evil.example")
+            .header(
+                if header == "forwarded" {
+                    "X-Real-IP"
+                } else {
+                    "Forwarded"
+                },
+                "6.6.6.6",
+            )
+            .header("True-Client-IP", "6.6.6.6")
             .send()
             .await
             .unwrap();
@@ -326,10 +357,26 @@ async fn a_client_named_in_forwarded_or_x_real_ip_reaches_the_upstream_in_x_forw
             Some("203.0.113.9, 127.0.0.1"),
             "{header}"
         );
-        if header == "forwarded" {
-            // The scheme the front proxy recorded, not the gateway's own hop (TLS here).
-            assert_eq!(seen.header("x-forwarded-proto"), Some("http"));
-        }
+        // The scheme the front proxy recorded in Forwarded, else the gateway's own (TLS).
+        let proto = if header == "forwarded" {
+            "http"
+        } else {
+            "https"
+        };
+        assert_eq!(seen.header("x-forwarded-proto"), Some(proto), "{header}");
+        assert_ne!(seen.header("x-forwarded-host"), Some("evil.example"));
+        assert_eq!(
+            seen.header(&name.to_ascii_lowercase()),
+            Some(value),
+            "{header} kept"
+        );
+        let other = if header == "forwarded" {
+            "x-real-ip"
+        } else {
+            "forwarded"
+        };
+        assert_eq!(seen.header(other), None, "{header}: {other} dropped");
+        assert_eq!(seen.header("true-client-ip"), None);
     }
 }
 

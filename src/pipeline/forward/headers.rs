@@ -82,17 +82,35 @@ pub(super) fn class(k: &str) -> u32 {
     }
 }
 
-/// A name an app framework may read as a forwarding header (`_` for `-`, any case), as the
-/// path it really serves (`X-Original-URL`, `X-Rewrite-URL`: IIS, older Symfony and Laravel
-/// route on them, so a client could name a path the gateway never judged), or as the method it
-/// really runs (`X-HTTP-Method-Override` and its kin: Rails, Laravel, Express and ASP.NET run a
-/// POST carrying `DELETE` there as a DELETE, which the route's `methods` never judged).
+/// A name an app framework may read as a forwarding header (`_` for `-`, any case): the
+/// standard ones, and the client-address headers of CDNs and frameworks (`True-Client-IP`,
+/// `CF-Connecting-IP`, `Client-IP` that Rails reads, …), which a client could set to name any
+/// address it likes; or as the path it really serves (`X-Original-URL`, `X-Rewrite-URL`: IIS,
+/// older Symfony and Laravel route on them, so a client could name a path the gateway never
+/// judged); or as the method it really runs (`X-HTTP-Method-Override` and its kin: Rails,
+/// Laravel, Express and ASP.NET run a POST carrying `DELETE` there as a DELETE, which the
+/// route's `methods` never judged).
 pub(super) fn forwarding_spelling(k: &str) -> bool {
+    const NAMES: &[&str] = &[
+        "forwarded",
+        "x-real-ip",
+        "x-original-url",
+        "x-rewrite-url",
+        "x-forwarded",
+        "forwarded-for",
+        "x-original-forwarded-for",
+        "client-ip",
+        "x-client-ip",
+        "true-client-ip",
+        "cf-connecting-ip",
+        "fastly-client-ip",
+        "x-cluster-client-ip",
+        "x-originating-ip",
+        "x-remote-ip",
+        "x-remote-addr",
+    ];
     (k.len() > 12 && same_spelling(&k[..12], "x-forwarded-"))
-        || same_spelling(k, "forwarded")
-        || same_spelling(k, "x-real-ip")
-        || same_spelling(k, "x-original-url")
-        || same_spelling(k, "x-rewrite-url")
+        || NAMES.iter().any(|n| same_spelling(k, n))
         || method_override(k)
 }
 
@@ -102,12 +120,25 @@ fn method_override(k: &str) -> bool {
         || same_spelling(k, "x-method-override")
 }
 
-/// A [`forwarding_spelling`] a trusted proxy's request may keep: the canonical names (the proxy
-/// set them) of what is not method override. An underscore spelling is the client's own,
-/// passed on by a proxy that forwards any name (nginx drops them, HAProxy, Envoy and Traefik
-/// do not), and an app reading `X_Forwarded_For` would take the client's word.
-pub(super) fn kept_from_trusted_proxy(k: &str) -> bool {
-    !k.contains('_') && !method_override(k)
+/// A [`forwarding_spelling`] a trusted proxy's request may keep: in its canonical spelling (an
+/// underscore one is the client's own, passed on by a proxy that forwards any name — nginx
+/// drops them, HAProxy, Envoy and Traefik do not), and of the family the gateway reads the
+/// client from (`header`): the others are whatever the client sent through the proxy, and
+/// the upstream would read a client the gateway did not decide on. `X-Original-URL` and
+/// `X-Rewrite-URL` are a proxy's own; method overrides and the other client-address headers
+/// never pass.
+pub(super) fn kept_from_trusted_proxy(k: &str, header: ForwardHeader) -> bool {
+    if k.contains('_') {
+        return false;
+    }
+    match k {
+        "x-original-url" | "x-rewrite-url" => true,
+        "forwarded" => header == ForwardHeader::Forwarded,
+        "x-real-ip" => header == ForwardHeader::XRealIp,
+        _ => {
+            header == ForwardHeader::XForwardedFor && k.len() > 12 && k.starts_with("x-forwarded-")
+        }
+    }
 }
 
 /// One pass over a request's headers.

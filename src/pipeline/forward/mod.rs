@@ -19,7 +19,7 @@ use hyper_util::rt::TokioIo;
 
 use crate::activity::{Activity, BodyOpen};
 use crate::body::{Body, BoxError};
-use crate::config::{CookieConfig, TokenConfig};
+use crate::config::{CookieConfig, ForwardHeader, TokenConfig};
 use crate::error::Reject;
 use crate::state::Upstream;
 use crate::token::Claims;
@@ -43,6 +43,9 @@ pub struct Forward<'a> {
     /// `peer` as a header value.
     pub peer_header: &'a HeaderValue,
     pub peer_trusted: bool,
+    /// The header a trusted proxy names the client in (`client_ip.header`): of the forwarding
+    /// headers such a proxy sends, only its family is passed on.
+    pub ip_header: ForwardHeader,
     pub tls: bool,
     pub upstream: &'a Upstream,
     /// Path (normalized, rewritten) for the upstream; the query goes as the client sent it.
@@ -131,25 +134,30 @@ pub async fn send(mut req: Request<Incoming>, f: Forward<'_>) -> Result<Response
     let h = &mut parts.headers;
     // The forwarding headers a trusted proxy sent are read before the hop-by-hop ones go: a
     // `Connection` naming one of them cannot erase what the gateway itself sets.
+    // Only the family the client was read from: with `header = "x-real-ip"` an
+    // `X-Forwarded-For` the proxy let through is the client's, not the proxy's.
     let forwarded = f.peer_trusted && seen.has(Seen::FORWARDING);
-    let prior_xff: Option<String> = if forwarded {
+    let xff_family = forwarded && f.ip_header == ForwardHeader::XForwardedFor;
+    let prior_xff: Option<String> = if xff_family {
+        // Element by element, as the client was read: empty ones (an empty line, `a, `) are
+        // nobody, and one that is not text cannot be passed on, but the others around it are.
         let joined: Vec<&str> = h
             .get_all(&X_FORWARDED_FOR)
             .iter()
-            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.as_bytes().split(|&c| c == b','))
+            .filter_map(|e| std::str::from_utf8(e.trim_ascii()).ok())
+            .filter(|e| !e.is_empty() && e.is_ascii())
             .collect();
         (!joined.is_empty()).then(|| joined.join(", "))
     } else {
         None
     };
-    let prior_proto = forwarded
-        .then(|| {
-            h.get(&X_FORWARDED_PROTO)
-                .cloned()
-                .or_else(|| forwarded_proto(h).map(HeaderValue::from_static))
-        })
-        .flatten();
-    let prior_host = forwarded
+    let prior_proto = match f.ip_header {
+        ForwardHeader::XForwardedFor if xff_family => h.get(&X_FORWARDED_PROTO).cloned(),
+        ForwardHeader::Forwarded if forwarded => forwarded_proto(h).map(HeaderValue::from_static),
+        _ => None,
+    };
+    let prior_host = xff_family
         .then(|| h.get(&X_FORWARDED_HOST).cloned())
         .flatten();
     strip_hop_by_hop(h, &seen);
@@ -160,12 +168,12 @@ pub async fn send(mut req: Request<Incoming>, f: Forward<'_>) -> Result<Response
         h.remove(header::EXPECT);
     }
     if seen.has(Seen::FORWARDING) {
-        // From a trusted proxy, its own (canonical) forwarding headers stay.
+        // From a trusted proxy, its own forwarding headers stay.
         let doomed: Vec<HeaderName> = h
             .keys()
             .filter(|k| {
                 forwarding_spelling(k.as_str())
-                    && !(f.peer_trusted && kept_from_trusted_proxy(k.as_str()))
+                    && !(f.peer_trusted && kept_from_trusted_proxy(k.as_str(), f.ip_header))
             })
             .cloned()
             .collect();
