@@ -199,14 +199,20 @@ const MAX_BUF: usize = 64 * 1024;
 /// Concurrent HTTP/2 streams per connection.
 const MAX_STREAMS: u32 = 256;
 
-fn servers() -> Servers {
+fn servers(idle: Duration) -> Servers {
     // HTTP/1: the header read timeout is kept by the connection's watcher (see `activity`):
     // hyper's own costs a timer per request and also runs while a keep-alive connection is
     // quiet, closing it long before `idle_timeout`. On TLS, a response's head and body are
     // written as one buffer (`writev(false)`): rustls copies them into its record anyway,
     // and the queue of slices cost more than the copy.
-    // HTTP/2: no keep-alive pings; they would count as traffic and keep idle connections
-    // open past `idle_timeout`, which already closes dead or idle peers.
+    // HTTP/2: `idle_timeout` drains a quiet connection with GOAWAY and a PING, and the drain
+    // ends when the PING is answered: a peer that has gone (a dropped NAT entry, a client
+    // that vanished without a reset) never answers, and would hold its slot for good. So a
+    // connection with nothing read for twice `idle_timeout` is pinged, and closed when the
+    // answer does not come within `idle_timeout` (at most 20 s). Not sooner: a ping answered
+    // is traffic, and would keep an idle connection from ever being idle.
+    let ping_after = idle.saturating_mul(2).max(Duration::from_secs(1));
+    let ping_wait = idle.clamp(Duration::from_secs(1), Duration::from_secs(20));
     let mut sniff = auto::Builder::new(TokioExecutor::new());
     sniff
         .http1()
@@ -216,6 +222,8 @@ fn servers() -> Servers {
     sniff
         .http2()
         .timer(TokioTimer::new())
+        .keep_alive_interval(ping_after)
+        .keep_alive_timeout(ping_wait)
         .max_concurrent_streams(MAX_STREAMS)
         .max_header_list_size(MAX_BUF as u32);
     let mut h1 = http1::Builder::new();
@@ -225,6 +233,8 @@ fn servers() -> Servers {
         .max_buf_size(MAX_BUF);
     let mut h2 = http2::Builder::new(TokioExecutor::new());
     h2.timer(TokioTimer::new())
+        .keep_alive_interval(ping_after)
+        .keep_alive_timeout(ping_wait)
         .max_concurrent_streams(MAX_STREAMS)
         .max_header_list_size(MAX_BUF as u32);
     Servers { sniff, h1, h2 }
@@ -234,7 +244,7 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>, mut stop: watch::
     let first = state.active.load_full();
     let tls_mode = first.tls.is_some();
     let permits = Arc::new(Semaphore::new(first.config.server.max_connections));
-    let servers = Arc::new(servers());
+    let servers = Arc::new(servers(first.config.server.idle_timeout));
     drop(first);
     loop {
         let permit = tokio::select! {
@@ -618,18 +628,21 @@ async fn redirect_loop(
             drop(active);
             let svc = service_fn(
                 move |req: http::Request<hyper::body::Incoming>| async move {
-                    // The Location is built from Host: one, a plain `host[:port]` (no userinfo,
-                    // path or query smuggled in), or the request is refused.
+                    // The Location is built from the host the request names: an absolute-form
+                    // target's (RFC 9112 §3.2.2: it wins over Host), else its one Host; a plain
+                    // `host[:port]` (no userinfo, path or query smuggled in). None, or two
+                    // Hosts: refused, as nothing says where to send the client.
                     let mut hosts = req.headers().get_all(http::header::HOST).iter();
-                    let host = match (hosts.next(), hosts.next()) {
-                        (Some(v), None) => v
-                            .to_str()
-                            .ok()
-                            .filter(|h| crate::pipeline::valid_host(h.as_bytes()))
-                            .map(|h| crate::pipeline::route::host_of(h).to_string()),
-                        (None, _) => Some("localhost".into()),
+                    let named = match (req.uri().authority(), hosts.next(), hosts.next()) {
+                        (Some(a), _, _) => Some(a.as_str().as_bytes()),
+                        (None, Some(v), None) => Some(v.as_bytes()),
                         _ => None,
                     };
+                    let host = named
+                        .filter(|h| crate::pipeline::valid_host(h))
+                        .and_then(|h| std::str::from_utf8(h).ok())
+                        .map(|h| crate::pipeline::route::host_of(h).to_string())
+                        .filter(|h| !h.is_empty());
                     let Some(host) = host else {
                         let mut resp = http::Response::new(crate::body::empty());
                         *resp.status_mut() = http::StatusCode::BAD_REQUEST;

@@ -381,6 +381,22 @@ async fn http2_authority_must_be_one_valid_host() {
     assert_eq!(up.count(), 2);
 }
 
+/// An HTTP/2 peer that has gone (it never answers a PING, so the idle drain's GOAWAY never
+/// completes) does not keep its connection: it is closed soon after the idle timeout.
+#[tokio::test]
+async fn a_silent_http2_peer_is_closed_after_the_idle_timeout() {
+    let (_up, gw) = plain_public("idle_timeout = \"1s\"").await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    // The connection preface and an empty SETTINGS frame, then nothing ever again.
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut buf = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
+    assert!(closed.is_ok(), "still open after {:?}", started.elapsed());
+}
+
 #[tokio::test]
 async fn upstream_down_is_502_and_slow_is_504() {
     // A port with nothing listening.
@@ -1258,24 +1274,42 @@ async fn admin_health_and_redirect_listener() {
         r.headers()["location"],
         format!("https://example.com:{}/login?x=1", gw.addr.port()).as_str()
     );
-    // The Location is built from Host: anything but one plain host[:port] is refused.
-    for host in [
-        "Host: evil.example/foo?\r\n",
-        "Host: a@evil.example\r\n",
-        "Host: example.com\r\nHost: evil.example\r\n",
-    ] {
+    let ask = |head: String| async move {
         let mut s = TcpStream::connect(("127.0.0.1", redirect_port))
             .await
             .unwrap();
-        s.write_all(format!("GET /x HTTP/1.1\r\n{host}Connection: close\r\n\r\n").as_bytes())
-            .await
-            .unwrap();
+        s.write_all(head.as_bytes()).await.unwrap();
         let mut got = String::new();
         tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut got))
             .await
             .unwrap()
             .unwrap();
-        assert!(got.starts_with("HTTP/1.1 400"), "{host:?}: {got}");
+        got
+    };
+    // The Location is built from the host the request names: anything but one plain
+    // host[:port] is refused, and so is naming none.
+    for (line, host) in [
+        ("HTTP/1.1", "Host: evil.example/foo?\r\n"),
+        ("HTTP/1.1", "Host: a@evil.example\r\n"),
+        ("HTTP/1.1", "Host: example.com\r\nHost: evil.example\r\n"),
+        ("HTTP/1.0", ""),
+    ] {
+        let got = ask(format!("GET /x {line}\r\n{host}Connection: close\r\n\r\n")).await;
+        assert!(got.starts_with(&format!("{line} 400")), "{host:?}: {got}");
         assert!(!got.to_ascii_lowercase().contains("location"), "{got}");
     }
+    // An absolute-form target names the host (RFC 9112 §3.2.2), whatever Host says.
+    let got = ask(
+        "GET http://other.example/abs?q=1 HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n"
+            .into(),
+    )
+    .await;
+    assert!(got.starts_with("HTTP/1.1 308"), "{got}");
+    assert!(
+        got.to_ascii_lowercase().contains(&format!(
+            "location: https://other.example:{}/abs?q=1",
+            gw.addr.port()
+        )),
+        "{got}"
+    );
 }
