@@ -4,9 +4,10 @@
 //! are [`StoreError`]s that never include the URL (it may carry a password).
 //!
 //! An operation that finds its connection dropped (Redis restarted, a proxy or Redis's own
-//! `timeout` closed an idle client, `CLIENT KILL`) is sent once more on the connection the
-//! manager makes anew, within the same [`OP_TIMEOUT`]: a dropped connection is not a store
-//! outage, and with `on_error = "open"` treating it as one would skip a revocation check. Every
+//! `timeout` closed an idle client, `CLIENT KILL`) or refused (the manager's last reconnect,
+//! tried during an outage since over) is sent once more on the connection the manager makes
+//! anew, within the same [`OP_TIMEOUT`]: a dropped connection is not a store outage, and with
+//! `on_error = "open"` treating it as one would skip a revocation check. Every
 //! operation is safe to send twice: reads and revocations are idempotent, a spend carries a
 //! nonce so that its own first attempt is not taken for a reuse, and a counted login failure or
 //! rate-limit hit counted twice errs on the side of refusing.
@@ -114,9 +115,11 @@ where
 {
     let attempts = async {
         match op(conn.clone()).await {
-            // Not when Redis refuses connections: it is down, and a second try would only add
-            // the manager's reconnect back-off to every operation.
-            Err(e) if e.is_connection_dropped() && !e.is_connection_refusal() => {
+            // A refusal too: the manager keeps the result of its last reconnect, so the first
+            // operation after an outage gets the refusal of a reconnect tried while Redis was
+            // down, however long ago; the second try reconnects. While Redis is really down
+            // it is refused again (within the same timeout).
+            Err(e) if e.is_connection_dropped() || e.is_connection_refusal() => {
                 op(conn.clone()).await
             }
             r => r,
