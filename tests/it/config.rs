@@ -121,6 +121,37 @@ fn token_lifetimes_under_a_second_are_errors() {
     assert!(e.contains("refresh.ttl: must be at least 1s"), "{e}");
 }
 
+/// A Redis URL the client could not use at startup is a config error `check` reports, not a
+/// failure at `run`: TLS (`rediss://`, not built in) or a database that is no number.
+#[test]
+fn redis_urls_the_client_cannot_use_are_config_errors() {
+    for (url, says) in [
+        (
+            "rediss://:hunter2@127.0.0.1:6380/0",
+            "rediss:// (TLS to Redis) is not supported",
+        ),
+        (
+            "redis://:hunter2@127.0.0.1:6379/abc",
+            "not a usable Redis URL",
+        ),
+        ("http://127.0.0.1:6379", "is not a redis:// URL"),
+    ] {
+        let e = load(&format!(
+            "{BASE}\n[store]\nbackend = \"redis\"\nurl = \"{url}\"\n"
+        ))
+        .unwrap_err();
+        assert!(e.contains("store.url") && e.contains(says), "{url}: {e}");
+        assert!(!e.contains("hunter2"), "the password is never shown: {e}");
+    }
+    let fine = load(&format!(
+        "{BASE}\n[store]\nbackend = \"redis\"\nurl = \"redis://127.0.0.1:6379/3\"\n"
+    ));
+    assert!(
+        fine.as_ref().err().is_none_or(|e| !e.contains("store.url")),
+        "{fine:?}"
+    );
+}
+
 #[test]
 fn unknown_keys_do_not_hide_each_other_or_the_other_errors() {
     let e = load(

@@ -469,19 +469,31 @@ impl Validator {
                 (u.trim().to_string(), true)
             }
         };
-        if u.starts_with("redis://") || u.starts_with("rediss://") {
-            return Some(u);
-        }
         let shown = if hidden {
             "the URL read".to_string()
         } else {
             format!("`{}`", checks::redact_url(&u))
         };
-        self.err(
-            "store.url",
-            format!("{shown} is not a redis:// or rediss:// URL"),
-        );
-        None
+        if u.starts_with("rediss://") {
+            self.err(
+                "store.url",
+                format!("{shown}: rediss:// (TLS to Redis) is not supported; reach Redis on a private network or through a TLS tunnel (stunnel, spiped), with redis://"),
+            );
+            return None;
+        }
+        if !u.starts_with("redis://") {
+            self.err("store.url", format!("{shown} is not a redis:// URL"));
+            return None;
+        }
+        // As the client will read it at startup (`/abc` as the database is no number).
+        if let Err(e) = redis::IntoConnectionInfo::into_connection_info(u.as_str()) {
+            self.err(
+                "store.url",
+                format!("{shown} is not a usable Redis URL ({:?}; the database is a number: redis://host:6379/0)", e.kind()),
+            );
+            return None;
+        }
+        Some(u)
     }
 }
 
