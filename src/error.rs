@@ -34,7 +34,8 @@ pub enum Reject {
     },
     UpstreamUnavailable(String),
     UpstreamTimeout,
-    StoreUnavailable,
+    /// Why (the store's error, which never holds its URL).
+    StoreUnavailable(String),
     Internal(String),
 }
 
@@ -57,7 +58,7 @@ impl Reject {
             }
             Reject::UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
             Reject::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            Reject::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Reject::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Reject::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -80,7 +81,7 @@ impl Reject {
             Reject::LoginLocked { .. } => "login_locked",
             Reject::UpstreamUnavailable(_) => "upstream_unavailable",
             Reject::UpstreamTimeout => "upstream_timeout",
-            Reject::StoreUnavailable => "store_unavailable",
+            Reject::StoreUnavailable(_) => "store_unavailable",
             Reject::Internal(_) => "internal_error",
         }
     }
@@ -104,7 +105,7 @@ impl Reject {
             Reject::LoginLocked { .. } => "Too many failed logins; retry later.",
             Reject::UpstreamUnavailable(_) => "The upstream service is unavailable.",
             Reject::UpstreamTimeout => "The upstream service did not answer in time.",
-            Reject::StoreUnavailable => "A required backing store is unavailable.",
+            Reject::StoreUnavailable(_) => "A required backing store is unavailable.",
             Reject::Internal(_) => "Internal error.",
         }
     }
@@ -113,7 +114,7 @@ impl Reject {
     pub fn cause(&self) -> &str {
         match self {
             Reject::BadRequest(c) | Reject::TokenInvalid(c) | Reject::IpDenied(c) => c,
-            Reject::UpstreamUnavailable(c) | Reject::Internal(c) => c,
+            Reject::UpstreamUnavailable(c) | Reject::Internal(c) | Reject::StoreUnavailable(c) => c,
             _ => "",
         }
     }
@@ -222,12 +223,21 @@ mod tests {
                 "upstream_unavailable",
             ),
             (Reject::UpstreamTimeout, 504, "upstream_timeout"),
-            (Reject::StoreUnavailable, 503, "store_unavailable"),
+            (
+                Reject::StoreUnavailable("redis: connection refused".into()),
+                503,
+                "store_unavailable",
+            ),
             (Reject::Internal("x".into()), 500, "internal_error"),
         ];
         for (r, status, code) in table {
             assert_eq!(r.status().as_u16(), status, "{r:?}");
             assert_eq!(r.code(), code);
+            if code == "store_unavailable" {
+                // The log's cause says why; the answer does not.
+                assert_eq!(r.cause(), "redis: connection refused");
+                assert!(!r.detail().contains("redis"));
+            }
             let resp = r.to_response();
             assert_eq!(resp.status().as_u16(), status);
             assert_eq!(

@@ -188,7 +188,7 @@ pub async fn check_revoked(
         Err(e) => match on_error {
             OnError::Closed => {
                 tracing::error!(target: "security", error = %e, "store unavailable: refusing (on_error = closed)");
-                Err(Reject::StoreUnavailable)
+                Err(Reject::StoreUnavailable(e.to_string()))
             }
             OnError::Open => {
                 tracing::warn!(error = %e, "store unavailable: revocation check skipped (on_error = open)");

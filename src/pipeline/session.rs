@@ -166,13 +166,13 @@ pub async fn serve(
             store
                 .revoke(jti, left)
                 .await
-                .map_err(|_| Reject::StoreUnavailable)?;
+                .map_err(|e| Reject::StoreUnavailable(e.to_string()))?;
         }
         if let Some(fam) = &claims.fam {
             store
                 .revoke(fam, refresh.ttl + tc.leeway)
                 .await
-                .map_err(|_| Reject::StoreUnavailable)?;
+                .map_err(|e| Reject::StoreUnavailable(e.to_string()))?;
         }
         crate::metrics::revoked();
         return Ok(Some(logged_out(tc)));
@@ -203,7 +203,7 @@ pub async fn serve(
             crate::metrics::revoked();
             return Err(Reject::TokenRevoked);
         }
-        Err(_) => return Err(Reject::StoreUnavailable),
+        Err(e) => return Err(Reject::StoreUnavailable(e.to_string())),
     }
     sub.clone_from(&claims.sub);
     let extra = carried_claims(&claims, &cfg.routes);

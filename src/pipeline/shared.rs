@@ -27,7 +27,7 @@ fn store_failed(on_error: OnError, e: &StoreError) -> Result<(), Reject> {
     match on_error {
         OnError::Closed => {
             tracing::error!(target: "security", error = %e, "store unavailable: refusing (on_error = closed)");
-            Err(Reject::StoreUnavailable)
+            Err(Reject::StoreUnavailable(e.to_string()))
         }
         OnError::Open => {
             tracing::warn!(error = %e, "store unavailable: shared limit skipped (on_error = open)");
