@@ -44,15 +44,17 @@ fn trim_quotes(v: &[u8]) -> &[u8] {
     }
 }
 
-/// The scheme and the credentials of an `Authorization` value, split at the first space or
-/// tab. One rule for reading the token and for stripping it, so no value is skipped by one and
+/// The scheme and the credentials of an `Authorization` value: the scheme ends at the first
+/// byte that is not a token character (RFC 9110 §5.6.2), so `Bearer\xa0<token>` — which
+/// passport-jwt and Python's `split()` read as a Bearer token — is scheme `Bearer` with
+/// credentials that are not ASCII (refused), never a scheme of its own the gateway would let
+/// by. One rule for reading the token and for stripping it, so no value is skipped by one and
 /// passed on by the other.
 pub fn authorization_parts(v: &[u8]) -> (&[u8], &[u8]) {
     let v = v.trim_ascii();
-    match v.iter().position(|&c| c == b' ' || c == b'\t') {
-        Some(i) => (&v[..i], v[i + 1..].trim_ascii()),
-        None => (v, &[]),
-    }
+    let tchar = |c: &u8| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(c);
+    let end = v.iter().position(|c| !tchar(c)).unwrap_or(v.len());
+    (&v[..end], v[end..].trim_ascii())
 }
 
 /// The one token that `values` carry: empty ones are none, two different ones are

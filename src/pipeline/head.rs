@@ -72,6 +72,10 @@ pub fn valid_host(h: &[u8]) -> bool {
     plain_host(h)
         || (!h.contains(&b'@')
             && http::uri::Authority::try_from(h).is_ok_and(|a| {
+                // A name to route on: `:80` names none.
+                if a.host().is_empty() {
+                    return false;
+                }
                 let port = &a.as_str()[a.host().len()..];
                 port.is_empty()
                     || port
@@ -156,6 +160,8 @@ mod tests {
             "[::1]:x",
             "x@admin.example",
             "a:b@x.example:443",
+            ":80",
+            ":",
         ] {
             assert!(!valid_host(not.as_bytes()), "{not}");
         }

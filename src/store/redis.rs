@@ -160,8 +160,11 @@ impl RedisStore {
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(OP_TIMEOUT))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_millis(500));
+            // One try per reconnect: [`timed`] sends an operation once more after a refusal
+            // or a drop, and a manager backing off between tries would hold every request for
+            // the back-off while Redis is down (half a second each, measured), where a refusal
+            // takes milliseconds.
+            .set_number_of_retries(0);
         let conn = match tokio::time::timeout(
             CONNECT_TIMEOUT,
             ConnectionManager::new_with_config(client, config),
@@ -243,7 +246,9 @@ impl RedisStore {
         max: u32,
         lockout: Duration,
     ) -> Result<bool, StoreError> {
-        let mut inv = self.login_failure.key(format!("iptgate:fail:{key}"));
+        // `fails` (a list of times), not the `fail` counter of earlier versions: a gateway of
+        // either kind sharing this Redis during an upgrade never meets the other's key type.
+        let mut inv = self.login_failure.key(format!("iptgate:fails:{key}"));
         inv.key(format!("iptgate:lock:{key}"))
             .arg(px(window))
             .arg(max)

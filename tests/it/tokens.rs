@@ -496,6 +496,11 @@ async fn forged_and_broken_tokens_get_the_right_401_and_never_reach_the_upstream
             "Authorization",
             [format!("Token {b}").as_bytes(), b"\xe9"].concat(),
         ),
+        // No space: the no-break space, which passport-jwt and Python's split() take for one.
+        (
+            "Authorization",
+            [b"Bearer\xa0".as_slice(), b.as_bytes()].concat(),
+        ),
         ("IPToken", [b.as_bytes(), b"\xe9"].concat()),
         (
             "Cookie",

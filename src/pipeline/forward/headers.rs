@@ -122,22 +122,23 @@ fn method_override(k: &str) -> bool {
 
 /// A [`forwarding_spelling`] a trusted proxy's request may keep: in its canonical spelling (an
 /// underscore one is the client's own, passed on by a proxy that forwards any name — nginx
-/// drops them, HAProxy, Envoy and Traefik do not), and of the family the gateway reads the
-/// client from (`header`): the others are whatever the client sent through the proxy, and
-/// the upstream would read a client the gateway did not decide on. `X-Original-URL` and
-/// `X-Rewrite-URL` are a proxy's own; method overrides and the other client-address headers
-/// never pass.
+/// drops them, HAProxy, Envoy and Traefik do not). Of the headers naming the client, only
+/// the family the gateway reads it from (`header`): the others are whatever the client sent
+/// through the proxy (nginx's `proxy_set_header X-Real-IP $remote_addr` passes the client's
+/// `X-Forwarded-For` on), and the upstream would read a client the gateway did not decide on.
+/// The proxy's other `X-Forwarded-*` (`-Proto`, `-Host`, `-Prefix`) and `X-Original-URL` /
+/// `X-Rewrite-URL` are its own; method overrides and the other client-address headers never
+/// pass.
 pub(super) fn kept_from_trusted_proxy(k: &str, header: ForwardHeader) -> bool {
     if k.contains('_') {
         return false;
     }
     match k {
-        "x-original-url" | "x-rewrite-url" => true,
+        "x-forwarded-for" => header == ForwardHeader::XForwardedFor,
         "forwarded" => header == ForwardHeader::Forwarded,
         "x-real-ip" => header == ForwardHeader::XRealIp,
-        _ => {
-            header == ForwardHeader::XForwardedFor && k.len() > 12 && k.starts_with("x-forwarded-")
-        }
+        "x-original-url" | "x-rewrite-url" => true,
+        _ => k.len() > 12 && k.starts_with("x-forwarded-"),
     }
 }
 

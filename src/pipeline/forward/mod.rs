@@ -134,8 +134,8 @@ pub async fn send(mut req: Request<Incoming>, f: Forward<'_>) -> Result<Response
     let h = &mut parts.headers;
     // The forwarding headers a trusted proxy sent are read before the hop-by-hop ones go: a
     // `Connection` naming one of them cannot erase what the gateway itself sets.
-    // Only the family the client was read from: with `header = "x-real-ip"` an
-    // `X-Forwarded-For` the proxy let through is the client's, not the proxy's.
+    // The client: only from the family it was read from (with `header = "x-real-ip"`, an
+    // `X-Forwarded-For` the proxy let through is the client's own, not the proxy's).
     let forwarded = f.peer_trusted && seen.has(Seen::FORWARDING);
     let xff_family = forwarded && f.ip_header == ForwardHeader::XForwardedFor;
     let prior_xff: Option<String> = if xff_family {
@@ -152,12 +152,17 @@ pub async fn send(mut req: Request<Incoming>, f: Forward<'_>) -> Result<Response
     } else {
         None
     };
-    let prior_proto = match f.ip_header {
-        ForwardHeader::XForwardedFor if xff_family => h.get(&X_FORWARDED_PROTO).cloned(),
-        ForwardHeader::Forwarded if forwarded => forwarded_proto(h).map(HeaderValue::from_static),
-        _ => None,
-    };
-    let prior_host = xff_family
+    // The proxy's scheme and host: with `header = "forwarded"` the `proto` of its own element
+    // first; its X-Forwarded-Proto / -Host in any case.
+    let prior_proto = forwarded
+        .then(|| {
+            (f.ip_header == ForwardHeader::Forwarded)
+                .then(|| forwarded_proto(h).map(HeaderValue::from_static))
+                .flatten()
+                .or_else(|| h.get(&X_FORWARDED_PROTO).cloned())
+        })
+        .flatten();
+    let prior_host = forwarded
         .then(|| h.get(&X_FORWARDED_HOST).cloned())
         .flatten();
     strip_hop_by_hop(h, &seen);
