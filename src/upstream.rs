@@ -146,6 +146,7 @@ impl Pool {
         self: &Arc<Self>,
         mut req: Request<Body>,
     ) -> Result<Response<PooledBody>, SendFail> {
+        let sending = req.extensions().get::<Sending>().cloned();
         loop {
             let taken = self.idle().pop_back();
             let Some(Idle { mut tx, since }) = taken else {
@@ -158,7 +159,7 @@ impl Pool {
                 .then(|| replayable(&req))
                 .flatten();
             match tx.try_send_request(req).await {
-                Ok(resp) => return Ok(self.wrap(resp, tx)),
+                Ok(resp) => return Ok(self.wrap(resp, tx, sending)),
                 Err(mut e) => match (e.take_message(), again) {
                     // Never written: the connection was gone; the next one gets it.
                     (Some(unsent), _) => req = unsent,
@@ -188,7 +189,7 @@ impl Pool {
             .send_request(req)
             .await
             .map_err(|e| SendFail::from(SendError::Http(e)))?;
-        Ok(self.wrap(resp, tx))
+        Ok(self.wrap(resp, tx, sending))
     }
 
     /// `host:port` this pool connects to.
@@ -200,18 +201,23 @@ impl Pool {
         self: &Arc<Self>,
         resp: Response<Incoming>,
         tx: SendRequest<Body>,
+        sending: Option<Sending>,
     ) -> Response<PooledBody> {
-        let mut home = Some((tx, Arc::clone(self)));
-        if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+        let home = Some((tx, Arc::clone(self)));
+        let upgraded = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
+        let mut body = resp.map(|inner| PooledBody {
+            inner,
+            home,
+            sending,
+        });
+        if upgraded {
             // The connection now belongs to the upgraded protocol.
-            home = None;
-        } else if resp.body().is_end_stream() {
+            body.body_mut().home = None;
+        } else if body.body().inner.is_end_stream() {
             // Nothing to read (204, 304, HEAD, `Content-Length: 0`): back right away.
-            if let Some((tx, pool)) = home.take() {
-                pool.put(tx);
-            }
+            body.body_mut().release();
         }
-        resp.map(|inner| PooledBody { inner, home })
+        body
     }
 
     fn put(&self, tx: SendRequest<Body>) {
@@ -300,6 +306,23 @@ where
 pub struct PooledBody {
     inner: Incoming,
     home: Option<(SendRequest<Body>, Arc<Pool>)>,
+    /// The request body, while hyper may still be sending it.
+    sending: Option<Sending>,
+}
+
+/// Put in a request's extensions by whoever sends a body with it: alive (its `Arc` held by the
+/// body) while hyper may still be sending that body. An upstream may answer before it has read
+/// an upload (a 401, a 413, a redirect), and the connection then stays busy until the client
+/// has sent the rest: taken again from the pool, it would hold another client's request for as
+/// long as this one's upload lasts. So a connection whose request body is still out is not
+/// pooled again.
+#[derive(Clone, Debug)]
+pub struct Sending(pub std::sync::Weak<()>);
+
+impl Sending {
+    fn still(&self) -> bool {
+        self.0.strong_count() > 0
+    }
 }
 
 impl HttpBody for PooledBody {
@@ -342,7 +365,9 @@ impl HttpBody for PooledBody {
 impl PooledBody {
     fn release(&mut self) {
         if let Some((tx, pool)) = self.home.take() {
-            pool.put(tx);
+            if !self.sending.as_ref().is_some_and(Sending::still) {
+                pool.put(tx);
+            }
         }
     }
 }

@@ -308,6 +308,46 @@ async fn an_upstream_answering_before_the_body_is_sent_leaves_the_gateway_workin
     }
 }
 
+/// The upstream answers an upload before reading it, and the client sends the rest slowly: the
+/// upstream connection stays busy with that body, so it is not handed to another client's
+/// request, which would wait for the upload to end.
+#[tokio::test]
+async fn another_clients_request_does_not_wait_for_a_slow_upload_answered_early() {
+    let addr = early_answer_upstream().await;
+    let gw = Gateway::start(&route_to(&format!("http://{addr}"), "")).await;
+    let url = gw.url("/upload");
+    let uploader = tokio::spawn(async move {
+        let slow = futures_util::stream::unfold(0u8, |i| async move {
+            match i {
+                0 => Some((Ok::<_, std::io::Error>(Bytes::from(vec![b'x'; 1024])), 1)),
+                1 => {
+                    tokio::time::sleep(Duration::from_secs(3)).await;
+                    Some((Ok(Bytes::from(vec![b'x'; 1024])), 2))
+                }
+                _ => None,
+            }
+        });
+        let r = client()
+            .post(url)
+            .header("content-length", "2048")
+            .body(reqwest::Body::wrap_stream(slow))
+            .send()
+            .await
+            .unwrap();
+        r.status()
+    });
+    // The uploader has its early answer (the upload still going on) before the other asks.
+    assert_eq!(uploader.await.unwrap(), 413);
+    let started = std::time::Instant::now();
+    let r = client().get(gw.url("/x")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "waited {:?} behind another client's upload",
+        started.elapsed()
+    );
+}
+
 /// An upstream answering each request (up to 4 connections) with `answer`, then holding the
 /// connection `linger` before closing it.
 async fn scripted_upstream(answer: &'static [u8], linger: Duration) -> SocketAddr {

@@ -13,6 +13,8 @@ pub(super) struct LimitedBody {
     pub(super) open: Option<BodyOpen>,
     /// When the body last moved (see [`BodyProgress`]).
     pub(super) progress: Option<Arc<BodyProgress>>,
+    /// Held while hyper may still send the body ([`crate::upstream::Sending`]).
+    pub(super) _sending: Option<Arc<()>>,
 }
 
 /// When a request body last passed a frame on (nanoseconds since the request was sent on), and

@@ -322,12 +322,19 @@ pub async fn send(mut req: Request<Incoming>, f: Forward<'_>) -> Result<Response
             bytes: Default::default(),
         })
     });
+    let sending = has_body.then(|| Arc::new(()));
+    if let Some(s) = &sending {
+        parts
+            .extensions
+            .insert(crate::upstream::Sending(Arc::downgrade(s)));
+    }
     let body = LimitedBody {
         inner: body,
         max: f.max_body,
         open,
         progress: progress.clone(),
         read: 0,
+        _sending: sending,
     }
     .boxed();
     let up_req = Request::from_parts(parts, body);
