@@ -106,6 +106,13 @@ impl Activity {
         self.phase.store(UNWATCHED, SeqCst);
     }
 
+    /// An HTTP/1 connection whose request has been answered (or that has none): what is left
+    /// in flight is a response body on its way to the client. Not while a handler still waits
+    /// on the upstream, nor on HTTP/2 and upgraded connections (not watched).
+    pub fn answered(&self) -> bool {
+        matches!(self.phase.load(SeqCst), BETWEEN | READING_HEAD)
+    }
+
     /// Whether bytes moved since the last call.
     pub fn take_moved(&self) -> bool {
         self.moved.swap(false, Relaxed)

@@ -472,18 +472,38 @@ async fn drive<C: Future>(
 ) -> Option<C::Output> {
     let mut c = pin!(c);
     let mut closing = false;
+    // After an idle drain: the connection's activity, `idle_timeout`, and quiet since when.
+    let mut after_idle: Option<(Arc<Activity>, Duration, Quiet)> = None;
+    let tick = |idle: Duration| (idle / 4).max(Duration::from_millis(10));
     loop {
         tokio::select! {
             biased;
             end = c.as_mut() => return Some(end),
             v = &mut told, if !closing => match v {
                 Ok(Verdict::Close) => return None,
+                Ok(Verdict::Idle(activity, idle)) => {
+                    drain(c.as_mut());
+                    closing = true;
+                    after_idle = Some((activity, idle, Quiet::default()));
+                }
                 // Asked to drain, or the watcher is gone (the runtime is stopping).
                 Ok(Verdict::Drain) | Err(_) => {
                     drain(c.as_mut());
                     closing = true;
                 }
             },
+            _ = tokio::time::sleep(after_idle.as_ref().map_or(Duration::MAX, |a| tick(a.1))),
+                if after_idle.is_some() => {
+                // A drain waits for the response in flight; on HTTP/1, an answered one whose
+                // body moves no byte for another `idle_timeout` (a client that stopped reading)
+                // is cut, as nginx's `send_timeout` does, so that it cannot hold its connection
+                // for good. A request still waiting on the upstream is the upstream `timeout`'s.
+                if let Some((activity, idle, quiet)) = &mut after_idle {
+                    if quiet.over(activity, *idle) && activity.answered() {
+                        return None;
+                    }
+                }
+            }
         }
     }
 }
@@ -492,7 +512,11 @@ async fn drive<C: Future>(
 enum Verdict {
     /// A request head took longer than the header read timeout: close now.
     Close,
-    /// Idle, or the gateway is stopping: finish the request in flight, then close.
+    /// Quiet for `idle_timeout`: finish the request in flight, then close; cut it if it moves
+    /// nothing for another `idle_timeout`.
+    Idle(Arc<Activity>, Duration),
+    /// The gateway is stopping: finish the request in flight (within `shutdown_grace`), then
+    /// close.
     Drain,
 }
 
@@ -533,7 +557,7 @@ async fn watch_conn(
                     break Verdict::Close;
                 }
                 if quiet.over(&activity, idle) {
-                    break Verdict::Drain;
+                    break Verdict::Idle(activity.clone(), idle);
                 }
             }
         }

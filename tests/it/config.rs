@@ -842,16 +842,22 @@ fn cidrs_with_host_bits_are_warnings_naming_the_network() {
 }
 
 #[test]
-fn a_mint_route_without_required_claims_or_methods_is_a_warning() {
+fn a_mint_route_without_required_claims_methods_or_a_rate_limit_is_a_warning() {
     let dir = dir_with_secret();
     let with = |mint: &str| {
         load_in(
             &dir,
-            &format!("{BASE}[token]\nsecret = {{ file = \"secret\" }}\n[[routes]]\nname = \"login\"\npath = \"/login\"\n{mint}\nauth = \"mint\"\nupstream = \"app\"\n{TOKEN_ROUTE}"),
+            &format!("{BASE}[token]\nsecret = {{ file = \"secret\" }}\n[rate_limits.login]\nkey = \"ip\"\nrate = \"5/m\"\nburst = 5\n[[routes]]\nname = \"login\"\npath = \"/login\"\n{mint}\nauth = \"mint\"\nupstream = \"app\"\n{TOKEN_ROUTE}"),
         )
         .unwrap()
         .warnings
     };
+    let w = with("methods = [\"POST\"]\nmint = { claims_from_headers = { sub = \"X-User\" }, required_claims = [\"sub\"] }");
+    assert!(
+        w.len() == 1 && w[0].contains("routes[0] (`login`) mints with no rate_limit"),
+        "{w:?}"
+    );
+    let with = |mint: &str| with(&format!("{mint}\nrate_limit = [\"login\"]"));
     let w = with("methods = [\"POST\"]\nmint = { claims_from_headers = { sub = \"X-User\" }, required_claims = [\"sub\"] }");
     assert!(w.is_empty(), "{w:?}");
     let w = with("methods = [\"POST\"]");

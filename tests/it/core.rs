@@ -397,6 +397,57 @@ async fn a_silent_http2_peer_is_closed_after_the_idle_timeout() {
     assert!(closed.is_ok(), "still open after {:?}", started.elapsed());
 }
 
+/// A client that stops reading a large response does not hold its connection (nor the
+/// upstream's) for good: quiet for twice `idle_timeout`, the response is cut, and the upstream
+/// connection with it.
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_after_twice_the_idle_timeout() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (cut_tx, cut_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let Ok((mut s, _)) = listener.accept().await else {
+            return;
+        };
+        let mut buf = [0u8; 4096];
+        let _ = s.read(&mut buf).await;
+        // A 1 GiB body, written until the gateway stops taking it and then lets go.
+        let _ = s
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1073741824\r\n\r\n")
+            .await;
+        let chunk = vec![0u8; 64 * 1024];
+        for _ in 0..16_384 {
+            if s.write_all(&chunk).await.is_err() {
+                let _ = cut_tx.send(());
+                return;
+            }
+        }
+    });
+    let body = route_to(&format!("http://{addr}"), "");
+    let o = Opts {
+        server: "idle_timeout = \"1s\"",
+        ..plain()
+    };
+    let gw = Gateway::start_with(o, &body).await;
+    let mut client = TcpStream::connect(gw.addr).await.unwrap();
+    client
+        .write_all(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    // Never read: the buffers fill up and nothing moves.
+    let started = Instant::now();
+    tokio::time::timeout(Duration::from_secs(15), cut_rx)
+        .await
+        .expect("the stalled response was never cut")
+        .unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(client);
+}
+
 #[tokio::test]
 async fn upstream_down_is_502_and_slow_is_504() {
     // A port with nothing listening.

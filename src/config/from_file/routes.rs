@@ -366,6 +366,11 @@ impl Validator {
                     "{key} (`{name}`) mints on every method: a GET of the login page may answer in mint.status; add methods = [\"POST\"]"
                 ));
             }
+            if rate_limit.is_empty() {
+                self.warnings.push(format!(
+                    "{key} (`{name}`) mints with no rate_limit: guesses sent at once all reach the app before [login_protection] counts the first failure; add one (key = \"ip\", rate = \"5/m\")"
+                ));
+            }
         }
         Some(RouteConfig {
             name,
