@@ -34,6 +34,9 @@ pub enum Reject {
     },
     UpstreamUnavailable(String),
     UpstreamTimeout,
+    /// The client went away while its request body was being sent on: nobody hears the
+    /// answer, which is logged and counted as nginx's 499, not as a refusal.
+    ClientClosed,
     /// Why (the store's error, which never holds its URL).
     StoreUnavailable(String),
     Internal(String),
@@ -58,6 +61,7 @@ impl Reject {
             }
             Reject::UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
             Reject::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Reject::ClientClosed => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
             Reject::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Reject::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -81,6 +85,7 @@ impl Reject {
             Reject::LoginLocked { .. } => "login_locked",
             Reject::UpstreamUnavailable(_) => "upstream_unavailable",
             Reject::UpstreamTimeout => "upstream_timeout",
+            Reject::ClientClosed => "client_closed",
             Reject::StoreUnavailable(_) => "store_unavailable",
             Reject::Internal(_) => "internal_error",
         }
@@ -105,6 +110,7 @@ impl Reject {
             Reject::LoginLocked { .. } => "Too many failed logins; retry later.",
             Reject::UpstreamUnavailable(_) => "The upstream service is unavailable.",
             Reject::UpstreamTimeout => "The upstream service did not answer in time.",
+            Reject::ClientClosed => "The client closed the request.",
             Reject::StoreUnavailable(_) => "A required backing store is unavailable.",
             Reject::Internal(_) => "Internal error.",
         }

@@ -142,6 +142,9 @@ pub async fn handle(
     let out = &mut pending.out;
     let mut resp = match run {
         Ok(r) => r,
+        // Nobody to refuse: logged and counted with status 499 and no code, as a request
+        // dropped before its answer.
+        Err(rej @ Reject::ClientClosed) => rej.to_response(),
         Err(rej) => {
             out.code = Some(rej.code());
             if !rej.cause().is_empty() {

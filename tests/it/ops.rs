@@ -398,6 +398,42 @@ async fn a_streamed_response_is_logged_with_its_bytes_and_time_to_the_end() {
     assert!(v["total_ms"].as_f64().unwrap() >= 290.0, "{v}");
 }
 
+/// A client that goes away in the middle of its upload is counted as a request it abandoned
+/// (499, no code), not as a bad request: it is no refusal and no attack.
+#[tokio::test]
+async fn an_upload_the_client_abandons_is_a_499_not_a_refusal() {
+    use tokio::io::AsyncWriteExt;
+    let up = Upstream::start().await;
+    let gw = Logged::start(&open_and_token_routes(&up, "")).await;
+    let addr = gw.base.trim_start_matches("http://").to_string();
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    s.write_all(b"POST /open/upload HTTP/1.1\r\nHost: x\r\nContent-Length: 1048576\r\n\r\n")
+        .await
+        .unwrap();
+    s.write_all(&vec![b'x'; 64 * 1024]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(s);
+    let count = |text: &str, labels: &[&str]| metric(text, "iptgate_requests_total", labels);
+    let abandoned = ["route=\"open\"", "status=\"499\"", "code=\"\""];
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut text = scrape(&gw.admin).await;
+    while count(&text, &abandoned) < 1.0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        text = scrape(&gw.admin).await;
+    }
+    assert_eq!(count(&text, &abandoned), 1.0, "{text}");
+    assert_eq!(
+        count(&text, &["route=\"open\"", "code=\"bad_request\""]),
+        0.0,
+        "{text}"
+    );
+    let log = gw.stop().await;
+    assert!(
+        !log.lines().any(|l| l.contains("\"target\":\"security\"")),
+        "no security line: {log}"
+    );
+}
+
 #[tokio::test]
 async fn access_log_is_json_with_the_fields_and_never_a_token() {
     let up = Upstream::start().await;

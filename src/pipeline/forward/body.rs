@@ -100,6 +100,27 @@ impl fmt::Display for ClientBodyError {
     }
 }
 
+impl ClientBodyError {
+    /// The body was cut short by the client going away (its connection closed or reset
+    /// before the length it announced), not framed badly.
+    pub(super) fn client_left(&self) -> bool {
+        use std::error::Error as _;
+        self.0.is_incomplete_message()
+            || self
+                .0
+                .source()
+                .and_then(|s| s.downcast_ref::<std::io::Error>())
+                .is_some_and(|io| {
+                    matches!(
+                        io.kind(),
+                        std::io::ErrorKind::ConnectionReset
+                            | std::io::ErrorKind::BrokenPipe
+                            | std::io::ErrorKind::UnexpectedEof
+                    )
+                })
+    }
+}
+
 impl std::error::Error for ClientBodyError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         Some(&self.0)

@@ -68,6 +68,20 @@ pub struct Forward<'a> {
     pub activity: &'a Arc<Activity>,
 }
 
+/// `e` or the first error under it that is a `T`.
+fn found<'a, T: std::error::Error + 'static>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a T> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(t) = err.downcast_ref::<T>() {
+            return Some(t);
+        }
+        cur = err.source();
+    }
+    None
+}
+
 /// Whether `e` or an error under it is a `T`.
 fn caused_by<T: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
@@ -367,9 +381,14 @@ pub async fn send(mut req: Request<Incoming>, f: Forward<'_>) -> Result<Response
             if caused_by::<BodyTooLarge>(&e) {
                 return Err(Reject::PayloadTooLarge);
             }
-            // The client's own body failed: its error, not the upstream's.
-            if caused_by::<ClientBodyError>(&e) {
-                return Err(Reject::BadRequest("the request body could not be read"));
+            // The client's own body failed: its error, not the upstream's. Cut short (the
+            // client went away) is not a bad request: nobody is there to hear one.
+            if let Some(c) = found::<ClientBodyError>(&e) {
+                return Err(if c.client_left() {
+                    Reject::ClientClosed
+                } else {
+                    Reject::BadRequest("the request body could not be read")
+                });
             }
             return Err(Reject::UpstreamUnavailable(error_chain(&e)));
         }
