@@ -42,6 +42,9 @@ pub enum Reject {
     Internal(String),
 }
 
+/// nginx's status for a request the client closed before it was answered.
+pub const CLIENT_CLOSED: u16 = 499;
+
 impl Reject {
     pub fn status(&self) -> StatusCode {
         match self {
@@ -61,7 +64,9 @@ impl Reject {
             }
             Reject::UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
             Reject::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            Reject::ClientClosed => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
+            Reject::ClientClosed => {
+                StatusCode::from_u16(CLIENT_CLOSED).unwrap_or(StatusCode::BAD_REQUEST)
+            }
             Reject::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Reject::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }

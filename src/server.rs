@@ -492,8 +492,7 @@ async fn drive<C: Future>(
                     closing = true;
                 }
             },
-            _ = tokio::time::sleep(after_idle.as_ref().map_or(Duration::MAX, |a| tick(a.1))),
-                if after_idle.is_some() => {
+            _ = sleep_if(after_idle.as_ref().map(|a| tick(a.1))) => {
                 // A drain waits for the response in flight; on HTTP/1, an answered one whose
                 // body moves no byte for another `idle_timeout` (a client that stopped reading)
                 // is cut, as nginx's `send_timeout` does, so that it cannot hold its connection
@@ -505,6 +504,14 @@ async fn drive<C: Future>(
                 }
             }
         }
+    }
+}
+
+/// Sleeps `d`, or never ends: no timer is made for a branch that has none to wait for.
+async fn sleep_if(d: Option<Duration>) {
+    match d {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
     }
 }
 

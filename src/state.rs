@@ -108,6 +108,7 @@ impl Upstream {
         &self,
         first: usize,
         mut fail: SendFail,
+        at: std::time::Instant,
     ) -> Result<Response<PooledBody>, SendFail> {
         let Some(req) = fail.unsent.take() else {
             return Err(fail);
@@ -131,7 +132,7 @@ impl Upstream {
                     req.headers_mut().insert(http::header::HOST, v);
                 }
             }
-            match self.pools[j].send(req).await {
+            match self.pools[j].send(req, at).await {
                 Ok(r) => return Ok(r),
                 Err(SendFail {
                     err,

@@ -142,9 +142,13 @@ impl Pool {
     /// Sends `req` (origin-form URI) and returns the response, its body streaming from the
     /// connection, which rejoins the pool when the body ends. When no connection could be
     /// opened, nothing was sent and the request comes back in the error, for another target.
+    ///
+    /// `at`: when the request was sent on, already read from the clock; an idle connection's
+    /// age is measured against it.
     pub async fn send(
         self: &Arc<Self>,
         mut req: Request<Body>,
+        at: Instant,
     ) -> Result<Response<PooledBody>, SendFail> {
         let sending = req.extensions().get::<Sending>().cloned();
         loop {
@@ -155,7 +159,7 @@ impl Pool {
             if tx.ready().await.is_err() {
                 continue;
             }
-            let again = (since.elapsed() >= REPLAY_AFTER_IDLE)
+            let again = (at.saturating_duration_since(since) >= REPLAY_AFTER_IDLE)
                 .then(|| replayable(&req))
                 .flatten();
             match tx.try_send_request(req).await {

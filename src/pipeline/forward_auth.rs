@@ -100,10 +100,8 @@ pub async fn answer(
     out: &mut Outcome,
 ) -> Result<Response<Body>, Reject> {
     let cfg = &active.config;
-    // The proxy asking: the connection's (an UNKNOWN relay is a client's, never a proxy's).
-    let peer = conn.hop;
-    if conn.proxied == client_ip::Proxied::Unknown || !client_ip::is_trusted(peer, &cfg.client_ip) {
-        out.client_ip = Some(peer);
+    if !conn.from_trusted_proxy(&cfg.client_ip) {
+        out.client_ip = Some(conn.hop);
         return Err(Reject::IpDenied("forward auth asked by an untrusted peer"));
     }
     let h = req.headers();

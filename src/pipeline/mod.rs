@@ -83,6 +83,12 @@ impl Conn {
             activity: Arc::default(),
         }
     }
+
+    /// Whether the connection comes from a trusted proxy, whose forwarding headers are
+    /// believed: never an `UNKNOWN` relay (its forwarding headers are its client's own).
+    pub fn from_trusted_proxy(&self, cfg: &crate::config::ClientIpConfig) -> bool {
+        self.proxied != client_ip::Proxied::Unknown && client_ip::is_trusted(self.hop, cfg)
+    }
 }
 
 /// What the access log and metrics record about one request.
@@ -176,26 +182,11 @@ pub async fn handle(
     if at_end {
         // A stream or a large body: its line is written when it ends (bytes sent, time to
         // the last byte).
-        let log = crate::access_log::Deferred {
-            method: pending.method.clone(),
-            path: pending.logged_path().map(str::to_owned),
-            status,
-            out: std::mem::take(&mut pending.out),
-            active: active.clone(),
-            started,
-        };
+        let log = pending.deferred(status, active.clone());
         resp = resp
             .map(|b| http_body_util::BodyExt::boxed(crate::access_log::LoggedBody::new(b, log)));
     } else {
-        crate::access_log::record(
-            &pending.method,
-            pending.logged_path(),
-            status,
-            bytes,
-            &pending.out,
-            &active,
-            started,
-        );
+        pending.record(status, bytes);
     }
     if upgraded {
         conn.activity.upgraded();
@@ -224,6 +215,31 @@ impl Pending<'_> {
             .or(self.path.as_deref().ok())
             .or(self.raw_path)
     }
+
+    /// The access line and counts, now.
+    fn record(&self, status: u16, bytes: Option<u64>) {
+        crate::access_log::record(
+            &self.method,
+            self.logged_path(),
+            status,
+            bytes,
+            &self.out,
+            self.active,
+            self.started,
+        );
+    }
+
+    /// What the access line needs when it is written at the end of the response body.
+    fn deferred(&mut self, status: u16, active: Arc<Active>) -> crate::access_log::Deferred {
+        crate::access_log::Deferred {
+            method: self.method.clone(),
+            path: self.logged_path().map(str::to_owned),
+            status,
+            out: std::mem::take(&mut self.out),
+            active,
+            started: self.started,
+        }
+    }
 }
 
 impl Drop for Pending<'_> {
@@ -240,22 +256,11 @@ impl Drop for Pending<'_> {
             self.out.code = Some("internal_error");
             500
         } else {
-            CLIENT_CLOSED
+            crate::error::CLIENT_CLOSED
         };
-        crate::access_log::record(
-            &self.method,
-            self.logged_path(),
-            status,
-            None,
-            &self.out,
-            self.active,
-            self.started,
-        );
+        self.record(status, None);
     }
 }
-
-/// nginx's status for a request the client closed before it was answered.
-const CLIENT_CLOSED: u16 = 499;
 
 async fn run(
     req: Request<Incoming>,
@@ -344,9 +349,7 @@ async fn run(
             client_ip: ip,
             peer,
             peer_header: &conn.hop_header,
-            // An UNKNOWN relay's forwarding headers are its client's own.
-            peer_trusted: conn.proxied != client_ip::Proxied::Unknown
-                && client_ip::is_trusted(peer, &cfg.client_ip),
+            peer_trusted: conn.from_trusted_proxy(&cfg.client_ip),
             ip_header: cfg.client_ip.header,
             tls: conn.tls,
             upstream,

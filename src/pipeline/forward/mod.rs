@@ -82,18 +82,6 @@ fn found<'a, T: std::error::Error + 'static>(
     None
 }
 
-/// Whether `e` or an error under it is a `T`.
-fn caused_by<T: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = cur {
-        if err.is::<T>() {
-            return true;
-        }
-        cur = err.source();
-    }
-    false
-}
-
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = e.to_string();
     let mut cur = e.source();
@@ -358,7 +346,13 @@ pub async fn send(mut req: Request<Incoming>, f: Forward<'_>) -> Result<Response
     // Boxed: the send future is about a kilobyte, and `timeout` would copy it in twice. The
     // picked target's pool is asked directly; only when it could not connect (the request is
     // back, unsent) do the other targets get it, so the common path has no extra layer.
-    let mut sent = within(Box::pin(pool.send(up_req)), f.sent, timeout, progress).await;
+    let mut sent = within(
+        Box::pin(pool.send(up_req, f.sent)),
+        f.sent,
+        timeout,
+        progress,
+    )
+    .await;
     if f.upstream.has_others() {
         if let Some(Err(
             fail @ SendFail {
@@ -367,7 +361,7 @@ pub async fn send(mut req: Request<Incoming>, f: Forward<'_>) -> Result<Response
         )) = sent
         {
             sent = within(
-                Box::pin(f.upstream.failover(picked, fail)),
+                Box::pin(f.upstream.failover(picked, fail, f.sent)),
                 f.sent,
                 timeout,
                 progress,
@@ -378,7 +372,7 @@ pub async fn send(mut req: Request<Incoming>, f: Forward<'_>) -> Result<Response
     let mut resp = match sent {
         None => return Err(Reject::UpstreamTimeout),
         Some(Err(SendFail { err: e, .. })) => {
-            if caused_by::<BodyTooLarge>(&e) {
+            if found::<BodyTooLarge>(&e).is_some() {
                 return Err(Reject::PayloadTooLarge);
             }
             // The client's own body failed: its error, not the upstream's. Cut short (the
