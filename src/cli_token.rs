@@ -10,7 +10,7 @@ use crate::config::Config;
 use crate::pipeline::auth::{map_token_error, now};
 use crate::token::{check_binding, Keys, MintRequest, TokenType};
 
-fn setup(cfg: &Config, ip: &str) -> Result<(Keys, IpAddr), ExitCode> {
+fn setup(cfg: &Config, ip: &str, device: Option<&str>) -> Result<(Keys, IpAddr), ExitCode> {
     let Some(tc) = &cfg.token else {
         eprintln!("the config has no [token] section");
         return Err(ExitCode::from(2));
@@ -19,6 +19,25 @@ fn setup(cfg: &Config, ip: &str) -> Result<(Keys, IpAddr), ExitCode> {
         eprintln!("--ip: `{ip}` is not an IP address");
         ExitCode::from(2)
     })?;
+    // Device binding: the gateway binds (and checks) a token to the request's device id, so
+    // the command needs one exactly when the config binds tokens to devices.
+    match (&tc.device_binding, device) {
+        (Some(_), None) => {
+            eprintln!(
+                "--device: token.device_binding is set: give the device id the token is bound to"
+            );
+            return Err(ExitCode::from(2));
+        }
+        (Some(_), Some("")) => {
+            eprintln!("--device: the device id is empty (the gateway treats that as none)");
+            return Err(ExitCode::from(2));
+        }
+        (None, Some(_)) => {
+            eprintln!("--device: token.device_binding is not set: tokens are not bound to devices");
+            return Err(ExitCode::from(2));
+        }
+        _ => {}
+    }
     let keys = Keys::new(tc).map_err(|e| {
         eprintln!("token: {e}");
         ExitCode::from(2)
@@ -29,17 +48,24 @@ fn setup(cfg: &Config, ip: &str) -> Result<(Keys, IpAddr), ExitCode> {
 pub fn mint(
     cfg: &Config,
     ip: &str,
+    device: Option<&str>,
     sub: Option<String>,
     claims: &[String],
     ttl: Option<&str>,
 ) -> ExitCode {
-    let (keys, ip) = match setup(cfg, ip) {
+    let (keys, ip) = match setup(cfg, ip, device) {
         Ok(x) => x,
         Err(c) => return c,
     };
     let Some(tc) = &cfg.token else {
         return ExitCode::from(2);
     };
+    if !keys.can_mint() {
+        eprintln!(
+            "token.private_key: not set; with public_keys alone tokens can be verified, not minted"
+        );
+        return ExitCode::from(2);
+    }
     let (sub, extra, ttl) = match args(sub, claims, ttl, tc.ttl) {
         Ok(x) => x,
         Err(e) => {
@@ -54,7 +80,7 @@ pub fn mint(
             ip,
             sub,
             extra,
-            dev: None,
+            dev: device.map(crate::token::device_hash),
             fam: None,
             ttl,
         },
@@ -154,8 +180,8 @@ fn has_control(v: &serde_json::Value) -> bool {
     }
 }
 
-pub fn verify(cfg: &Config, ip: &str, token: &str) -> ExitCode {
-    let (keys, ip) = match setup(cfg, ip) {
+pub fn verify(cfg: &Config, ip: &str, device: Option<&str>, token: &str) -> ExitCode {
+    let (keys, ip) = match setup(cfg, ip, device) {
         Ok(x) => x,
         Err(c) => return c,
     };
@@ -164,7 +190,7 @@ pub fn verify(cfg: &Config, ip: &str, token: &str) -> ExitCode {
     };
     let verdict = keys
         .verify(tc, token.trim(), TokenType::Access, now())
-        .and_then(|c| check_binding(tc, &c, ip, None).map(|_| c))
+        .and_then(|c| check_binding(tc, &c, ip, device).map(|_| c))
         .and_then(|c| {
             // A claim the route would have to forward but cannot put in a header refuses the
             // token there (`token_invalid`): the same verdict here.

@@ -78,11 +78,17 @@ enum TokenCmd {
         /// Lifetime, e.g. "15m" (default: token.ttl).
         #[arg(long)]
         ttl: Option<String>,
+        /// The device id to bind the token to (needed when token.device_binding is set).
+        #[arg(long)]
+        device: Option<String>,
     },
     /// Verify a token as a protected route would; print its claims or the error code.
     Verify {
         #[arg(long)]
         ip: String,
+        /// The device id the request would carry (needed when token.device_binding is set).
+        #[arg(long)]
+        device: Option<String>,
         token: String,
     },
 }
@@ -194,8 +200,18 @@ fn main() -> ExitCode {
                     sub,
                     claims,
                     ttl,
-                } => iptgate::cli_token::mint(&cfg, &ip, sub, &claims, ttl.as_deref()),
-                TokenCmd::Verify { ip, token } => iptgate::cli_token::verify(&cfg, &ip, &token),
+                    device,
+                } => iptgate::cli_token::mint(
+                    &cfg,
+                    &ip,
+                    device.as_deref(),
+                    sub,
+                    &claims,
+                    ttl.as_deref(),
+                ),
+                TokenCmd::Verify { ip, device, token } => {
+                    iptgate::cli_token::verify(&cfg, &ip, device.as_deref(), &token)
+                }
             }
         }
         Cmd::Explain(args) => match load(&path) {

@@ -181,6 +181,16 @@ pub enum KeyMaterial {
     },
 }
 
+impl KeyMaterial {
+    /// Whether tokens can be minted (HS* secret, or an asymmetric private key).
+    pub fn can_sign(&self) -> bool {
+        match self {
+            KeyMaterial::Secret(_) => true,
+            KeyMaterial::Pem { private_key, .. } => private_key.is_some(),
+        }
+    }
+}
+
 impl fmt::Debug for KeyMaterial {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

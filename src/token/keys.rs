@@ -15,7 +15,7 @@ use aws_lc_rs::signature::{
     RsaEncoding, RsaKeyPair, VerificationAlgorithm,
 };
 use base64::Engine;
-use jsonwebtoken::jwk::{Jwk, JwkSet, PublicKeyUse, ThumbprintHash};
+use jsonwebtoken::jwk::{AlgorithmParameters, Jwk, JwkSet, PublicKeyUse, ThumbprintHash};
 use jsonwebtoken::{Algorithm as JwtAlg, DecodingKey};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::PrivateKeyDer;
@@ -286,6 +286,25 @@ fn public_jwk(key: &DecodingKey, jwt: JwtAlg) -> Result<(Jwk, String), String> {
     Ok((jwk, kid))
 }
 
+/// RSA verifiers take moduli of 2048 to 8192 bits: a smaller public key would be published
+/// in the JWKS yet verify nothing (and is weak for whoever else trusts it), so it is refused
+/// at load, as a private key that size is by its self-test.
+fn rsa_size(jwk: &Jwk, alg: Algorithm) -> Result<(), String> {
+    let AlgorithmParameters::RSA(rsa) = &jwk.algorithm else {
+        return Ok(());
+    };
+    let n = B64.decode(&rsa.n).map_err(|e| e.to_string())?;
+    let n = &n[n.iter().take_while(|&&b| b == 0).count()..];
+    let bits = n.len() * 8 - n.first().map_or(8, |b| b.leading_zeros() as usize);
+    if !(2048..=8192).contains(&bits) {
+        return Err(format!(
+            "a {bits}-bit RSA key: {} verifies 2048- to 8192-bit keys only",
+            alg.name()
+        ));
+    }
+    Ok(())
+}
+
 /// Proves a private key signs and verifies under the configured algorithm before serving
 /// (e.g. an RSA key below 2048 bits signs but never verifies).
 fn self_test(alg: Algorithm, signer: &Signer, check: &Check) -> Result<(), String> {
@@ -426,6 +445,7 @@ impl Keys {
             .map_err(|e| format!("not a {} PEM public key ({e})", alg.name()))?;
         let (jwk, kid) = public_jwk(&key, jwt_alg(alg))
             .map_err(|e| format!("not usable for {} ({e})", alg.name()))?;
+        rsa_size(&jwk, alg)?;
         let check = prepare_public(alg, &key)
             .map_err(|e| format!("not usable for {} ({e})", alg.name()))?;
         let verifier = Verifier {

@@ -631,3 +631,32 @@ fn a_key_on_the_wrong_curve_is_a_config_error() {
     .unwrap();
     assert!(err.starts_with("public_keys[0]: "), "{err}");
 }
+
+/// A 1024-bit RSA public key (the verifiers take 2048 to 8192 bits).
+const RSA_1024_PUBLIC: &str = "-----BEGIN PUBLIC KEY-----
+MIGfMA0GCSqGSIb3DQEBAQUAA4GNADCBiQKBgQCZsn2zYVDt0QZlo7+d0R2YcMal
+DijmOrgSFhpwHoN3kH0rUQWQMNjU2ctSxrZhg26gwuje2AB9o7Dytpk773nqYKu7
+oSUvcxVkd6T2LwSGZvXiEd8i53JjJiKjFtdShSB1IQDwNX0YC0/or7EHXb1VA5G1
+hjOFYPOTeFOmmDeQ5wIDAQAB
+-----END PUBLIC KEY-----
+";
+
+#[test]
+fn an_rsa_public_key_too_small_to_verify_is_a_config_error() {
+    // Published in the JWKS it would verify nothing here and be weak for whoever trusts it.
+    let (private, public) = pem_pair(Algorithm::RS256);
+    for alg in [Algorithm::RS256, Algorithm::PS384] {
+        let err = Keys::new(&asym(
+            alg,
+            Some(private.clone()),
+            vec![RSA_1024_PUBLIC.as_bytes().to_vec()],
+        ))
+        .err()
+        .unwrap_or_else(|| panic!("{}: a 1024-bit public key loaded", alg.name()));
+        assert!(err.starts_with("public_keys[0]: "), "{err}");
+        assert!(err.contains("1024-bit"), "{err}");
+    }
+    // A 2048-bit one (rcgen's) loads, alone or beside the signing key.
+    assert!(Keys::new(&asym(Algorithm::RS256, None, vec![public.clone()])).is_ok());
+    assert!(Keys::new(&asym(Algorithm::RS256, Some(private), vec![public])).is_ok());
+}

@@ -915,3 +915,35 @@ fn listeners_on_one_port_and_a_miscased_algorithm_are_errors() {
         "{e}"
     );
 }
+
+#[test]
+fn a_verify_only_gateway_cannot_have_mint_routes_or_refresh() {
+    // public_keys without private_key: the gateway verifies tokens minted elsewhere. A mint
+    // route would run the app's login and then fail to mint; refresh could never answer.
+    let dir = dir_with_secret();
+    let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    std::fs::write(dir.join("ec.pub"), kp.public_key_pem()).unwrap();
+    std::fs::write(dir.join("ec.key"), kp.serialize_pem()).unwrap();
+    let login = "[[routes]]\nname = \"login\"\npath = \"/login\"\nmethods = [\"POST\"]\nauth = \"mint\"\nupstream = \"app\"\n";
+    let cfg = |keys: &str, extra: &str| {
+        load_in(
+            &dir,
+            &format!("{BASE}[token]\nalgorithm = \"ES256\"\n{keys}\n{extra}{TOKEN_ROUTE}"),
+        )
+    };
+    let e = cfg("public_keys = [\"ec.pub\"]", login).unwrap_err();
+    assert!(
+        e.contains("routes[0].auth") && e.contains("needs token.private_key"),
+        "{e}"
+    );
+    let refresh = "[refresh]\nenabled = true\n";
+    let e = cfg("public_keys = [\"ec.pub\"]", refresh).unwrap_err();
+    assert!(
+        e.contains("refresh.enabled") && e.contains("needs token.private_key"),
+        "{e}"
+    );
+    // Verifying only is fine; with the private key, both are.
+    assert!(cfg("public_keys = [\"ec.pub\"]", "").is_ok());
+    assert!(cfg("private_key = \"ec.key\"", &format!("{refresh}{login}")).is_ok());
+    let _ = std::fs::remove_dir_all(&dir);
+}

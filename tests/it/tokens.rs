@@ -989,3 +989,60 @@ async fn asymmetric_keys_publish_a_jwks_for_get_only() {
     assert_eq!(r.headers()["allow"], "GET, HEAD");
     assert_eq!(up.count(), 0);
 }
+
+#[tokio::test]
+async fn token_cli_binds_to_and_checks_the_device_when_the_config_does() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&app(&up, "device_binding = { header = \"X-Device-Id\" }\n")).await;
+    let cfg = gw.config_path();
+    let cli = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_iptgate"))
+            .arg("token")
+            .arg(args[0])
+            .arg("--config")
+            .arg(&cfg)
+            .args(&args[1..])
+            .output()
+            .unwrap()
+    };
+    // Without the device id the command cannot mint what the gateway would: a usage error.
+    let out = cli(&["mint", "--ip", "127.0.0.1", "--sub", "ops"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--device"));
+    let out = cli(&[
+        "mint",
+        "--ip",
+        "127.0.0.1",
+        "--sub",
+        "ops",
+        "--device",
+        "d1",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let on = |dev: &'static str| {
+        client()
+            .get(gw.url("/x"))
+            .bearer_auth(&token)
+            .header("x-device-id", dev)
+            .send()
+    };
+    assert_eq!(on("d1").await.unwrap().status(), 200);
+    assert_eq!(
+        code_of(on("d2").await.unwrap()).await,
+        (401, "device_mismatch".into())
+    );
+    let ok = cli(&["verify", "--ip", "127.0.0.1", "--device", "d1", &token]);
+    assert!(ok.status.success());
+    let other = cli(&["verify", "--ip", "127.0.0.1", "--device", "d2", &token]);
+    assert_eq!(other.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&other.stdout).contains("401 device_mismatch"));
+    assert_eq!(
+        cli(&["verify", "--ip", "127.0.0.1", &token]).status.code(),
+        Some(2)
+    );
+}

@@ -209,6 +209,12 @@ impl Validator {
             Some("public") => AuthMode::Public,
             Some("token") => AuthMode::Token,
             Some("mint") => {
+                if token.is_some_and(|t| !t.keys.can_sign()) {
+                    self.err(
+                        format!("{key}.auth"),
+                        "\"mint\" needs token.private_key: with public_keys alone this gateway only verifies tokens",
+                    );
+                }
                 let m = r.mint.clone().unwrap_or(MintFile {
                     status: None,
                     claims_from_headers: Default::default(),

@@ -378,6 +378,7 @@ impl Validator {
         &mut self,
         r: Option<&RefreshFile>,
         has_token: bool,
+        can_sign: bool,
     ) -> Option<RefreshConfig> {
         if let Some(off) = r.filter(|r| !r.enabled) {
             // Checked all the same: switching it on later must not reveal an old mistake.
@@ -386,6 +387,12 @@ impl Validator {
         let r = r.filter(|r| r.enabled)?;
         if !has_token && !self.token_section {
             self.err("refresh.enabled", "needs a [token] section");
+        }
+        if !can_sign {
+            self.err(
+                "refresh.enabled",
+                "needs token.private_key: with public_keys alone this gateway cannot mint the new tokens",
+            );
         }
         let header = self
             .carrier_header(

@@ -147,7 +147,8 @@ impl Validator {
         let client_ip = self.client_ip(&f.client_ip);
         let ip = self.ip_lists("ip", &f.ip);
         let token = f.token.as_ref().and_then(|t| self.token(t));
-        let refresh = self.refresh(f.refresh.as_ref(), token.is_some());
+        let can_sign = token.as_ref().is_none_or(|t| t.keys.can_sign());
+        let refresh = self.refresh(f.refresh.as_ref(), token.is_some(), can_sign);
         if let (Some(tc), Some(r)) = (&token, &refresh) {
             if tc.set_cookie {
                 for (key, p) in [
