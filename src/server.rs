@@ -17,7 +17,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::{oneshot, watch, Semaphore};
+use tokio::sync::{oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::activity::{Activity, Quiet};
@@ -266,12 +266,8 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>, mut stop: watch::
         let servers = servers.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
-            let n = state.connections.fetch_add(1, Ordering::Relaxed) + 1;
-            crate::metrics::connections(n);
-            connection(stream, peer, tls_mode, &state, &servers, stop).await;
-            let n = state.connections.fetch_sub(1, Ordering::Relaxed) - 1;
-            crate::metrics::connections(n);
-            drop(permit);
+            let slot = Slot::take(permit, &state);
+            connection(stream, peer, tls_mode, &state, &servers, stop, slot).await;
         });
     }
     drop(listener);
@@ -279,10 +275,18 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>, mut stop: watch::
     // the grace of the config in force now (a reload may have changed it).
     let grace = state.active.load().config.server.shutdown_grace;
     let deadline = Instant::now() + grace;
-    while state.connections.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+    // WebSocket tunnels have no request to finish: they end with the process.
+    let busy = || {
+        let tunnels = state.tunnels.load(Ordering::Relaxed);
+        state
+            .connections
+            .load(Ordering::Relaxed)
+            .saturating_sub(tunnels)
+    };
+    while busy() > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let left = state.connections.load(Ordering::Relaxed);
+    let left = busy();
     if left > 0 {
         tracing::warn!(
             connections = left,
@@ -341,6 +345,55 @@ async fn starts_with_proxy(stream: &TcpStream, wait: Duration) -> Result<bool, (
     }
 }
 
+/// A client connection's place among `max_connections`: counted in `state.connections` (the
+/// active-connections gauge, and what a drain waits for) until dropped. The connection holds
+/// it, and a WebSocket tunnel it turns into keeps it until the tunnel closes.
+pub struct Slot {
+    _permit: OwnedSemaphorePermit,
+    state: Arc<State>,
+}
+
+impl Slot {
+    fn take(permit: OwnedSemaphorePermit, state: &Arc<State>) -> Arc<Slot> {
+        let n = state.connections.fetch_add(1, Ordering::Relaxed) + 1;
+        crate::metrics::connections(n);
+        Arc::new(Slot {
+            _permit: permit,
+            state: state.clone(),
+        })
+    }
+}
+
+impl Slot {
+    /// Marks the connection a tunnel while the guard lives: still counted, not waited for by
+    /// a drain (a tunnel has no request to finish).
+    pub fn tunnel(&self) -> TunnelMark {
+        self.state.tunnels.fetch_add(1, Ordering::Relaxed);
+        TunnelMark(self.state.clone())
+    }
+}
+
+pub struct TunnelMark(Arc<State>);
+
+impl Drop for TunnelMark {
+    fn drop(&mut self) {
+        self.0.tunnels.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let n = self.state.connections.fetch_sub(1, Ordering::Relaxed) - 1;
+        crate::metrics::connections(n);
+    }
+}
+
+impl std::fmt::Debug for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Slot")
+    }
+}
+
 async fn connection(
     mut stream: TcpStream,
     peer: SocketAddr,
@@ -348,6 +401,7 @@ async fn connection(
     state: &Arc<State>,
     servers: &Servers,
     stop: watch::Receiver<bool>,
+    slot: Arc<Slot>,
 ) {
     let _ = stream.set_nodelay(true);
     let active = state.active.load_full();
@@ -356,7 +410,9 @@ async fn connection(
     let Ok(proxied) = proxy_preamble(&mut stream, peer, cfg, true).await else {
         return;
     };
-    let conn = Arc::new(Conn::new(peer, proxied, tls_mode));
+    let mut conn = Conn::new(peer, proxied, tls_mode);
+    conn.slot = Some(slot);
+    let conn = Arc::new(conn);
     let w = Watch {
         stop,
         idle: cfg.server.idle_timeout,

@@ -188,6 +188,8 @@ pub struct State {
     pub store: Store,
     pub draining: AtomicBool,
     pub connections: AtomicUsize,
+    /// Of `connections`, those that became WebSocket tunnels: a drain does not wait for them.
+    pub tunnels: AtomicUsize,
     generation: AtomicU64,
     pub pools: Pools,
 }
@@ -210,6 +212,7 @@ impl State {
             store,
             draining: AtomicBool::new(false),
             connections: AtomicUsize::new(0),
+            tunnels: AtomicUsize::new(0),
             generation: AtomicU64::new(1),
             pools,
         }))

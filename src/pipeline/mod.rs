@@ -63,6 +63,9 @@ pub struct Conn {
     pub hop_header: HeaderValue,
     /// What the connection's watcher sees of it (header read and idle timeouts).
     pub activity: Arc<Activity>,
+    /// Its place among `max_connections`, given back when the last holder lets go: the
+    /// connection, or the WebSocket tunnel it became.
+    pub slot: Option<Arc<crate::server::Slot>>,
 }
 
 impl Conn {
@@ -81,6 +84,7 @@ impl Conn {
             hop,
             hop_header,
             activity: Arc::default(),
+            slot: None,
         }
     }
 
@@ -265,7 +269,7 @@ impl Drop for Pending<'_> {
 async fn run(
     req: Request<Incoming>,
     path: &Result<String, path::Refusal>,
-    conn: &Conn,
+    conn: &Arc<Conn>,
     active: &Active,
     state: &State,
     started: Instant,
@@ -363,7 +367,7 @@ async fn run(
             stripped_prefix: route::stripped_prefix(rc),
             idle_timeout: cfg.server.idle_timeout,
             sent,
-            activity: &conn.activity,
+            conn,
         },
     )
     .await;

@@ -1057,21 +1057,7 @@ async fn signal_drains(workers: usize, signal: &str) {
 #[tokio::test]
 async fn websocket_upgrade_passes_through() {
     use futures_util::{SinkExt, StreamExt};
-    // A WebSocket echo server upstream.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut ws = tokio_tungstenite::accept_async(s).await.unwrap();
-                while let Some(Ok(m)) = ws.next().await {
-                    if m.is_text() || m.is_binary() {
-                        ws.send(m).await.unwrap();
-                    }
-                }
-            });
-        }
-    });
+    let addr = ws_echo_upstream().await;
     let body = route_to(&format!("http://{addr}"), "");
     let o = Opts {
         tls: false,
@@ -1113,6 +1099,86 @@ async fn websocket_upgrade_passes_through() {
         "{:?}",
         t.elapsed()
     );
+}
+
+/// A WebSocket echo server upstream: its address.
+async fn ws_echo_upstream() -> std::net::SocketAddr {
+    use futures_util::{SinkExt, StreamExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(s).await else {
+                    return;
+                };
+                while let Some(Ok(m)) = ws.next().await {
+                    if (m.is_text() || m.is_binary()) && ws.send(m).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A connection that became a WebSocket tunnel still holds its place among `max_connections`
+/// and in the active-connections gauge until the tunnel closes: otherwise any client could
+/// hold sockets past the limit, unseen.
+#[tokio::test]
+async fn a_websocket_tunnel_keeps_its_connection_slot_until_it_closes() {
+    use futures_util::{SinkExt, StreamExt};
+    let addr = ws_echo_upstream().await;
+    let o = Opts {
+        tls: false,
+        server: "max_connections = 1\nshutdown_grace = \"30s\"",
+        ..Opts::default()
+    };
+    let gw = Gateway::start_with(o, &route_to(&format!("http://{addr}"), "")).await;
+    let (mut ws, resp) = tokio_tungstenite::connect_async(format!("ws://{}/ws", gw.addr))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 101);
+    ws.send(tokio_tungstenite::tungstenite::Message::text("hi"))
+        .await
+        .unwrap();
+    let echo = tokio::time::timeout(Duration::from_secs(5), ws.next()).await;
+    assert!(
+        matches!(echo, Ok(Some(Ok(ref m))) if m.is_text()),
+        "{echo:?}"
+    );
+    let gauge = metric(&gw.metrics_text().await, "iptgate_active_connections", &[]);
+    assert_eq!(gauge, 1.0);
+    // A second connection waits while the tunnel is open...
+    let get = b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n";
+    let mut second = TcpStream::connect(gw.addr).await.unwrap();
+    second.write_all(get).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let waited = tokio::time::timeout(Duration::from_millis(700), second.read(&mut buf)).await;
+    assert!(waited.is_err(), "answered past max_connections");
+    // ...and is served once the tunnel has closed.
+    drop(ws);
+    let n = tokio::time::timeout(Duration::from_secs(5), second.read(&mut buf))
+        .await
+        .expect("served after the tunnel closed")
+        .unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(head.starts_with("HTTP/1.1 "), "{head:?}");
+    drop(second);
+    // A drain does not wait for a tunnel (it has no request to finish): with one open and a
+    // 30 s grace, the gateway stops at once.
+    let (_ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", gw.addr))
+        .await
+        .unwrap();
+    let mut gw = gw;
+    let running = gw.take_running();
+    let t = Instant::now();
+    running.begin_shutdown();
+    tokio::time::timeout(Duration::from_secs(10), running.wait())
+        .await
+        .expect("the drain waited for the tunnel");
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
 }
 
 /// A `101` opens a tunnel nothing on the connection is judged in after it, so only one that

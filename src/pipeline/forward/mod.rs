@@ -17,7 +17,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
-use crate::activity::{Activity, BodyOpen};
+use crate::activity::BodyOpen;
 use crate::body::{Body, BoxError};
 use crate::config::{CookieConfig, ForwardHeader, TokenConfig};
 use crate::error::Reject;
@@ -64,8 +64,9 @@ pub struct Forward<'a> {
     pub stripped_prefix: Option<&'a str>,
     /// When the request was sent on: the upstream `timeout` counts from there.
     pub sent: std::time::Instant,
-    /// The connection's activity: a request is not done while its body is being forwarded.
-    pub activity: &'a Arc<Activity>,
+    /// The client's connection: its activity (a request is not done while its body is being
+    /// forwarded), and its place among `max_connections`, which a WebSocket tunnel keeps.
+    pub conn: &'a Arc<super::Conn>,
 }
 
 /// `e` or the first error under it that is a `T`.
@@ -316,7 +317,7 @@ pub async fn send(mut req: Request<Incoming>, f: Forward<'_>) -> Result<Response
     parts.version = Version::HTTP_11;
 
     let has_body = !body.is_end_stream();
-    let open = has_body.then(|| f.activity.body_forwarded());
+    let open = has_body.then(|| f.conn.activity.body_forwarded());
     let progress = has_body.then(|| {
         Arc::new(BodyProgress {
             since: f.sent,
@@ -399,11 +400,16 @@ pub async fn send(mut req: Request<Incoming>, f: Forward<'_>) -> Result<Response
                 ));
             }
             let upstream_up = hyper::upgrade::on(&mut resp);
-            let (idle, activity) = (f.idle_timeout, f.activity.clone());
+            let (idle, conn) = (f.idle_timeout, f.conn.clone());
             tokio::spawn(async move {
                 if let (Ok(c), Ok(u)) = (client_up.await, upstream_up.await) {
+                    let _tunnel = conn.slot.as_ref().map(|s| s.tunnel());
+                    let activity = conn.activity.clone();
                     crate::tunnel::splice(TokioIo::new(c), TokioIo::new(u), idle, activity).await;
                 }
+                // The connection's slot (`max_connections`, the active-connections gauge)
+                // is given back with the tunnel.
+                drop(conn);
             });
             let (parts, _) = resp.into_parts();
             return Ok(Response::from_parts(parts, crate::body::empty()));
