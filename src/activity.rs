@@ -40,6 +40,9 @@ pub struct Activity {
     tick: AtomicU32,
     /// Parts of the current request still open: its handler, and its body while forwarded.
     open: AtomicU8,
+    /// The last write or flush to the client could not complete: the client is not taking
+    /// what is sent (as opposed to a response with nothing to send, such as a quiet stream).
+    blocked: AtomicBool,
 }
 
 impl Default for Activity {
@@ -51,6 +54,7 @@ impl Default for Activity {
             head_tick: AtomicU32::new(0),
             tick: AtomicU32::new(0),
             open: AtomicU8::new(0),
+            blocked: AtomicBool::new(false),
         }
     }
 }
@@ -72,6 +76,18 @@ impl Activity {
     /// Bytes were written to the client.
     pub fn wrote(&self) {
         self.moved.store(true, Relaxed);
+        self.blocked.store(false, Relaxed);
+    }
+
+    /// A write or flush to the client is pending (`true`: its buffers are full) or has
+    /// completed (`false`).
+    pub fn write_blocked(&self, blocked: bool) {
+        self.blocked.store(blocked, Relaxed);
+    }
+
+    /// Whether the client is not taking what is written to it.
+    pub fn is_write_blocked(&self) -> bool {
+        self.blocked.load(Relaxed)
     }
 
     /// A request head reached the handler. HTTP/2 connections are not watched from then on.

@@ -550,11 +550,16 @@ async fn drive<C: Future>(
             },
             _ = sleep_if(after_idle.as_ref().map(|a| tick(a.1))) => {
                 // A drain waits for the response in flight; on HTTP/1, an answered one whose
-                // body moves no byte for another `idle_timeout` (a client that stopped reading)
-                // is cut, as nginx's `send_timeout` does, so that it cannot hold its connection
-                // for good. A request still waiting on the upstream is the upstream `timeout`'s.
+                // body moves no byte for another `idle_timeout` while a write to the client
+                // is stuck (a client that stopped reading) is cut, as nginx's `send_timeout`
+                // does, so that it cannot hold its connection for good. A response with
+                // nothing to send (a quiet event stream) is not the client's doing and runs
+                // on; a request still waiting on the upstream is the upstream `timeout`'s.
                 if let Some((activity, idle, quiet)) = &mut after_idle {
-                    if quiet.over(activity, *idle) && activity.answered() {
+                    if quiet.over(activity, *idle)
+                        && activity.answered()
+                        && activity.is_write_blocked()
+                    {
                         return None;
                     }
                 }
@@ -635,6 +640,17 @@ struct Tracked<S> {
     activity: Arc<Activity>,
 }
 
+impl<S> Tracked<S> {
+    /// After a write: bytes moved, or the client is not taking them (pending).
+    fn wrote(&self, r: &Poll<io::Result<usize>>) {
+        match r {
+            Poll::Ready(Ok(n)) if *n > 0 => self.activity.wrote(),
+            Poll::Pending => self.activity.write_blocked(true),
+            Poll::Ready(_) => {}
+        }
+    }
+}
+
 impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -657,14 +673,14 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write(cx, data);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.wrote();
-        }
+        self.wrote(&r);
         r
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let r = Pin::new(&mut self.inner).poll_flush(cx);
+        self.activity.write_blocked(r.is_pending());
+        r
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -677,9 +693,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.wrote();
-        }
+        self.wrote(&r);
         r
     }
 

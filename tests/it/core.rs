@@ -402,6 +402,15 @@ async fn a_silent_http2_peer_is_closed_after_the_idle_timeout() {
 /// connection with it.
 #[tokio::test]
 async fn a_client_that_stops_reading_is_cut_after_twice_the_idle_timeout() {
+    stalled_reader_is_cut(false).await;
+}
+
+#[tokio::test]
+async fn a_tls_client_that_stops_reading_is_cut_after_twice_the_idle_timeout() {
+    stalled_reader_is_cut(true).await;
+}
+
+async fn stalled_reader_is_cut(tls: bool) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (cut_tx, cut_rx) = tokio::sync::oneshot::channel::<()>();
@@ -425,15 +434,21 @@ async fn a_client_that_stops_reading_is_cut_after_twice_the_idle_timeout() {
     });
     let body = route_to(&format!("http://{addr}"), "");
     let o = Opts {
+        tls,
         server: "idle_timeout = \"1s\"",
-        ..plain()
+        ..Opts::default()
     };
     let gw = Gateway::start_with(o, &body).await;
-    let mut client = TcpStream::connect(gw.addr).await.unwrap();
-    client
-        .write_all(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
+    let get = b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n";
+    let client: Box<dyn std::any::Any> = if tls {
+        let mut c = tls_connect(gw.addr).await;
+        c.write_all(get).await.unwrap();
+        Box::new(c)
+    } else {
+        let mut c = TcpStream::connect(gw.addr).await.unwrap();
+        c.write_all(get).await.unwrap();
+        Box::new(c)
+    };
     // Never read: the buffers fill up and nothing moves.
     let started = Instant::now();
     tokio::time::timeout(Duration::from_secs(15), cut_rx)
@@ -446,6 +461,66 @@ async fn a_client_that_stops_reading_is_cut_after_twice_the_idle_timeout() {
         started.elapsed()
     );
     drop(client);
+}
+
+/// A streamed response (server-sent events) whose upstream is quiet for longer than
+/// `idle_timeout` between events is not cut: the client is reading, there is just nothing to
+/// send. Over TLS and HTTP/1.1, as browsers' EventSource often connects.
+#[tokio::test]
+async fn a_quiet_event_stream_is_not_cut_while_the_client_reads() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let Ok((mut s, _)) = listener.accept().await else {
+            return;
+        };
+        let mut buf = [0u8; 4096];
+        let _ = s.read(&mut buf).await;
+        let _ = s
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+            .await;
+        for i in 0..4 {
+            if i > 0 {
+                tokio::time::sleep(Duration::from_millis(700)).await;
+            }
+            let event = format!("data: {i}\n\n");
+            let chunk = format!("{:x}\r\n{event}\r\n", event.len());
+            if s.write_all(chunk.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+        let _ = s.write_all(b"0\r\n\r\n").await;
+    });
+    let o = Opts {
+        server: "idle_timeout = \"300ms\"",
+        ..Opts::default()
+    };
+    let gw = Gateway::start_with(o, &route_to(&format!("http://{addr}"), "")).await;
+    let mut c = tls_connect(gw.addr).await;
+    c.write_all(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut buf = [0u8; 4096];
+        while !got.ends_with(b"0\r\n\r\n") {
+            match c.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "the stream never ended");
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    for i in 0..4 {
+        assert!(
+            got.contains(&format!("data: {i}\n")),
+            "event {i} missing: {got}"
+        );
+    }
+    assert!(got.ends_with("0\r\n\r\n"), "cut before its end: {got}");
 }
 
 #[tokio::test]
