@@ -34,7 +34,7 @@ async fn route(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Bod
                 text(StatusCode::OK, "ready\n", PLAIN)
             }
         }
-        (&Method::GET, "/metrics") => text(
+        (&Method::GET | &Method::HEAD, "/metrics") => text(
             StatusCode::OK,
             crate::metrics::render(),
             "text/plain; version=0.0.4; charset=utf-8",
@@ -55,7 +55,6 @@ async fn route(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Bod
             );
             let allow = match p {
                 "/reload" => "POST",
-                "/metrics" => "GET",
                 _ => "GET, HEAD",
             };
             r.headers_mut()

@@ -269,8 +269,14 @@ fn run_gateway(cfg: Config, demo: bool) -> ExitCode {
         }
         iptgate::reload::on_sighup(running.state.clone());
         wait_for_stop().await;
-        tracing::info!("shutting down: draining in-flight requests");
-        running.shutdown().await;
+        tracing::info!("shutting down: draining in-flight requests (a second signal stops at once)");
+        tokio::select! {
+            () = running.shutdown() => {}
+            () = wait_for_stop() => {
+                tracing::warn!("second stop signal: stopping now, without waiting for in-flight requests");
+                return ExitCode::from(1);
+            }
+        }
         drop(demo_app);
         tracing::info!("stopped");
         ExitCode::SUCCESS

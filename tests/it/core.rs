@@ -1049,22 +1049,28 @@ async fn a_reloaded_shutdown_grace_bounds_the_next_drain() {
 
 #[tokio::test]
 async fn sigterm_drains_the_process() {
-    signal_drains(0, "TERM").await;
+    signal_drains(0, "TERM", false).await;
 }
 
 /// `workers = 1` runs on tokio's current-thread scheduler: the same process-level behaviour.
 #[tokio::test]
 async fn sigterm_drains_the_single_threaded_process() {
-    signal_drains(1, "TERM").await;
+    signal_drains(1, "TERM", false).await;
 }
 
 /// Ctrl-C in a terminal: the same drain.
 #[tokio::test]
 async fn sigint_drains_the_process() {
-    signal_drains(0, "INT").await;
+    signal_drains(0, "INT", false).await;
 }
 
-async fn signal_drains(workers: usize, signal: &str) {
+/// A second signal during a drain stops the process at once (a second Ctrl-C), exit 1.
+#[tokio::test]
+async fn a_second_signal_during_the_drain_stops_at_once() {
+    signal_drains(0, "TERM", true).await;
+}
+
+async fn signal_drains(workers: usize, signal: &str, twice: bool) {
     let up = Upstream::start().await;
     let dir = std::env::temp_dir().join(format!(
         "iptgate-sig-{}",
@@ -1106,16 +1112,36 @@ async fn signal_drains(workers: usize, signal: &str) {
     assert!(up_ok, "gateway process did not come up");
     let slow = tokio::spawn({
         let c = c.clone();
-        let u = format!("{url}/sleep/1000");
+        let u = format!("{url}/sleep/{}", if twice { 4000 } else { 1000 });
         async move { c.get(u).send().await.map(|r| r.status().as_u16()) }
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
     let pid = child.id().unwrap().to_string();
-    let st = std::process::Command::new("kill")
-        .args([&format!("-{signal}"), &pid])
-        .status()
-        .unwrap();
-    assert!(st.success());
+    let kill = || {
+        let st = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    };
+    kill();
+    if twice {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let t = Instant::now();
+        kill();
+        let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+            .await
+            .expect("process exited")
+            .unwrap();
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+        assert_eq!(status.code(), Some(1));
+        assert!(
+            slow.await.unwrap().is_err(),
+            "the in-flight request was cut"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+        return;
+    }
     assert_eq!(
         slow.await.unwrap().unwrap(),
         200,
@@ -1430,8 +1456,16 @@ async fn admin_health_and_redirect_listener() {
             .status(),
         200
     );
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        let r = plain_client()
+            .head(gw.admin_url(path))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "HEAD {path}");
+    }
     for (method, path, allow) in [
-        (reqwest::Method::DELETE, "/metrics", "GET"),
+        (reqwest::Method::DELETE, "/metrics", "GET, HEAD"),
         (reqwest::Method::GET, "/reload", "POST"),
         (reqwest::Method::POST, "/readyz", "GET, HEAD"),
     ] {
