@@ -61,7 +61,9 @@ pub fn server_config(paths: &TlsPaths) -> Result<Arc<rustls::ServerConfig>, TlsE
                 format!("key does not match the certificate: {e}"),
             )
         })?;
-    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // `http/1.0` too: a client offering only it (`curl --http1.0`) is refused the handshake
+    // otherwise; it is served by the HTTP/1 server, as one offering no ALPN at all.
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), b"http/1.0".to_vec()];
     Ok(Arc::new(cfg))
 }
 

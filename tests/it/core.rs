@@ -60,6 +60,28 @@ async fn public_route_forwards_with_forwarding_headers() {
     );
 }
 
+/// A client offering only `http/1.0` in ALPN (`curl --http1.0`) completes the handshake and
+/// is served, as nginx does.
+#[tokio::test]
+async fn a_tls_client_offering_only_http_1_0_is_served() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&public_routes(&up)).await;
+    let connector =
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls_client_config(&[b"http/1.0"])));
+    let tcp = TcpStream::connect(gw.addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut s = connector.connect(name, tcp).await.expect("TLS handshake");
+    assert_eq!(s.get_ref().1.alpn_protocol(), Some(&b"http/1.0"[..]));
+    s.write_all(b"GET /x HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+    let got = String::from_utf8_lossy(&buf);
+    assert!(got.starts_with("HTTP/1.0 200"), "{got}");
+    assert_eq!(up.count(), 1);
+}
+
 #[tokio::test]
 async fn h2_is_negotiated_by_alpn_and_forwarded_as_http1() {
     let up = Upstream::start().await;
