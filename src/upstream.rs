@@ -210,6 +210,12 @@ impl Pool {
         let home = Some((tx, Arc::clone(self)));
         let upgraded = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
         let mut body = resp.map(|inner| PooledBody {
+            // As the access log decides: a body of known length up to its threshold is
+            // logged with the head, as whole.
+            logged_whole: inner
+                .size_hint()
+                .exact()
+                .is_some_and(|n| n <= crate::access_log::LOG_AT_END_OVER),
             inner,
             home,
             sending,
@@ -312,6 +318,9 @@ pub struct PooledBody {
     home: Option<(SendRequest<Body>, Arc<Pool>)>,
     /// The request body, while hyper may still be sending it.
     sending: Option<Sending>,
+    /// The access log wrote this response's line with its head, counting the body whole: if
+    /// the upstream cuts it short, the warning is written here.
+    logged_whole: bool,
 }
 
 /// Put in a request's extensions by whoever sends a body with it: alive (its `Arc` held by the
@@ -346,6 +355,14 @@ impl HttpBody for PooledBody {
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
+                if let (true, Some((_, pool))) = (self.logged_whole, &self.home) {
+                    tracing::warn!(
+                        target: "upstream",
+                        upstream = pool.addr(),
+                        error = %e,
+                        "response body cut short by the upstream (its access line counts it whole)"
+                    );
+                }
                 self.home = None;
                 Poll::Ready(Some(Err(Box::new(e))))
             }

@@ -359,6 +359,7 @@ async fn a_listener_change_warns_with_both_addresses_until_it_is_reverted() {
 }
 
 /// A streamed response is logged when it ends: the bytes sent and the time to the last one.
+/// A small one the upstream cuts short (logged with its head) warns on target `upstream`.
 #[tokio::test]
 async fn a_streamed_response_is_logged_with_its_bytes_and_time_to_the_end() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -371,7 +372,14 @@ async fn a_streamed_response_is_logged_with_its_bytes_and_time_to_the_end() {
             };
             tokio::spawn(async move {
                 let mut buf = [0u8; 4096];
-                while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {
+                while let Ok(n @ 1..) = s.read(&mut buf).await {
+                    if buf[..n].starts_with(b"GET /short") {
+                        // 300 of the 1000 bytes announced, then the connection closes.
+                        let head = b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n";
+                        let _ = s.write_all(head).await;
+                        let _ = s.write_all(&[b'x'; 300]).await;
+                        return;
+                    }
                     let head =
                         b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n";
                     if s.write_all(head).await.is_err() {
@@ -392,10 +400,25 @@ async fn a_streamed_response_is_logged_with_its_bytes_and_time_to_the_end() {
         .await
         .unwrap();
     assert_eq!(r.text().await.unwrap(), "hello world");
+    let r = plain_client()
+        .get(format!("{}/short/x", gw.base))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        r.bytes().await.is_err(),
+        "the client sees the body cut short"
+    );
     let log = gw.stop().await;
     let v = access_line(&log, "/stream/x");
     assert_eq!(v["bytes"], 11, "{v}");
     assert!(v["total_ms"].as_f64().unwrap() >= 290.0, "{v}");
+    assert!(
+        log.lines().any(|l| l.contains("\"target\":\"upstream\"")
+            && l.contains("cut short")
+            && l.contains(&addr.to_string())),
+        "no upstream warning for the body cut short: {log}"
+    );
 }
 
 /// A client that goes away in the middle of its upload is counted as a request it abandoned
