@@ -34,6 +34,28 @@ pub struct Args {
     pub repeat: u32,
 }
 
+/// The global IP policy's line, and its refusal; with `dry` (a dry-run route), an address
+/// only outside the allow list is recorded and goes on.
+fn global_policy(
+    active: &Active,
+    ip: IpAddr,
+    dry: bool,
+    line: &mut impl FnMut(String),
+) -> Result<(), Reject> {
+    match active.ip_policy.check(ip) {
+        Ok(()) => line("ip policy global: allowed".into()),
+        Err(e) if dry && !active.ip_policy.denies(ip) => line(format!(
+            "ip policy global: would refuse ({}); dry run, goes on",
+            e.cause()
+        )),
+        Err(e) => {
+            line(format!("ip policy global: DENIED ({})", e.cause()));
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
 /// Explain one request; returns the printed report and the final verdict.
 pub fn explain(active: &Active, a: &Args) -> Result<(String, Result<(), Reject>), String> {
     let cfg = &active.config;
@@ -45,7 +67,8 @@ pub fn explain(active: &Active, a: &Args) -> Result<(String, Result<(), Reject>)
     let peer: IpAddr =
         a.ip.parse()
             .map_err(|_| format!("--ip: `{}` is not an IP address", a.ip))?;
-    let method = Method::from_bytes(a.method.to_ascii_uppercase().as_bytes())
+    // Methods are case-sensitive (RFC 9110): `post` is not `POST`, here as live.
+    let method = Method::from_bytes(a.method.as_bytes())
         .map_err(|_| format!("--method: `{}` is not an HTTP method", a.method))?;
     let mut headers = HeaderMap::new();
     for h in &a.headers {
@@ -65,14 +88,42 @@ pub fn explain(active: &Active, a: &Args) -> Result<(String, Result<(), Reject>)
     }
     let verdict = (|| -> Result<Answer, Reject> {
         let (raw_path, _query) = a.path.split_once('?').unwrap_or((&a.path, ""));
-        let mut p = path::normalize(raw_path).map_err(Reject::BadRequest)?;
+        let cip = client_ip::resolve(peer, client_ip::Proxied::No, &headers, &cfg.client_ip);
+        let client_line = format!(
+            "client ip {} (from {:?}; peer {} {})",
+            cip.ip,
+            cip.source,
+            cip.peer,
+            if client_ip::is_trusted(peer, &cfg.client_ip) {
+                "is a trusted proxy"
+            } else {
+                "is not a trusted proxy"
+            }
+        );
+        // As live: a request the gateway cannot make sense of (path, Host) is refused after
+        // the global IP policy, so a denied address hears 403 whatever it sends.
+        let head = path::normalize(raw_path)
+            .map_err(Reject::BadRequest)
+            .and_then(|p| {
+                let bad_host = a
+                    .host
+                    .as_deref()
+                    .is_some_and(|h| !crate::pipeline::valid_host(h.as_bytes()));
+                if bad_host {
+                    Err(Reject::BadRequest("invalid Host header"))
+                } else {
+                    Ok(p)
+                }
+            });
+        let mut p = match head {
+            Ok(p) => p,
+            Err(rej) => {
+                line(client_line);
+                global_policy(active, cip.ip, false, &mut line)?;
+                return Err(rej);
+            }
+        };
         line(format!("path      {raw_path} -> normalized {p}"));
-        if a.host
-            .as_deref()
-            .is_some_and(|h| !crate::pipeline::valid_host(h.as_bytes()))
-        {
-            return Err(Reject::BadRequest("invalid Host header"));
-        }
         let mut method = method.clone();
         let mut host = a
             .host
@@ -99,27 +150,16 @@ pub fn explain(active: &Active, a: &Args) -> Result<(String, Result<(), Reject>)
             method = o.method;
             p = o.path;
         }
-        let cip = client_ip::resolve(peer, client_ip::Proxied::No, &headers, &cfg.client_ip);
-        line(format!(
-            "client ip {} (from {:?}; peer {} {})",
-            cip.ip,
-            cip.source,
-            cip.peer,
-            if client_ip::is_trusted(peer, &cfg.client_ip) {
-                "is a trusted proxy"
-            } else {
-                "is not a trusted proxy"
-            }
-        ));
-        match active.ip_policy.check(cip.ip) {
-            Ok(()) => line("ip policy global: allowed".into()),
-            Err(e) => {
-                line(format!("ip policy global: DENIED ({})", e.cause()));
-                return Err(e);
-            }
-        }
-        // Gateway-served paths come before routes.
-        if !forward_auth && session::is_served(&p, active) {
+        line(client_line);
+        // Gateway-served paths come before routes, after the global IP policy. On a dry-run
+        // route an address outside the global allow list is recorded and goes on (the deny
+        // list holds everywhere).
+        let served_path = !forward_auth && session::is_served(&p, active);
+        let dry = !served_path
+            && route::find(&active.routes, &method, host.as_deref(), &p)
+                .is_ok_and(|i| active.routes[i].cfg.dry_run);
+        global_policy(active, cip.ip, dry, &mut line)?;
+        if served_path {
             if let Some(served) = served(active, &p) {
                 line(format!("served    by the gateway: {}", served.what));
                 if !served.methods.contains(&method) {

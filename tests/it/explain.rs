@@ -201,3 +201,70 @@ async fn explain_knows_the_gateway_served_paths() {
     );
     assert!(out.contains("route     #1 `app`"), "{out}");
 }
+
+/// `explain` and the running gateway agree where they once did not: a denied address hears
+/// 403 before its bad path or Host is looked at, a dry-run route lets an address outside the
+/// global allow list through, and methods are case-sensitive.
+#[tokio::test]
+async fn explain_agrees_with_the_gateway_on_phase_order_dry_runs_and_method_case() {
+    let up = Upstream::start().await;
+    let body = format!(
+        r#"
+[ip]
+allow = ["127.0.0.1", "127.0.0.66"]
+deny = ["127.0.0.66"]
+[upstreams.app]
+url = "{u}"
+
+[[routes]]
+name = "dry"
+prefix = "/dry"
+auth = "public"
+upstream = "app"
+dry_run = true
+
+[[routes]]
+name = "m"
+path = "/m"
+methods = ["POST"]
+auth = "public"
+upstream = "app"
+
+[[routes]]
+name = "open"
+prefix = "/open"
+auth = "public"
+upstream = "app"
+"#,
+        u = up.url()
+    );
+    let gw = Gateway::start(&body).await;
+    let cfg = gw.config_path();
+    let verdict = |args: &[&str]| {
+        let out = explain(&cfg, args);
+        out.lines()
+            .find_map(|l| l.strip_prefix("verdict   ").map(str::to_string))
+            .unwrap_or_else(|| panic!("no verdict: {out}"))
+    };
+    // A denied address with a rejected path, or an invalid Host.
+    let v = verdict(&["--path", "/a%2fb", "--ip", "127.0.0.66"]);
+    assert!(v.starts_with("403 ip_denied"), "{v}");
+    let r = client_at(66).get(gw.url("/a%2fb")).send().await.unwrap();
+    assert_eq!(code_of(r).await, (403, "ip_denied".into()));
+    let v = verdict(&["--path", "/x", "--ip", "127.0.0.66", "--host", "x@evil"]);
+    assert!(v.starts_with("403 ip_denied"), "{v}");
+    // An allowed address with a rejected path: 400.
+    let v = verdict(&["--path", "/a%2fb", "--ip", "127.0.0.1"]);
+    assert!(v.starts_with("400 bad_request"), "{v}");
+    // Outside the global allow list, on a dry-run route: through, as live.
+    let v = verdict(&["--path", "/dry/x", "--ip", "127.0.0.5"]);
+    assert!(v.starts_with("forwarded upstream"), "{v}");
+    let r = client_at(5).get(gw.url("/dry/x")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    // Methods are case-sensitive: `post` is not `POST`.
+    let v = verdict(&["--method", "post", "--path", "/m", "--ip", "127.0.0.1"]);
+    assert!(v.starts_with("405 method_not_allowed"), "{v}");
+    let post = reqwest::Method::from_bytes(b"post").unwrap();
+    let r = client().request(post, gw.url("/m")).send().await.unwrap();
+    assert_eq!(r.status(), 405);
+}
