@@ -479,8 +479,14 @@ impl Config {
                 .iter()
                 .map(|&i| self.rate_limits[i].name.as_str())
                 .collect();
+            // What the upstream receives instead of the matched prefix.
+            let to = match (&r.rewrite, r.strip_prefix) {
+                (Some(rw), _) => format!(" rewrite={rw}"),
+                (None, true) => " strip_prefix".to_string(),
+                (None, false) => String::new(),
+            };
             out.push_str(&format!(
-                "{i:>3}  {:<16} {:<40} auth={:<6} upstream={}{}{}{}\n",
+                "{i:>3}  {:<16} {:<40} auth={:<6} upstream={}{to}{}{}{}\n",
                 r.name,
                 r.describe_match(),
                 r.auth.name(),
@@ -503,7 +509,8 @@ pub(crate) fn closest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str>
     candidates
         .iter()
         .map(|c| (strsim::jaro_winkler(word, c), *c))
-        .filter(|(s, _)| *s > 0.8)
+        // Similar enough, or one slip away (`ulr` for `url`: two letters swapped).
+        .filter(|(s, c)| *s > 0.8 || (word.len() >= 3 && strsim::osa_distance(word, c) <= 1))
         .max_by(|a, b| a.0.total_cmp(&b.0))
         .map(|(_, c)| c)
 }

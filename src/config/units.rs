@@ -48,7 +48,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 
 /// "100/s", "5/m", "1000/h" -> (count, period).
 pub fn parse_rate(s: &str) -> Result<(u32, Duration), String> {
-    let err = || format!("`{s}` is not a rate; write N/s, N/m or N/h (e.g. \"100/s\")");
+    let err = || format!("`{s}` is not a rate; write N/s, N/m, N/h or N/d (e.g. \"100/s\")");
     let (n, unit) = s.trim().split_once('/').ok_or_else(err)?;
     let n: u32 = n.trim().parse().map_err(|_| err())?;
     if n == 0 {

@@ -947,3 +947,94 @@ fn a_verify_only_gateway_cannot_have_mint_routes_or_refresh() {
     assert!(cfg("private_key = \"ec.key\"", &format!("{refresh}{login}")).is_ok());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A route whose auth or matcher is wrong still has the rest of it checked: every error of
+/// the file in one run of `check`, each with a suggestion where one is close.
+#[test]
+fn a_broken_route_still_has_its_other_errors_reported() {
+    let e = load(&format!(
+        r#"{BASE}
+[[routes]]
+name = "a"
+prefix = "/api"
+auth = "publik"
+upstream = "apq"
+methods = ["GETT"]
+rewrite = "v2"
+host = "a b"
+ip = {{ allow = ["300.0.0.1"] }}
+
+[[routes]]
+name = "b"
+upstream = "app"
+auth = "public"
+rate_limit = ["nope"]
+"#
+    ))
+    .unwrap_err();
+    for want in [
+        "routes[0].auth",
+        "did you mean \"public\"",
+        "routes[0].upstream",
+        "routes[0].methods[0]",
+        "routes[0].rewrite",
+        "routes[0].host",
+        "routes[0].ip.allow",
+        "write exactly one of path",
+        "routes[1].rate_limit[0]",
+    ] {
+        assert!(e.contains(want), "{want}: {e}");
+    }
+    // One slip from a key (two letters swapped) is suggested.
+    let e = load("[server]\nlisten = \"127.0.0.1:0\"\n[upstreams.app]\nulr = \"http://127.0.0.1:1\"\n[[routes]]\nname = \"a\"\nprefix = \"/\"\nauth = \"public\"\nupstream = \"app\"\n").unwrap_err();
+    assert!(e.contains("did you mean `url`"), "{e}");
+    // No upstream at all: said so, not an empty list.
+    let e = load("[server]\nlisten = \"127.0.0.1:0\"\n[[routes]]\nname = \"a\"\nprefix = \"/\"\nauth = \"public\"\nupstream = \"app\"\n").unwrap_err();
+    assert!(e.contains("none is defined"), "{e}");
+}
+
+#[test]
+fn route_table_shows_rewrites_and_get_covers_head_when_shadowing() {
+    let route = |name: &str, extra: &str| {
+        format!("[[routes]]\nname = \"{name}\"\npath = \"/m\"\nauth = \"public\"\nupstream = \"app\"\n{extra}\n")
+    };
+    // A GET route answers HEAD too: the later GET+HEAD one is shadowed, not partly.
+    let cfg = load(&format!(
+        "{BASE}{}{}[[routes]]\nname = \"api\"\nprefix = \"/api\"\nrewrite = \"/v2\"\nauth = \"public\"\nupstream = \"app\"\n[[routes]]\nname = \"s\"\nprefix = \"/s\"\nstrip_prefix = true\nauth = \"public\"\nupstream = \"app\"\n[rate_limits.daily]\nkey = \"ip\"\nrate = \"10/d\"\n",
+        route("get", "methods = [\"GET\"]"),
+        route("gethead", "methods = [\"GET\", \"HEAD\"]"),
+    ))
+    .unwrap();
+    assert!(
+        cfg.warnings.len() == 1
+            && cfg.warnings[0].contains("`gethead` is shadowed by the earlier route `get`"),
+        "{:?}",
+        cfg.warnings
+    );
+    let table = cfg.route_table();
+    assert!(table.contains("upstream=app rewrite=/v2"), "{table}");
+    assert!(table.contains("upstream=app strip_prefix"), "{table}");
+    let e = load(&format!(
+        "{BASE}{}[rate_limits.r]\nkey = \"ip\"\nrate = \"10/w\"\n",
+        route("a", "")
+    ))
+    .unwrap_err();
+    assert!(e.contains("N/d"), "{e}");
+}
+
+#[test]
+fn a_deny_file_saved_with_a_byte_order_mark_loads() {
+    let dir = dir_with_secret();
+    std::fs::write(
+        dir.join("deny.txt"),
+        "\u{feff}192.0.2.7\r\n# note\r\n198.51.100.0/24\r\n",
+    )
+    .unwrap();
+    let cfg = load_in(
+        &dir,
+        &format!("{BASE}[ip]\ndeny_file = \"deny.txt\"\n[[routes]]\nname = \"a\"\nprefix = \"/\"\nauth = \"public\"\nupstream = \"app\"\n"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(cfg.ip.deny.len(), 2, "{:?}", cfg.ip.deny);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -99,7 +99,7 @@ impl Validator {
             None => {
                 self.err(
                     format!("{key_path}.rate"),
-                    "missing: write e.g. rate = \"100/s\" (N/s, N/m or N/h)",
+                    "missing: write e.g. rate = \"100/s\" (N/s, N/m, N/h or N/d)",
                 );
                 (1, Duration::from_secs(1))
             }
@@ -164,21 +164,23 @@ impl Validator {
         token: Option<&TokenConfig>,
     ) -> Option<RouteConfig> {
         let key = format!("routes[{i}]");
+        // A route missing its matcher or its auth is not built, but the rest of it is still
+        // checked: every error of the file comes out in one run.
         let matcher = match (&r.path, &r.prefix) {
             (Some(p), None) => {
                 self.route_path(&format!("{key}.path"), p);
-                PathMatch::Exact(p.clone())
+                Some(PathMatch::Exact(p.clone()))
             }
             (None, Some(p)) => {
                 self.route_path(&format!("{key}.prefix"), p);
-                PathMatch::Prefix(p.trim_end_matches('/').to_string())
+                Some(PathMatch::Prefix(p.trim_end_matches('/').to_string()))
             }
             _ => {
                 self.err(
                     &key,
                     "write exactly one of path = \"/exact\" or prefix = \"/segment\"",
                 );
-                return None;
+                None
             }
         };
         let name = r.name.clone().unwrap_or_else(|| format!("route{i}"));
@@ -194,9 +196,13 @@ impl Validator {
                 Some(idx) => idx,
                 None => {
                     let names: Vec<&str> = upstreams.iter().map(String::as_str).collect();
-                    let hint = closest(u, &names)
-                        .map(|c| format!("; did you mean `{c}`?"))
-                        .unwrap_or_else(|| format!("; defined: {}", names.join(", ")));
+                    let hint = match closest(u, &names) {
+                        Some(c) => format!("; did you mean `{c}`?"),
+                        None if names.is_empty() => {
+                            "; none is defined: add [upstreams.NAME] with a url".into()
+                        }
+                        None => format!("; defined: {}", names.join(", ")),
+                    };
                     self.err(
                         format!("{key}.upstream"),
                         format!("no upstream `{u}`{hint}"),
@@ -206,8 +212,8 @@ impl Validator {
             },
         };
         let auth = match r.auth.as_deref() {
-            Some("public") => AuthMode::Public,
-            Some("token") => AuthMode::Token,
+            Some("public") => Some(AuthMode::Public),
+            Some("token") => Some(AuthMode::Token),
             Some("mint") => {
                 if token.is_some_and(|t| !t.keys.can_sign()) {
                     self.err(
@@ -246,35 +252,39 @@ impl Validator {
                 }
                 let status = m.status.unwrap_or_else(|| vec![200]);
                 self.statuses(&format!("{key}.mint.status"), &status, "[200]");
-                AuthMode::Mint(MintRule {
+                Some(AuthMode::Mint(MintRule {
                     status,
                     claims_from_headers: cfh,
                     required_claims: m.required_claims,
-                })
+                }))
             }
             Some(other) => {
-                self.err(
-                    format!("{key}.auth"),
-                    format!("`{other}`: use \"public\", \"mint\" or \"token\""),
-                );
-                return None;
+                let hint = closest(other, &["public", "mint", "token"])
+                    .map(|c| format!("did you mean \"{c}\"?"))
+                    .unwrap_or_else(|| "use \"public\", \"mint\" or \"token\"".into());
+                self.err(format!("{key}.auth"), format!("`{other}`: {hint}"));
+                None
             }
             None => {
                 self.err(
                     format!("{key}.auth"),
                     "missing: say \"public\", \"mint\" or \"token\" (no silent default for access control)",
                 );
-                return None;
+                None
             }
         };
-        if r.mint.is_some() && !matches!(auth, AuthMode::Mint(_)) {
+        // The checks that depend on the auth mode are made only when it is known.
+        let auth_is = |f: fn(&AuthMode) -> bool| auth.as_ref().is_some_and(f);
+        if r.mint.is_some() && auth_is(|a| !matches!(a, AuthMode::Mint(_))) {
             self.err(format!("{key}.mint"), "only used with auth = \"mint\"");
         }
-        if !matches!(auth, AuthMode::Public) && token.is_none() && !self.token_section {
-            self.err(
-                format!("{key}.auth"),
-                format!("auth = \"{}\" needs a valid [token] section", auth.name()),
-            );
+        if let Some(a) = auth.as_ref().filter(|a| !matches!(a, AuthMode::Public)) {
+            if token.is_none() && !self.token_section {
+                self.err(
+                    format!("{key}.auth"),
+                    format!("auth = \"{}\" needs a valid [token] section", a.name()),
+                );
+            }
         }
         let mut methods = Vec::new();
         for (j, m) in r.methods.iter().enumerate() {
@@ -300,7 +310,9 @@ impl Validator {
         for (j, n) in r.rate_limit.iter().enumerate() {
             match limits.iter().position(|p| &p.name == n) {
                 Some(idx) => {
-                    if limits[idx].key == LimitKey::Subject && !matches!(auth, AuthMode::Token) {
+                    if limits[idx].key == LimitKey::Subject
+                        && auth_is(|a| !matches!(a, AuthMode::Token))
+                    {
                         self.err(
                             format!("{key}.rate_limit[{j}]"),
                             format!("policy `{n}` is keyed by subject, which needs auth = \"token\" (a verified token)"),
@@ -320,7 +332,7 @@ impl Validator {
                 }
             }
         }
-        if !r.require.is_empty() && !matches!(auth, AuthMode::Token) {
+        if !r.require.is_empty() && auth_is(|a| !matches!(a, AuthMode::Token)) {
             self.err(format!("{key}.require"), "only used with auth = \"token\"");
         }
         let require: Vec<(String, Vec<String>)> = r
@@ -361,7 +373,7 @@ impl Validator {
             let h = h.trim().to_ascii_lowercase();
             crate::pipeline::route::host_of(&h).to_string()
         });
-        if let AuthMode::Mint(m) = &auth {
+        if let Some(AuthMode::Mint(m)) = &auth {
             if m.required_claims.is_empty() {
                 self.warnings.push(format!(
                     "{key} (`{name}`) mints with no mint.required_claims: any answer in mint.status (a login page served by GET included) mints a token with no identity, which passes every auth = \"token\" route without `require`; add required_claims = [\"sub\"]"
@@ -378,6 +390,9 @@ impl Validator {
                 ));
             }
         }
+        let (Some(matcher), Some(auth)) = (matcher, auth) else {
+            return None;
+        };
         Some(RouteConfig {
             name,
             matcher,
@@ -428,8 +443,12 @@ impl Validator {
                 if !methods_overlap {
                     continue;
                 }
-                let covers = a.methods.is_empty()
-                    || (!b.methods.is_empty() && b.methods.iter().all(|m| a.methods.contains(m)));
+                // A route naming GET answers HEAD too.
+                let takes = |m: &Method| {
+                    a.methods.contains(m) || (m == Method::HEAD && a.methods.contains(&Method::GET))
+                };
+                let covers =
+                    a.methods.is_empty() || (!b.methods.is_empty() && b.methods.iter().all(takes));
                 let same_methods = a.methods.len() == b.methods.len()
                     && b.methods.iter().all(|m| a.methods.contains(m));
                 if a.host == b.host {

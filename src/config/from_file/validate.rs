@@ -114,6 +114,8 @@ impl Validator {
             let p = self.resolve(df);
             match std::fs::read_to_string(&p) {
                 Ok(text) => {
+                    // A byte-order mark (files saved by some Windows editors) is not content.
+                    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
                     for (n, line) in text.lines().enumerate() {
                         let line = line.split('#').next().unwrap_or("").trim();
                         if line.is_empty() {
