@@ -270,6 +270,14 @@ ip = {{ allow = ["203.0.113.9"] }}
     // /api admits 203.0.113.9 alone: passing proves it is the client, with another
     // trusted proxy in the chain; the upstream sees the chain plus our peer.
     let api = |xff: &'static str| c.get(gw.url("/api/me")).header("X-Forwarded-For", xff);
+    // Empty elements are skipped when judging, as when passing the chain on: the client
+    // judged is the one the upstream is told of.
+    let resp = api(",203.0.113.9,, ").send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        up.last().header("x-forwarded-for"),
+        Some("203.0.113.9, 127.0.0.1")
+    );
     let resp = api("1.1.1.1, 203.0.113.9, 10.1.2.3").send().await.unwrap();
     assert_eq!(resp.status(), 200);
     let seen = up.last();

@@ -116,10 +116,14 @@ pub(crate) fn parse_node(s: &[u8], syntax: Syntax) -> Result<Hop, Malformed> {
     Ok(Hop::Ip(IpAddr::V4(parse_v4(name)?)))
 }
 
-/// `X-Forwarded-For` elements of one header line, right to left.
+/// `X-Forwarded-For` elements of one header line, right to left. Empty elements (`a,,b`,
+/// a trailing comma) are skipped, as RFC 9110 §5.6.1 has list recipients do, and as the
+/// header passed on upstream drops them: both name the same client.
 pub(crate) fn xff_line(line: &[u8]) -> impl Iterator<Item = Result<Hop, Malformed>> + '_ {
     line.rsplit(|&b| b == b',')
-        .map(|e| parse_node(trim_ows(e), Syntax::Plain))
+        .map(trim_ows)
+        .filter(|e| !e.is_empty())
+        .map(|e| parse_node(e, Syntax::Plain))
 }
 
 /// Splits one `Forwarded` header line into its comma-separated elements, right to left,
@@ -282,5 +286,8 @@ fn each_param<'a>(
 
 /// `Forwarded` hops of one header line, right to left.
 pub(crate) fn forwarded_line(line: &[u8]) -> impl Iterator<Item = Result<Hop, Malformed>> + '_ {
-    ForwardedElements::new(line).map(|e| e.and_then(forwarded_element))
+    // Empty elements are skipped, as in `X-Forwarded-For`.
+    ForwardedElements::new(line)
+        .filter(|e| !matches!(e, Ok(e) if trim_ows(e).is_empty()))
+        .map(|e| e.and_then(forwarded_element))
 }
