@@ -144,8 +144,14 @@ pub fn explain(active: &Active, a: &Args) -> Result<(String, Result<(), Reject>)
                 "served    forward auth endpoint: judging the original request {} {}",
                 o.method, o.path
             ));
-            if let Some(h) = o.host {
-                host = Some(h.to_ascii_lowercase());
+            match o.host {
+                Some(h) => host = Some(h.to_ascii_lowercase()),
+                None if active.host_routes => {
+                    return Err(Reject::BadRequest(
+                        "forward auth: routes match on host and the proxy sent no X-Forwarded-Host",
+                    ))
+                }
+                None => {}
             }
             method = o.method;
             p = o.path;

@@ -276,12 +276,11 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>, mut stop: watch::
     let grace = state.active.load().config.server.shutdown_grace;
     let deadline = Instant::now() + grace;
     // WebSocket tunnels have no request to finish: they end with the process.
+    // `connections` first: a tunnel closing between the two reads is then still counted
+    // (its mark goes before its slot), and the drain waits a tick more, never less.
     let busy = || {
-        let tunnels = state.tunnels.load(Ordering::Relaxed);
-        state
-            .connections
-            .load(Ordering::Relaxed)
-            .saturating_sub(tunnels)
+        let connections = state.connections.load(Ordering::SeqCst);
+        connections.saturating_sub(state.tunnels.load(Ordering::SeqCst))
     };
     while busy() > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -354,13 +353,15 @@ pub struct Slot {
 }
 
 impl Slot {
-    fn take(permit: OwnedSemaphorePermit, state: &Arc<State>) -> Arc<Slot> {
-        let n = state.connections.fetch_add(1, Ordering::Relaxed) + 1;
+    fn take(permit: OwnedSemaphorePermit, state: &Arc<State>) -> Slot {
+        // Sequentially consistent, as the tunnel marks: a drain reading `connections` and
+        // then `tunnels` must never see a tunnel's slot gone and its mark still there.
+        let n = state.connections.fetch_add(1, Ordering::SeqCst) + 1;
         crate::metrics::connections(n);
-        Arc::new(Slot {
+        Slot {
             _permit: permit,
             state: state.clone(),
-        })
+        }
     }
 }
 
@@ -368,7 +369,7 @@ impl Slot {
     /// Marks the connection a tunnel while the guard lives: still counted, not waited for by
     /// a drain (a tunnel has no request to finish).
     pub fn tunnel(&self) -> TunnelMark {
-        self.state.tunnels.fetch_add(1, Ordering::Relaxed);
+        self.state.tunnels.fetch_add(1, Ordering::SeqCst);
         TunnelMark(self.state.clone())
     }
 }
@@ -377,13 +378,13 @@ pub struct TunnelMark(Arc<State>);
 
 impl Drop for TunnelMark {
     fn drop(&mut self) {
-        self.0.tunnels.fetch_sub(1, Ordering::Relaxed);
+        self.0.tunnels.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let n = self.state.connections.fetch_sub(1, Ordering::Relaxed) - 1;
+        let n = self.state.connections.fetch_sub(1, Ordering::SeqCst) - 1;
         crate::metrics::connections(n);
     }
 }
@@ -401,7 +402,7 @@ async fn connection(
     state: &Arc<State>,
     servers: &Servers,
     stop: watch::Receiver<bool>,
-    slot: Arc<Slot>,
+    slot: Slot,
 ) {
     let _ = stream.set_nodelay(true);
     let active = state.active.load_full();

@@ -61,7 +61,9 @@ pub fn original(h: &HeaderMap) -> Result<Original<'_>, Reject> {
         true,
         "forward auth: ambiguous method",
     )?
-    .map(|m| Method::from_bytes(m.to_ascii_uppercase().as_bytes()))
+    // As sent: methods are case-sensitive (RFC 9110), and the app behind the proxy gets the
+    // original method unchanged.
+    .map(|m| Method::from_bytes(m.as_bytes()))
     .transpose()
     .map_err(|_| Reject::BadRequest("forward auth: bad method header"))?
     .unwrap_or(Method::GET);
@@ -110,9 +112,18 @@ pub async fn answer(
     out.client_ip = Some(cip.ip);
     out.ip_source = Some(cip.source);
     let original = original(h)?;
-    out.path_override = Some(original.path.clone());
+    out.judged = Some((original.method.clone(), original.path.clone()));
     let original_path = original.path;
     let method = original.method;
+    // The original host is the one the proxy names in `X-Forwarded-Host` (Traefik and Caddy
+    // send it; nginx when told to). Where routes match on host, the request's own `Host` (the
+    // proxy's way of reaching the gateway) would judge the request on the wrong route:
+    // refused instead.
+    if original.host.is_none() && active.host_routes {
+        return Err(Reject::BadRequest(
+            "forward auth: routes match on host and the proxy sent no X-Forwarded-Host",
+        ));
+    }
     let host = original
         .host
         .or_else(|| request_host(h.get(http::header::HOST), req.uri()));

@@ -51,7 +51,7 @@ use crate::state::{Active, State};
 use crate::token::Claims;
 
 /// What the listener knows about the connection a request came on.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Conn {
     pub peer: SocketAddr,
     /// What a trusted proxy's PROXY-protocol header announced.
@@ -65,7 +65,7 @@ pub struct Conn {
     pub activity: Arc<Activity>,
     /// Its place among `max_connections`, given back when the last holder lets go: the
     /// connection, or the WebSocket tunnel it became.
-    pub slot: Option<Arc<crate::server::Slot>>,
+    pub slot: Option<crate::server::Slot>,
 }
 
 impl Conn {
@@ -100,8 +100,9 @@ impl Conn {
 pub struct Outcome {
     pub client_ip: Option<IpAddr>,
     pub ip_source: Option<client_ip::IpSource>,
-    /// The path the log shows instead of the request's own (forward auth: the original one).
-    pub path_override: Option<String>,
+    /// The method and path the log shows instead of the request's own (forward auth: those
+    /// of the original request it judged).
+    pub judged: Option<(Method, String)>,
     pub route: Option<usize>,
     pub code: Option<&'static str>,
     pub cause: Option<String>,
@@ -214,16 +215,21 @@ struct Pending<'a> {
 impl Pending<'_> {
     fn logged_path(&self) -> Option<&str> {
         self.out
-            .path_override
-            .as_deref()
+            .judged
+            .as_ref()
+            .map(|(_, p)| p.as_str())
             .or(self.path.as_deref().ok())
             .or(self.raw_path)
+    }
+
+    fn logged_method(&self) -> &Method {
+        self.out.judged.as_ref().map_or(&self.method, |(m, _)| m)
     }
 
     /// The access line and counts, now.
     fn record(&self, status: u16, bytes: Option<u64>) {
         crate::access_log::record(
-            &self.method,
+            self.logged_method(),
             self.logged_path(),
             status,
             bytes,
@@ -236,7 +242,7 @@ impl Pending<'_> {
     /// What the access line needs when it is written at the end of the response body.
     fn deferred(&mut self, status: u16, active: Arc<Active>) -> crate::access_log::Deferred {
         crate::access_log::Deferred {
-            method: self.method.clone(),
+            method: self.logged_method().clone(),
             path: self.logged_path().map(str::to_owned),
             status,
             out: std::mem::take(&mut self.out),

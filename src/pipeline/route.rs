@@ -100,7 +100,7 @@ fn allowed_methods(routes: &[Route], host: Option<&str>, path: &str) -> String {
 
 /// `methods` empty allows every method; a route that allows GET allows HEAD too (RFC 9110
 /// §9.3.2: HEAD is GET without the body, and clients and health checkers send it).
-fn method_allowed(methods: &[Method], method: &Method) -> bool {
+pub(crate) fn method_allowed(methods: &[Method], method: &Method) -> bool {
     methods.is_empty()
         || methods.contains(method)
         || (*method == Method::HEAD && methods.contains(&Method::GET))

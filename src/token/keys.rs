@@ -295,7 +295,9 @@ fn rsa_size(jwk: &Jwk, alg: Algorithm) -> Result<(), String> {
     };
     let n = B64.decode(&rsa.n).map_err(|e| e.to_string())?;
     let n = &n[n.iter().take_while(|&&b| b == 0).count()..];
-    let bits = n.len() * 8 - n.first().map_or(8, |b| b.leading_zeros() as usize);
+    let bits = n
+        .first()
+        .map_or(0, |b| n.len() * 8 - b.leading_zeros() as usize);
     if !(2048..=8192).contains(&bits) {
         return Err(format!(
             "a {bits}-bit RSA key: {} verifies 2048- to 8192-bit keys only",

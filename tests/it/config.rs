@@ -1038,3 +1038,35 @@ fn a_deny_file_saved_with_a_byte_order_mark_loads() {
     assert_eq!(cfg.ip.deny.len(), 2, "{:?}", cfg.ip.deny);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Between-route checks name routes by their place in the file, even when an earlier route
+/// could not be built; a HEAD-only route behind a GET route on the same path is shadowed.
+#[test]
+fn route_checks_name_routes_by_their_place_in_the_file() {
+    let route = |name: &str, extra: &str| {
+        format!("[[routes]]\nname = \"{name}\"\npath = \"/m\"\nupstream = \"app\"\n{extra}\n")
+    };
+    let e = load(&format!(
+        "{BASE}{}{}{}",
+        route("a", "auth = \"pubic\""),
+        route("b", "auth = \"public\"\nmethods = [\"GET\"]"),
+        route("b", "auth = \"public\"\nmethods = [\"POST\"]"),
+    ))
+    .unwrap_err();
+    assert!(
+        e.contains("routes[2].name: `b` is already the name of routes[1]"),
+        "{e}"
+    );
+    let cfg = load(&format!(
+        "{BASE}{}{}",
+        route("get", "auth = \"public\"\nmethods = [\"GET\"]"),
+        route("head", "auth = \"public\"\nmethods = [\"HEAD\"]"),
+    ))
+    .unwrap();
+    assert!(
+        cfg.warnings.len() == 1
+            && cfg.warnings[0].contains("`head` is shadowed by the earlier route `get`"),
+        "{:?}",
+        cfg.warnings
+    );
+}

@@ -18,9 +18,28 @@ path = "/_iptgate/verify"
 [upstreams.app]
 url = "{u}"
 
+[rate_limits.one]
+key = "ip"
+rate = "1/m"
+burst = 1
+
 [[routes]]
 name = "open"
 prefix = "/open"
+auth = "public"
+upstream = "app"
+
+[[routes]]
+name = "limited"
+prefix = "/limited"
+auth = "public"
+upstream = "app"
+rate_limit = ["one"]
+
+[[routes]]
+name = "www"
+host = "www.example"
+prefix = "/"
 auth = "public"
 upstream = "app"
 
@@ -90,6 +109,16 @@ async fn traefik_style_headers_are_judged_as_the_original_request() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200, "the same request twice is not ambiguous");
+    // Routes match on host here: a proxy naming no original host is not judged on the
+    // gateway's own Host.
+    let r = c
+        .get(gw.url("/_iptgate/verify"))
+        .header("X-Forwarded-Uri", "/open/page")
+        .header("X-Forwarded-For", "203.0.113.9")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(code_of(r).await, (400, "bad_request".into()));
     assert_eq!(up.count(), 0, "forward auth never forwards");
     // From an untrusted peer: refused.
     let r = client_at(3)
@@ -148,8 +177,18 @@ http {{
     location / {{
       auth_request /_auth;
       auth_request_set $sub $upstream_http_x_auth_subject;
+      auth_request_set $auth_status $upstream_status;
+      auth_request_set $retry_after $upstream_http_retry_after;
+      error_page 500 = @auth_refused;
       proxy_set_header X-Auth-Subject $sub;
       proxy_pass http://{up};
+    }}
+    location @auth_refused {{
+      add_header Retry-After $retry_after always;
+      if ($auth_status = 429) {{ return 429; }}
+      if ($auth_status = 400) {{ return 400; }}
+      if ($auth_status = 503) {{ return 503; }}
+      return 500;
     }}
     location = /_auth {{
       internal;
@@ -158,6 +197,7 @@ http {{
       proxy_set_header Content-Length "";
       proxy_set_header X-Original-URI $request_uri;
       proxy_set_header X-Original-Method $request_method;
+      proxy_set_header X-Forwarded-Host $host;
       proxy_set_header X-Forwarded-For $remote_addr;
     }}
   }}
@@ -224,6 +264,30 @@ http {{
     let seen = up.last();
     assert_eq!(seen.uri, "/private");
     assert_eq!(seen.header("x-auth-subject"), Some("alice"));
+    // The host judged is the one nginx names (`X-Forwarded-Host $host`), never one the client
+    // adds: admin.example falls to the token route, whatever X-Forwarded-Host it sends.
+    let r = c
+        .get(format!("{base}/x"))
+        .header("Host", "www.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "www.example is public");
+    let r = c
+        .get(format!("{base}/x"))
+        .header("Host", "admin.example")
+        .header("X-Forwarded-Host", "www.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "judged as admin.example");
+    // A refusal other than 401/403 comes through nginx with its own status (the recipe's
+    // `error_page`), not as nginx's 500.
+    let r = c.get(format!("{base}/limited/a")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = c.get(format!("{base}/limited/a")).send().await.unwrap();
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().contains_key("retry-after"));
     let wrong_ip = mint("127.0.0.9", "alice", json!({}));
     let r = c
         .get(format!("{base}/private"))

@@ -296,18 +296,6 @@ impl Gateway {
         format!("http://{}{path}", self.admin.expect("admin listener"))
     }
 
-    /// The admin listener's `/metrics` text.
-    pub async fn metrics_text(&self) -> String {
-        plain_client()
-            .get(self.admin_url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    }
-
     pub fn running(&self) -> &Running {
         self.running.as_ref().unwrap()
     }

@@ -666,7 +666,20 @@ upstream = "app"
         .await
         .unwrap();
     assert_eq!(r.status(), 400);
+    // A judged request is logged with the original method and path, not the proxy's GET.
+    let r = c
+        .get(format!("{base}/_iptgate/verify"))
+        .header("X-Forwarded-Method", "DELETE")
+        .header("X-Forwarded-Uri", "/judged/x?q=secret")
+        .header("X-Forwarded-For", "203.0.113.8")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
     let log = gw.stop().await;
+    let judged = access_line(&log, "/judged/x");
+    assert_eq!(judged["method"], "DELETE", "{log}");
+    assert!(!log.contains("secret"), "{log}");
     assert_eq!(access_line(&log, "/login")["sub"], "carol", "{log}");
     assert_eq!(access_line(&log, "/auth/refresh")["sub"], "carol", "{log}");
     assert_eq!(access_line(&log, "/auth/logout")["sub"], "carol", "{log}");

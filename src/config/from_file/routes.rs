@@ -2,6 +2,7 @@
 //! routes (duplicates, shadowing).
 
 use super::*;
+use crate::pipeline::route::method_allowed;
 
 impl Validator {
     pub(super) fn upstream(&mut self, name: &str, u: &UpstreamFile) -> UpstreamConfig {
@@ -423,32 +424,34 @@ impl Validator {
         }
     }
 
-    pub(super) fn check_routes(&mut self, routes: &[RouteConfig]) {
-        for (j, b) in routes.iter().enumerate() {
+    /// Checks between routes, each with its index in the file (a route that could not be
+    /// built is not among them, and must not shift the others' names in messages).
+    pub(super) fn check_routes(&mut self, routes: &[(usize, RouteConfig)]) {
+        for (k, (j, b)) in routes.iter().enumerate() {
             // Names label metrics, logs and `explain`: two routes sharing one would be
             // counted and reported as one.
-            if let Some(i) = routes[..j].iter().position(|a| a.name == b.name) {
+            if let Some((i, _)) = routes[..k].iter().find(|(_, a)| a.name == b.name) {
                 self.err(
                     format!("routes[{j}].name"),
                     format!("`{}` is already the name of routes[{i}]", b.name),
                 );
             }
-            for a in &routes[..j] {
+            for (_, a) in &routes[..k] {
                 if a.matcher != b.matcher {
                     continue;
                 }
+                // What each route answers: a route naming GET answers HEAD too.
+                let a_takes = |m: &Method| method_allowed(&a.methods, m);
+                let b_takes = |m: &Method| method_allowed(&b.methods, m);
                 let methods_overlap = a.methods.is_empty()
                     || b.methods.is_empty()
-                    || a.methods.iter().any(|m| b.methods.contains(m));
+                    || a.methods.iter().any(b_takes)
+                    || b.methods.iter().any(a_takes);
                 if !methods_overlap {
                     continue;
                 }
-                // A route naming GET answers HEAD too.
-                let takes = |m: &Method| {
-                    a.methods.contains(m) || (m == Method::HEAD && a.methods.contains(&Method::GET))
-                };
-                let covers =
-                    a.methods.is_empty() || (!b.methods.is_empty() && b.methods.iter().all(takes));
+                let covers = a.methods.is_empty()
+                    || (!b.methods.is_empty() && b.methods.iter().all(a_takes));
                 let same_methods = a.methods.len() == b.methods.len()
                     && b.methods.iter().all(|m| a.methods.contains(m));
                 if a.host == b.host {

@@ -209,13 +209,14 @@ impl Validator {
         let mut routes = Vec::new();
         for (i, r) in f.routes.iter().enumerate() {
             if let Some(route) = self.route(i, r, &upstream_names, &rate_limits, token.as_ref()) {
-                routes.push(route);
+                routes.push((i, route));
             }
         }
         if f.routes.is_empty() {
             self.err("routes", "no routes: add at least one [[routes]] table");
         }
         self.check_routes(&routes);
+        let routes = routes.into_iter().map(|(_, r)| r).collect();
         Config {
             source,
             base_dir,
