@@ -60,13 +60,16 @@ pub fn original(h: &HeaderMap) -> Result<Original<'_>, Reject> {
         &["x-forwarded-method", "x-original-method"],
         true,
         "forward auth: ambiguous method",
-    )?
-    // As sent: methods are case-sensitive (RFC 9110), and the app behind the proxy gets the
-    // original method unchanged.
-    .map(|m| Method::from_bytes(m.as_bytes()))
-    .transpose()
-    .map_err(|_| Reject::BadRequest("forward auth: bad method header"))?
-    .unwrap_or(Method::GET);
+    )?;
+    // As sent, and refused with lower-case letters as a request's own method is: the app
+    // behind the proxy gets the original method unchanged.
+    let method = match method {
+        None => Method::GET,
+        Some(m) => Method::from_bytes(m.as_bytes())
+            .ok()
+            .filter(crate::pipeline::valid_method)
+            .ok_or(Reject::BadRequest("forward auth: bad method header"))?,
+    };
     let uri_text = one_of(
         h,
         &["x-forwarded-uri", "x-original-uri"],

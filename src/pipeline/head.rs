@@ -16,11 +16,15 @@ use super::*;
 /// and a Host header set by hand beside it, meaning Host; the gateway routes on that Host and
 /// the upstream gets the same one, so they cannot disagree.
 pub(super) fn check_head(
+    method: &http::Method,
     version: http::Version,
     headers: &HeaderMap,
     uri: &http::Uri,
     seen: &forward::Seen,
 ) -> Result<(), Reject> {
+    if !valid_method(method) {
+        return Err(Reject::BadRequest("a method with lower-case letters"));
+    }
     // A transfer coding besides `chunked` (`gzip, chunked`): hyper takes the chunks off and
     // would pass the body on still gzipped with nothing saying so.
     let te = seen.has(forward::Seen::TRANSFER_ENCODING);
@@ -66,22 +70,43 @@ pub(super) fn check_head(
     Ok(())
 }
 
-/// A Host value that is one authority, `host[:port]`, with no userinfo and a port of digits
-/// (the `http` crate's authority parse takes any port).
+/// A method without lower-case letters. Methods are case-sensitive, so `post` is not the
+/// `POST` a route's `methods` names, yet frameworks (Flask, among others) upper-case what they
+/// are sent: such a request would skip a `POST`-only route (its rate limit, the login
+/// lock-out) and be served by the app as that route's. nginx and Envoy refuse them too.
+pub fn valid_method(m: &http::Method) -> bool {
+    // The standard methods are known upper-case without looking at their bytes.
+    matches!(
+        *m,
+        http::Method::GET | http::Method::POST | http::Method::HEAD | http::Method::PUT
+    ) || !m.as_str().bytes().any(|b| b.is_ascii_lowercase())
+}
+
+/// A Host value that is one plain authority, `name[:port]` or `[IPv6][:port]`: a name of
+/// letters, digits and `-._~` (RFC 3986's unreserved characters), a port of digits. Anything
+/// else — userinfo, a sub-delimiter (`,` `;` `!` `&` `=` …), percent-encoding — is refused:
+/// apps and frameworks split such values differently (Express keeps what is left of a
+/// comma, Rails what is right of it) and would serve a request the gateway routed as
+/// another host.
 pub fn valid_host(h: &[u8]) -> bool {
-    plain_host(h)
-        || (!h.contains(&b'@')
-            && http::uri::Authority::try_from(h).is_ok_and(|a| {
-                // A name to route on: `:80` names none.
-                if a.host().is_empty() {
-                    return false;
-                }
-                let port = &a.as_str()[a.host().len()..];
-                port.is_empty()
-                    || port
-                        .strip_prefix(':')
-                        .is_some_and(|p| digits_port(p.as_bytes()))
-            }))
+    plain_host(h) || ip_literal_host(h)
+}
+
+/// `[v6]` or `[v6]:port`.
+fn ip_literal_host(h: &[u8]) -> bool {
+    let Some(rest) = h.strip_prefix(b"[") else {
+        return false;
+    };
+    let Some(close) = rest.iter().position(|&c| c == b']') else {
+        return false;
+    };
+    let literal = &rest[..close];
+    let port_ok = match &rest[close + 1..] {
+        [] => true,
+        [b':', port @ ..] => digits_port(port),
+        _ => false,
+    };
+    port_ok && std::str::from_utf8(literal).is_ok_and(|s| s.parse::<std::net::Ipv6Addr>().is_ok())
 }
 
 /// A port of up to 5 digits, at most 65535 (no sign, no space: `u16::from_str` takes `+80`).
@@ -92,8 +117,7 @@ fn digits_port(p: &[u8]) -> bool {
         && p.iter().fold(0u32, |n, &d| n * 10 + u32::from(d - b'0')) <= u32::from(u16::MAX)
 }
 
-/// `name[:port]` with a name of letters, digits, `.` and `-` and a port up to 65535: the Host
-/// nearly every request carries, accepted without the full authority parse.
+/// `name[:port]` with a name of letters, digits and `-._~`, and a port up to 65535.
 fn plain_host(h: &[u8]) -> bool {
     let (name, port) = match h.iter().position(|&c| c == b':') {
         Some(i) => (&h[..i], Some(&h[i + 1..])),
@@ -102,7 +126,7 @@ fn plain_host(h: &[u8]) -> bool {
     let name_ok = !name.is_empty()
         && name
             .iter()
-            .all(|&c| c.is_ascii_alphanumeric() || c == b'.' || c == b'-');
+            .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b'_' | b'~'));
     let port_ok = port.is_none_or(digits_port);
     name_ok && port_ok
 }

@@ -31,7 +31,7 @@ pub mod shared;
 mod verdict;
 
 use head::check_head;
-pub use head::{request_host, valid_host};
+pub use head::{request_host, valid_host, valid_method};
 use verdict::*;
 pub use verdict::{judge, Ask, Judged};
 
@@ -284,7 +284,7 @@ async fn run(
     let cfg = &active.config;
     let refresh_header = cfg.refresh.as_ref().map(|r| &r.header);
     let seen = forward::scan(req.headers(), cfg.token.as_ref(), refresh_header);
-    let path = check_head(req.version(), req.headers(), req.uri(), &seen)
+    let path = check_head(req.method(), req.version(), req.headers(), req.uri(), &seen)
         .and_then(|()| path.as_deref().map_err(|e| Reject::BadRequest(e)));
     if matches!((&path, &cfg.forward_auth), (Ok(p), Some(f)) if p == f) {
         // Boxed, as the other rarely taken branches below: an inline sub-future would grow

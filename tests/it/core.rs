@@ -398,10 +398,64 @@ async fn http2_authority_must_be_one_valid_host() {
             "https://public.example/",
             &[("host", "admin.example:abc")][..],
         ),
+        ("a comma", "https://admin.example,evil/", &[][..]),
+        (
+            "a Host with a comma",
+            "https://public.example/",
+            &[("host", "evil,admin.example")][..],
+        ),
     ] {
         assert_eq!(h2_status(&gw, uri, headers).await, 400, "{why}");
     }
     assert_eq!(up.count(), 2);
+}
+
+/// HTTP/1: a Host holding a sub-delimiter (`,` `;` `!` `&` `=` …) is refused, since apps split
+/// such values differently and would read the admin host in them; a method with lower-case
+/// letters is refused, since it would skip a route naming the method while frameworks that
+/// upper-case it serve it as that route's. An IPv6 literal and `_` in a name are fine.
+#[tokio::test]
+async fn hosts_with_sub_delimiters_and_lower_case_methods_are_refused() {
+    let (up, gw) = plain_public("").await;
+    for host in [
+        "api.example.com,evil",
+        "evil,api.example.com",
+        "api.example.com;x",
+        "a!b",
+        "a&b=c",
+        "a%41b",
+        "a b",
+    ] {
+        let got = raw(
+            gw.addr,
+            format!("GET /x HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+            Duration::from_secs(3),
+        )
+        .await;
+        assert!(got.starts_with("HTTP/1.1 400"), "{host}: {got}");
+    }
+    for method in ["post", "Post", "gEt"] {
+        let got = raw(
+            gw.addr,
+            format!(
+                "{method} /x HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            )
+            .as_bytes(),
+            Duration::from_secs(3),
+        )
+        .await;
+        assert!(got.starts_with("HTTP/1.1 400"), "{method}: {got}");
+    }
+    assert_eq!(up.count(), 0);
+    for host in ["[::1]:8443", "[::1]", "my_host.internal", "a~b:80"] {
+        let got = raw(
+            gw.addr,
+            format!("GET /x HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+            Duration::from_secs(3),
+        )
+        .await;
+        assert!(got.starts_with("HTTP/1.1 200"), "{host}: {got}");
+    }
 }
 
 /// An HTTP/2 peer that has gone (it never answers a PING, so the idle drain's GOAWAY never
