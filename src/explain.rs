@@ -14,13 +14,16 @@ use crate::token::{check_binding, check_require, TokenType};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
+    /// The request method (case-sensitive, as on the wire).
     #[arg(long, default_value = "GET")]
     pub method: String,
+    /// The request path, with its query if any (e.g. /api/x?q=1).
     #[arg(long)]
     pub path: String,
     /// The TCP peer's IP.
     #[arg(long)]
     pub ip: String,
+    /// The Host the request names (for routes that match on host).
     #[arg(long)]
     pub host: Option<String>,
     /// A token, as if sent as `Authorization: Bearer …`.

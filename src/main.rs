@@ -53,6 +53,7 @@ enum Cmd {
     Explain(iptgate::explain::Args),
     /// Write a self-signed development certificate and key (PEM).
     Cert {
+        /// Folder to write gateway.crt and gateway.key into.
         #[arg(long)]
         out: PathBuf,
         /// Host names or IPs for the certificate (default: localhost, 127.0.0.1, ::1).
@@ -68,8 +69,10 @@ enum Cmd {
 enum TokenCmd {
     /// Print a token as the gateway would mint it.
     Mint {
+        /// The client IP the token is bound to.
         #[arg(long)]
         ip: String,
+        /// The subject (`sub` claim).
         #[arg(long)]
         sub: Option<String>,
         /// Extra claim as key=value (repeatable).
@@ -84,11 +87,13 @@ enum TokenCmd {
     },
     /// Verify a token as a protected route would; print its claims or the error code.
     Verify {
+        /// The client IP the token is presented from.
         #[arg(long)]
         ip: String,
         /// The device id the request would carry (needed when token.device_binding is set).
         #[arg(long)]
         device: Option<String>,
+        /// The token (JWT) to verify.
         token: String,
     },
 }

@@ -68,18 +68,10 @@ impl Health {
         }
     }
 
-    /// `start`, or the first target after it (round robin order) that is not down.
-    fn first_up(&self, start: usize) -> usize {
-        let n = self.down_until.len();
-        let mut now = None;
-        for k in 0..n {
-            let i = (start + k) % n;
-            let until = self.down_until[i].load(Ordering::Relaxed);
-            if until == 0 || until <= *now.get_or_insert_with(|| self.now_ms()) {
-                return i;
-            }
-        }
-        start
+    /// Whether target `i` is up (not passed over); `now` is read once per pick, if needed.
+    fn is_up(&self, i: usize, now: &mut Option<u64>) -> bool {
+        let until = self.down_until[i].load(Ordering::Relaxed);
+        until == 0 || until <= *now.get_or_insert_with(|| self.now_ms())
     }
 }
 
@@ -87,12 +79,28 @@ impl Upstream {
     /// Round robin over the targets, passing over those down lately: the next one's index,
     /// target and connection pool.
     pub fn pick(&self) -> (usize, &Target, &Arc<Pool>) {
-        let n = self.cfg.targets.len().max(1);
-        let mut i = self.next.fetch_add(1, Ordering::Relaxed) % n;
-        if n > 1 {
-            i = self.health.first_up(i);
-        }
+        let i = self.next_up();
         (i, &self.cfg.targets[i], &self.pools[i])
+    }
+
+    /// The next target in round robin order that is up. A target down takes the next turn,
+    /// not its neighbour's: its share is spread over all the others, as nginx does, instead
+    /// of doubling the load of the one after it. When every target is down, the first turn.
+    fn next_up(&self) -> usize {
+        let n = self.cfg.targets.len().max(1);
+        let first = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        if n == 1 {
+            return first;
+        }
+        let mut now = None;
+        let mut i = first;
+        for _ in 0..n {
+            if self.health.is_up(i, &mut now) {
+                return i;
+            }
+            i = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        }
+        first
     }
 
     /// Whether there are targets to fail over to.
@@ -315,22 +323,32 @@ mod tests {
 
     use super::*;
 
-    #[test]
-    fn a_target_down_is_passed_over_until_every_one_is() {
-        let h = Health::new(3);
-        assert_eq!((h.first_up(0), h.first_up(1), h.first_up(2)), (0, 1, 2));
-        h.mark_down(1);
-        assert_eq!(h.first_up(1), 2, "the next target up instead");
-        assert_eq!(h.first_up(0), 0);
-        h.mark_down(2);
-        assert_eq!(h.first_up(1), 0, "round robin order, wrapping");
-        h.mark_down(0);
-        assert_eq!(h.first_up(1), 1, "all down: as if none were");
+    #[tokio::test]
+    async fn a_target_down_is_passed_over_until_every_one_is() {
+        let state = State::new(config(
+            r#""http://127.0.0.1:1", "http://127.0.0.1:2", "http://127.0.0.1:3""#,
+        ))
+        .await
+        .unwrap();
+        let active = state.active.load_full();
+        let up = &active.upstreams[0];
+        let picks = |k: usize| (0..k).map(|_| up.next_up()).collect::<Vec<_>>();
+        assert_eq!(picks(3), [0, 1, 2]);
+        up.health.mark_down(1);
+        // Its turns go to the others in turn: an even share each, not all to target 2.
+        let got = picks(30);
+        assert!(!got.contains(&1), "{got:?}");
+        let twos = got.iter().filter(|&&i| i == 2).count();
+        assert_eq!(twos, 15, "{got:?}");
+        up.health.mark_down(2);
+        assert!(picks(5).iter().all(|&i| i == 0));
+        up.health.mark_down(0);
+        assert_eq!(picks(3).len(), 3, "all down: round robin as if none were");
         // Back once its time is up.
         let h = Health::new(2);
         h.down_until[1].store(h.now_ms().max(1), Ordering::Relaxed);
         std::thread::sleep(std::time::Duration::from_millis(2));
-        assert_eq!(h.first_up(1), 1);
+        assert!(h.is_up(1, &mut None));
     }
 
     fn config(targets: &str) -> Config {
