@@ -147,11 +147,23 @@ pub fn prepare(path: &Path) -> Result<Config, PrepareError> {
     Config::from_toml(&text, path).map_err(PrepareError::Config)
 }
 
+/// The errors of a file the demo could not read the shape of, but for those it would fix
+/// itself once the rest is right (a missing dev certificate, an unset secret variable): a
+/// newcomer is not sent to make a certificate or a secret for nothing.
 fn config_errors(e: Option<ConfigErrors>, path: &Path) -> PrepareError {
-    PrepareError::Config(e.unwrap_or_else(|| ConfigErrors {
+    let mut e = e.unwrap_or_else(|| ConfigErrors {
         file: path.display().to_string(),
         errors: vec![],
-    }))
+    });
+    let fixed_by_demo = |c: &ConfigError| {
+        (matches!(c.path.as_str(), "server.tls.cert" | "server.tls.key")
+            && c.message.contains("does not exist"))
+            || (c.path == "token.secret.env" && c.message.contains("is not set"))
+    };
+    if e.errors.iter().any(|c| !fixed_by_demo(c)) {
+        e.errors.retain(|c| !fixed_by_demo(c));
+    }
+    PrepareError::Config(e)
 }
 
 fn resolve(base: &Path, p: &Path) -> PathBuf {
