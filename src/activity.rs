@@ -129,6 +129,11 @@ impl Activity {
         matches!(self.phase.load(SeqCst), BETWEEN | READING_HEAD)
     }
 
+    /// An HTTP/1 request head is being read (begun, or due on a new connection).
+    pub fn reading_head(&self) -> bool {
+        self.phase.load(SeqCst) == READING_HEAD
+    }
+
     /// Whether bytes moved since the last call.
     pub fn take_moved(&self) -> bool {
         self.moved.swap(false, Relaxed)

@@ -556,11 +556,13 @@ async fn drive<C: Future>(
                 // does, so that it cannot hold its connection for good. A response with
                 // nothing to send (a quiet event stream) is not the client's doing and runs
                 // on; a request still waiting on the upstream is the upstream `timeout`'s.
+                // A head still being read when the drain began (the watcher, which kept the
+                // header read timeout, has ended) is cut the same way: quiet for another
+                // `idle_timeout`, it is a slow client holding a connection.
                 if let Some((activity, idle, quiet)) = &mut after_idle {
-                    if quiet.over(activity, *idle)
-                        && activity.answered()
-                        && activity.is_write_blocked()
-                    {
+                    let stuck = activity.reading_head()
+                        || (activity.answered() && activity.is_write_blocked());
+                    if quiet.over(activity, *idle) && stuck {
                         return None;
                     }
                 }
@@ -625,7 +627,10 @@ async fn watch_conn(
                     tracing::debug!(peer = %peer, "request head not received within header_read_timeout: connection closed");
                     break Verdict::Close;
                 }
-                if quiet.over(&activity, idle) {
+                // A head being read is the header read timeout's to close, never the idle
+                // one's: the watcher ends with its verdict, and a head dribbled after it
+                // would have no deadline left.
+                if quiet.over(&activity, idle) && !activity.reading_head() {
                     break Verdict::Idle(activity.clone(), idle);
                 }
             }

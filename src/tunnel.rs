@@ -10,25 +10,38 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use crate::activity::{Activity, Quiet};
 
-/// Copies both ways between `client` and `upstream` until either side closes, an error, or
-/// `idle` passes with nothing moving on the client connection (`activity`); closed between
-/// 1 and 1.25 times `idle` after the last byte.
-pub async fn splice<A, B>(mut client: A, mut upstream: B, idle: Duration, activity: Arc<Activity>)
+/// Copies both ways between `client` and `upstream` until either side closes (its end is
+/// passed on to the other side, then both connections close, as nginx ends an upgraded
+/// connection), an error, or `idle` passes with nothing moving on the client connection
+/// (`activity`); closed between 1 and 1.25 times `idle` after the last byte. A WebSocket has
+/// no use for a half-closed connection: waiting for the other side to close too would hold
+/// the tunnel, and its place among `max_connections`, until the idle timeout.
+pub async fn splice<A, B>(client: A, upstream: B, idle: Duration, activity: Arc<Activity>)
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
-    let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
-    tokio::pin!(copy);
+    let (mut client_rd, mut client_wr) = tokio::io::split(client);
+    let (mut upstream_rd, mut upstream_wr) = tokio::io::split(upstream);
+    let up = async {
+        let _ = tokio::io::copy(&mut client_rd, &mut upstream_wr).await;
+        let _ = upstream_wr.shutdown().await;
+    };
+    let down = async {
+        let _ = tokio::io::copy(&mut upstream_rd, &mut client_wr).await;
+        let _ = client_wr.shutdown().await;
+    };
+    tokio::pin!(up, down);
     let tick = (idle / 4).max(Duration::from_millis(10));
     let mut quiet = Quiet::default();
     loop {
         tokio::select! {
-            _ = &mut copy => return,
+            () = &mut up => return,
+            () = &mut down => return,
             () = tokio::time::sleep(tick) => if quiet.over(&activity, idle) {
                 return;
             },

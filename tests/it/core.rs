@@ -929,6 +929,54 @@ async fn header_read_timeout_closes_a_slow_client() {
     assert_eq!(up.count(), 0);
 }
 
+/// With `idle_timeout` shorter than `header_read_timeout`, a head that stops (long enough to
+/// look idle) and then dribbles on is still closed by the header read timeout: the idle
+/// timeout does not take a head in progress out of its deadline.
+#[tokio::test]
+async fn a_head_dribbled_after_an_idle_pause_is_still_closed() {
+    let up = Upstream::start().await;
+    for tls in [false, true] {
+        let o = Opts {
+            tls,
+            server: "header_read_timeout = \"1500ms\"\nidle_timeout = \"300ms\"",
+            ..Opts::default()
+        };
+        let gw = Gateway::start_with(o, &public_routes(&up)).await;
+        let head: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+        let t = Instant::now();
+        let dribble = |mut s: Box<dyn AsyncWriteRead>| async move {
+            s.write_all(&head[..20]).await.unwrap();
+            // Quiet past the idle timeout, then one byte every 200 ms.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            for b in &head[20..] {
+                if s.write_all(&[*b]).await.is_err() {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if t.elapsed() > Duration::from_secs(6) {
+                    return false;
+                }
+            }
+            false
+        };
+        let s: Box<dyn AsyncWriteRead> = if tls {
+            Box::new(tls_connect(gw.addr).await)
+        } else {
+            Box::new(TcpStream::connect(gw.addr).await.unwrap())
+        };
+        assert!(dribble(s).await, "tls={tls}: never closed");
+        assert!(
+            t.elapsed() < Duration::from_secs(4),
+            "tls={tls}: {:?}",
+            t.elapsed()
+        );
+    }
+    assert_eq!(up.count(), 0);
+}
+
+trait AsyncWriteRead: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> AsyncWriteRead for T {}
+
 #[tokio::test]
 async fn header_read_timeout_closes_a_connection_that_sends_nothing() {
     let up = Upstream::start().await;
@@ -1358,6 +1406,44 @@ async fn a_websocket_tunnel_keeps_its_connection_slot_until_it_closes() {
     tokio::time::timeout(Duration::from_secs(10), running.wait())
         .await
         .expect("the drain waited for the tunnel");
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+}
+
+/// A tunnel ends when either side closes: a client gone does not hold the tunnel (and its
+/// place among `max_connections`) until the idle timeout while the upstream keeps its end open.
+#[tokio::test]
+async fn a_tunnel_ends_when_either_side_closes() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                // Completes the handshake, then never reads nor closes.
+                let ws = tokio_tungstenite::accept_async(s).await;
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                drop(ws);
+            });
+        }
+    });
+    let o = Opts {
+        tls: false,
+        server: "idle_timeout = \"20s\"",
+        ..Opts::default()
+    };
+    let gw = Gateway::start_with(o, &route_to(&format!("http://{addr}"), "")).await;
+    let (ws, resp) = tokio_tungstenite::connect_async(format!("ws://{}/ws", gw.addr))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 101);
+    let state = &gw.running().state;
+    assert_eq!(state.tunnels.load(Ordering::SeqCst), 1);
+    drop(ws);
+    let t = Instant::now();
+    while state.connections.load(Ordering::SeqCst) > 0 && t.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(state.connections.load(Ordering::SeqCst), 0);
+    assert_eq!(state.tunnels.load(Ordering::SeqCst), 0);
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
 }
 
