@@ -108,8 +108,8 @@ pub fn explain(active: &Active, a: &Args) -> Result<(String, Result<(), Reject>)
         let head = path::normalize(raw_path)
             .map_err(Reject::BadRequest)
             .and_then(|p| {
-                if !crate::pipeline::valid_method(&method) {
-                    return Err(Reject::BadRequest("a method with lower-case letters"));
+                if let Some(why) = crate::pipeline::method_problem(&method) {
+                    return Err(Reject::BadRequest(why));
                 }
                 let bad_host = a
                     .host

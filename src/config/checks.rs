@@ -2,8 +2,6 @@
 //! attributes, header names the gateway cannot hand out, route matchers, host bits of a
 //! CIDR, and URLs with a password in them (which must never be printed).
 
-use std::net::IpAddr;
-
 use http::HeaderName;
 use ipnet::IpNet;
 
@@ -44,26 +42,46 @@ fn route_host_invalid(h: &str) -> Option<Result<String, String>> {
     if h.is_empty() {
         return Some(Err("is empty: leave `host` out to match any host".into()));
     }
-    let bare = h.trim_start_matches('[').trim_end_matches(']');
-    if bare.parse::<IpAddr>().is_ok() || is_dns_name(h) {
+    if h.parse::<std::net::Ipv6Addr>().is_ok() {
+        return Some(Err(format!(
+            "`{h}`: write an IPv6 address in brackets, `[{h}]`, as requests name it"
+        )));
+    }
+    // What requests may name (see the listener's Host check): a name, an IPv4 address, or
+    // an IPv6 one in brackets.
+    let host_ok = |s: &str| match s.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
+        Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+        None => s.parse::<std::net::Ipv4Addr>().is_ok() || is_route_name(s),
+    };
+    if host_ok(h) {
         return None;
     }
     if let Some((name, port)) = h.rsplit_once(':') {
-        let name_ok = is_dns_name(name)
-            || name
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .parse::<IpAddr>()
-                .is_ok();
-        if name_ok && !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) {
+        if host_ok(name) && !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) {
             return Some(Ok(format!(
                 "`{h}`: matched as `{name}`, whatever the port: hosts are matched ignoring the port"
             )));
         }
     }
     Some(Err(format!(
-        "`{h}` is not a host name or IP address (letters, digits, `-` and `.`; no wildcards, scheme or path)"
+        "`{h}` is not a host name or IP address (letters, digits, `-`, `_` and `.`; an IPv6 address in brackets; no wildcards, scheme or path)"
     )))
+}
+
+/// A host name a route may match: DNS labels that may also hold `_` (service names such as
+/// Docker's), with one trailing dot allowed (the root, which matching ignores).
+fn is_route_name(s: &str) -> bool {
+    let s = s.strip_suffix('.').unwrap_or(s);
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
 }
 
 /// Why `cookie.path` would break the `Set-Cookie` header, or `None`.
@@ -201,6 +219,20 @@ mod tests {
         ));
         assert!(route_host_problem("https://api.example.com").is_some());
         assert!(route_host_problem("*.example.com").is_some());
+        // As requests may name them: `_` in service names, the root's trailing dot.
+        assert_eq!(route_host_problem("my_service.internal"), None);
+        assert_eq!(route_host_problem("example.com."), None);
+        assert!(matches!(
+            route_host_problem("[::1]:8443"),
+            Some(HostProblem::Port(_))
+        ));
+        // A bare IPv6 address would be cut at its last colon and never match.
+        let e = route_host_problem("::1");
+        assert!(
+            matches!(&e, Some(HostProblem::Invalid(m)) if m.contains("[::1]")),
+            "{e:?}"
+        );
+        assert!(route_host_problem("[127.0.0.1]").is_some());
     }
 
     #[test]

@@ -67,7 +67,7 @@ pub fn original(h: &HeaderMap) -> Result<Original<'_>, Reject> {
         None => Method::GET,
         Some(m) => Method::from_bytes(m.as_bytes())
             .ok()
-            .filter(crate::pipeline::valid_method)
+            .filter(|m| crate::pipeline::method_problem(m).is_none())
             .ok_or(Reject::BadRequest("forward auth: bad method header"))?,
     };
     let uri_text = one_of(

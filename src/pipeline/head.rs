@@ -22,8 +22,8 @@ pub(super) fn check_head(
     uri: &http::Uri,
     seen: &forward::Seen,
 ) -> Result<(), Reject> {
-    if !valid_method(method) {
-        return Err(Reject::BadRequest("a method with lower-case letters"));
+    if let Some(why) = method_problem(method) {
+        return Err(Reject::BadRequest(why));
     }
     // A transfer coding besides `chunked` (`gzip, chunked`): hyper takes the chunks off and
     // would pass the body on still gzipped with nothing saying so.
@@ -70,16 +70,26 @@ pub(super) fn check_head(
     Ok(())
 }
 
-/// A method without lower-case letters. Methods are case-sensitive, so `post` is not the
-/// `POST` a route's `methods` names, yet frameworks (Flask, among others) upper-case what they
-/// are sent: such a request would skip a `POST`-only route (its rate limit, the login
-/// lock-out) and be served by the app as that route's. nginx and Envoy refuse them too.
-pub fn valid_method(m: &http::Method) -> bool {
-    // The standard methods are known upper-case without looking at their bytes.
-    matches!(
+/// Why a method is refused, if it is. A method with lower-case letters: methods are
+/// case-sensitive, so `post` is not the `POST` a route's `methods` names, yet frameworks
+/// (Flask, among others) upper-case what they are sent: such a request would skip a
+/// `POST`-only route (its rate limit, the login lock-out) and be served by the app as that
+/// route's (nginx and Envoy refuse them too). `CONNECT`: the gateway is no forward proxy, and
+/// passed on, a 2xx would leave the client waiting for a tunnel that is never opened.
+pub fn method_problem(m: &http::Method) -> Option<&'static str> {
+    // The common methods are known to be fine without looking at their bytes.
+    if matches!(
         *m,
         http::Method::GET | http::Method::POST | http::Method::HEAD | http::Method::PUT
-    ) || !m.as_str().bytes().any(|b| b.is_ascii_lowercase())
+    ) {
+        None
+    } else if *m == http::Method::CONNECT {
+        Some("CONNECT is not proxied")
+    } else if m.as_str().bytes().any(|b| b.is_ascii_lowercase()) {
+        Some("a method with lower-case letters")
+    } else {
+        None
+    }
 }
 
 /// A Host value that is one plain authority, `name[:port]` or `[IPv6][:port]`: a name of

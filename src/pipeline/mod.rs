@@ -31,7 +31,7 @@ pub mod shared;
 mod verdict;
 
 use head::check_head;
-pub use head::{request_host, valid_host, valid_method};
+pub use head::{method_problem, request_host, valid_host};
 use verdict::*;
 pub use verdict::{judge, Ask, Judged};
 

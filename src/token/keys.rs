@@ -241,6 +241,14 @@ fn decoding_from_pem(f: &Family, pem: &[u8]) -> jsonwebtoken::errors::Result<Dec
 /// fit the configured algorithm (type and curve).
 fn signer_from_pem(alg: Algorithm, pem: &[u8]) -> Result<Signer, String> {
     let not = |why: &dyn std::fmt::Display| {
+        let why = why.to_string();
+        if why.contains("TooSmall") || why.contains("TooLarge") {
+            // aws-lc's terse reason, said as the public keys' check says it.
+            return format!(
+                "private_key: an RSA key of the wrong size ({why}): {} signs with 2048- to 8192-bit keys only",
+                alg.name()
+            );
+        }
         format!("private_key: not a {} PEM private key ({why})", alg.name())
     };
     let der = PrivateKeyDer::from_pem_slice(pem).map_err(|e| not(&e))?;

@@ -1070,3 +1070,19 @@ fn route_checks_name_routes_by_their_place_in_the_file() {
         cfg.warnings
     );
 }
+
+#[test]
+fn route_methods_and_hosts_take_what_requests_may_send() {
+    let route = |extra: &str| {
+        load(&format!(
+            "{BASE}[[routes]]\nname = \"a\"\nprefix = \"/\"\nauth = \"public\"\nupstream = \"app\"\n{extra}\n"
+        ))
+    };
+    assert!(route("methods = [\"PURGE\", \"QUERY\"]").is_ok());
+    let e = route("methods = [\"CONNECT\"]").unwrap_err();
+    assert!(e.contains("CONNECT is not proxied"), "{e}");
+    assert!(route("host = \"my_service.internal\"").is_ok());
+    assert!(route("host = \"example.com.\"").is_ok());
+    let e = route("host = \"::1\"").unwrap_err();
+    assert!(e.contains("[::1]"), "{e}");
+}

@@ -292,6 +292,13 @@ impl Validator {
             let upper = m.to_ascii_uppercase();
             // A misspelt method would make the route never match, and its requests fall
             // through to another route: only methods that exist are taken.
+            if upper == "CONNECT" {
+                self.err(
+                    format!("{key}.methods[{j}]"),
+                    "CONNECT is not proxied: the gateway answers it 400",
+                );
+                continue;
+            }
             if !KNOWN_METHODS.contains(&upper.as_str()) {
                 let hint = closest(&upper, KNOWN_METHODS)
                     .map(|c| format!("; did you mean `{c}`?"))
@@ -487,17 +494,19 @@ impl Validator {
     }
 }
 
-/// The methods a route may name: RFC 9110, PATCH (RFC 5789) and WebDAV/CalDAV.
+/// The methods a route may name: RFC 9110, PATCH (RFC 5789), PURGE (caches), QUERY (the
+/// IETF's safe method with a body) and WebDAV/CalDAV.
 const KNOWN_METHODS: &[&str] = &[
     "GET",
     "HEAD",
     "POST",
     "PUT",
     "DELETE",
-    "CONNECT",
     "OPTIONS",
     "TRACE",
     "PATCH",
+    "PURGE",
+    "QUERY",
     "PROPFIND",
     "PROPPATCH",
     "MKCOL",
