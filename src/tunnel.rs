@@ -14,12 +14,13 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use crate::activity::{Activity, Quiet};
 
-/// Copies both ways between `client` and `upstream` until either side closes (its end is
-/// passed on to the other side, then both connections close, as nginx ends an upgraded
-/// connection), an error, or `idle` passes with nothing moving on the client connection
-/// (`activity`); closed between 1 and 1.25 times `idle` after the last byte. A WebSocket has
-/// no use for a half-closed connection: waiting for the other side to close too would hold
-/// the tunnel, and its place among `max_connections`, until the idle timeout.
+/// Copies both ways between `client` and `upstream` until both sides have closed, an error,
+/// or `idle` passes with nothing moving on the client connection (`activity`); closed between
+/// 1 and 1.25 times `idle` after the last byte. Once one side has closed, its end is passed on
+/// and the other side's data still in flight is delivered, but the tunnel closes as soon as
+/// nothing has moved for [`LINGER`] (at most `idle`): a WebSocket has no use for a half-closed
+/// connection, and a peer that keeps its end open without sending would otherwise hold the
+/// tunnel, and its place among `max_connections`, until the idle timeout.
 pub async fn splice<A, B>(client: A, upstream: B, idle: Duration, activity: Arc<Activity>)
 where
     A: AsyncRead + AsyncWrite + Unpin,
@@ -36,15 +37,27 @@ where
         let _ = client_wr.shutdown().await;
     };
     tokio::pin!(up, down);
-    let tick = (idle / 4).max(Duration::from_millis(10));
+    let (mut up_done, mut down_done) = (false, false);
     let mut quiet = Quiet::default();
     loop {
+        let limit = if up_done || down_done {
+            LINGER.min(idle)
+        } else {
+            idle
+        };
+        let tick = (limit / 4).max(Duration::from_millis(10));
         tokio::select! {
-            () = &mut up => return,
-            () = &mut down => return,
-            () = tokio::time::sleep(tick) => if quiet.over(&activity, idle) {
+            () = &mut up, if !up_done => up_done = true,
+            () = &mut down, if !down_done => down_done = true,
+            () = tokio::time::sleep(tick) => if quiet.over(&activity, limit) {
                 return;
             },
         }
+        if up_done && down_done {
+            return;
+        }
     }
 }
+
+/// How long a tunnel one side has closed stays open with nothing moving.
+pub const LINGER: Duration = Duration::from_secs(1);

@@ -19,7 +19,8 @@ use crate::state::{Active, State};
 /// beside `X-Original-URI`, or a header twice) are ambiguous: a proxy that sets one family
 /// may pass the client's copy of the other on (nginx `auth_request` passes every client
 /// header), so neither can be trusted to be the proxy's.
-/// Methods compare without case (`get` is read as `GET`), URIs and hosts exactly.
+/// Methods compare without case (a lower-case one is refused afterwards), URIs and hosts
+/// exactly. One sent empty is as ambiguous.
 fn one_of<'a>(
     h: &'a HeaderMap,
     names: &[&str],
@@ -31,7 +32,9 @@ fn one_of<'a>(
         for v in h.get_all(*n) {
             let v = v.to_str().map_err(|_| Reject::BadRequest(what))?.trim();
             if v.is_empty() {
-                continue;
+                // Sent but naming nothing: not taken as absent (an empty method header would
+                // otherwise be judged as GET).
+                return Err(Reject::BadRequest(what));
             }
             match found {
                 Some(f) if f != v && !(fold_case && f.eq_ignore_ascii_case(v)) => {

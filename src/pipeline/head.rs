@@ -61,8 +61,10 @@ pub(super) fn check_head(
     if !valid_host(host.as_bytes()) {
         return Err(Reject::BadRequest("invalid Host header"));
     }
-    let h1 = matches!(version, http::Version::HTTP_10 | http::Version::HTTP_11);
-    if let (true, Some(target), Ok(host)) = (h1, target, host.to_str()) {
+    // An HTTP/1 absolute-form target, or HTTP/2's `:authority`, naming another host than
+    // `Host` (ports aside): which one the app reads is anybody's guess (RFC 9113 §8.3.1 has
+    // such an HTTP/2 request treated as malformed).
+    if let (Some(target), Ok(host)) = (target, host.to_str()) {
         if !route::host_of(target.as_str()).eq_ignore_ascii_case(route::host_of(host)) {
             return Err(Reject::BadRequest("Host differs from the request target"));
         }
