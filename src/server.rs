@@ -529,8 +529,8 @@ async fn drive<C: Future>(
 ) -> Option<C::Output> {
     let mut c = pin!(c);
     let mut closing = false;
-    // After an idle drain: the connection's activity, `idle_timeout`, and quiet since when.
-    let mut after_idle: Option<(Arc<Activity>, Duration, Quiet)> = None;
+    // After an idle drain: what is watched until the connection ends.
+    let mut after_idle: Option<AfterIdle> = None;
     let tick = |idle: Duration| (idle / 4).max(Duration::from_millis(10));
     loop {
         tokio::select! {
@@ -538,10 +538,16 @@ async fn drive<C: Future>(
             end = c.as_mut() => return Some(end),
             v = &mut told, if !closing => match v {
                 Ok(Verdict::Close) => return None,
-                Ok(Verdict::Idle(activity, idle)) => {
+                Ok(Verdict::Idle(activity, idle, head)) => {
                     drain(c.as_mut());
                     closing = true;
-                    after_idle = Some((activity, idle, Quiet::default()));
+                    after_idle = Some(AfterIdle {
+                        activity,
+                        idle,
+                        head,
+                        quiet: Quiet::default(),
+                        head_since: None,
+                    });
                 }
                 // Asked to drain, or the watcher is gone (the runtime is stopping).
                 Ok(Verdict::Drain) | Err(_) => {
@@ -549,26 +555,46 @@ async fn drive<C: Future>(
                     closing = true;
                 }
             },
-            _ = sleep_if(after_idle.as_ref().map(|a| tick(a.1))) => {
+            _ = sleep_if(after_idle.as_ref().map(|a| tick(a.idle.min(a.head)))) => {
                 // A drain waits for the response in flight; on HTTP/1, an answered one whose
                 // body moves no byte for another `idle_timeout` while a write to the client
                 // is stuck (a client that stopped reading) is cut, as nginx's `send_timeout`
                 // does, so that it cannot hold its connection for good. A response with
                 // nothing to send (a quiet event stream) is not the client's doing and runs
                 // on; a request still waiting on the upstream is the upstream `timeout`'s.
-                // A head still being read when the drain began (the watcher, which kept the
-                // header read timeout, has ended) is cut the same way: quiet for another
-                // `idle_timeout`, it is a slow client holding a connection.
-                if let Some((activity, idle, quiet)) = &mut after_idle {
-                    let stuck = activity.reading_head()
-                        || (activity.answered() && activity.is_write_blocked());
-                    if quiet.over(activity, *idle) && stuck {
+                // A head begun as the drain began (its first byte crossing the watcher's
+                // verdict) is held to the header read timeout here, the watcher that kept it
+                // having ended, and cut too when quiet for another `idle_timeout`.
+                if let Some(a) = &mut after_idle {
+                    if a.activity.reading_head() {
+                        let since = *a.head_since.get_or_insert_with(Instant::now);
+                        if since.elapsed() > a.head {
+                            return None;
+                        }
+                    } else {
+                        a.head_since = None;
+                    }
+                    let stuck = a.activity.reading_head()
+                        || (a.activity.answered() && a.activity.is_write_blocked());
+                    if a.quiet.over(&a.activity, a.idle) && stuck {
                         return None;
                     }
                 }
             }
         }
     }
+}
+
+/// What [`drive`] watches of a connection after its idle drain began.
+struct AfterIdle {
+    activity: Arc<Activity>,
+    idle: Duration,
+    /// The header read timeout.
+    head: Duration,
+    /// Quiet since when.
+    quiet: Quiet,
+    /// When a head was first seen being read since the drain began.
+    head_since: Option<Instant>,
 }
 
 /// Sleeps `d`, or never ends: no timer is made for a branch that has none to wait for.
@@ -584,8 +610,8 @@ enum Verdict {
     /// A request head took longer than the header read timeout: close now.
     Close,
     /// Quiet for `idle_timeout`: finish the request in flight, then close; cut it if it moves
-    /// nothing for another `idle_timeout`.
-    Idle(Arc<Activity>, Duration),
+    /// nothing for another `idle_timeout`. With the idle and header read timeouts.
+    Idle(Arc<Activity>, Duration, Duration),
     /// The gateway is stopping: finish the request in flight (within `shutdown_grace`), then
     /// close.
     Drain,
@@ -631,7 +657,7 @@ async fn watch_conn(
                 // one's: the watcher ends with its verdict, and a head dribbled after it
                 // would have no deadline left.
                 if quiet.over(&activity, idle) && !activity.reading_head() {
-                    break Verdict::Idle(activity.clone(), idle);
+                    break Verdict::Idle(activity.clone(), idle, head);
                 }
             }
         }

@@ -100,7 +100,12 @@ impl Upstream {
             }
             i = self.next.fetch_add(1, Ordering::Relaxed) % n;
         }
-        first
+        // Concurrent picks may have taken every turn of the targets up: the first one up
+        // after this turn, in order; when none is, the turn itself.
+        (0..n)
+            .map(|k| (first + k) % n)
+            .find(|&j| self.health.is_up(j, &mut now))
+            .unwrap_or(first)
     }
 
     /// Whether there are targets to fail over to.

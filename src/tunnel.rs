@@ -47,8 +47,15 @@ where
         };
         let tick = (limit / 4).max(Duration::from_millis(10));
         tokio::select! {
-            () = &mut up, if !up_done => up_done = true,
-            () = &mut down, if !down_done => down_done = true,
+            // The linger counts from the close: the quiet before it was the idle one's.
+            () = &mut up, if !up_done => {
+                up_done = true;
+                quiet = Quiet::default();
+            }
+            () = &mut down, if !down_done => {
+                down_done = true;
+                quiet = Quiet::default();
+            }
             () = tokio::time::sleep(tick) => if quiet.over(&activity, limit) {
                 return;
             },

@@ -11,10 +11,8 @@ use super::*;
 /// says the target wins, the gateway routes on Host and passes Host on, so a different one is
 /// refused rather than silently ignored. Otherwise `400 bad_request` before any phase runs.
 ///
-/// HTTP/2 `:authority` beside a Host header that differs is left as it was (RFC 9113 §8.3.1
-/// makes refusing it a SHOULD): clients such as reqwest/hyper send the URL's authority there
-/// and a Host header set by hand beside it, meaning Host; the gateway routes on that Host and
-/// the upstream gets the same one, so they cannot disagree.
+/// HTTP/2 `:authority` beside a Host header that differs is refused too (RFC 9113 §8.3.1):
+/// a front proxy routing on `:authority` and an app reading Host would disagree on the host.
 pub(super) fn check_head(
     method: &http::Method,
     version: http::Version,

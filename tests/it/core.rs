@@ -1468,10 +1468,17 @@ async fn a_half_closed_tunnel_still_delivers_the_answer_in_flight() {
         let s = ws.get_mut();
         let mut sink = Vec::new();
         let _ = s.read_to_end(&mut sink).await;
+        // Half a second to answer: within the linger, counted from the close.
+        tokio::time::sleep(Duration::from_millis(500)).await;
         let _ = s.write_all(&vec![b'z'; 100_000]).await;
         let _ = s.shutdown().await;
     });
-    let gw = Gateway::start_with(plain(), &route_to(&format!("http://{addr}"), "")).await;
+    let o = Opts {
+        tls: false,
+        server: "idle_timeout = \"2s\"",
+        ..Opts::default()
+    };
+    let gw = Gateway::start_with(o, &route_to(&format!("http://{addr}"), "")).await;
     let mut c = TcpStream::connect(gw.addr).await.unwrap();
     c.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
         .await
@@ -1488,6 +1495,9 @@ async fn a_half_closed_tunnel_still_delivers_the_answer_in_flight() {
         String::from_utf8_lossy(&head)
     );
     c.write_all(&[b'a'; 1000]).await.unwrap();
+    // Quiet for longer than the linger before closing: the quiet before the close does not
+    // count against the answer.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     c.shutdown().await.unwrap();
     let mut answer = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut answer))
