@@ -111,6 +111,12 @@ pub fn record(
 /// sent is that size, written at once).
 pub const LOG_AT_END_OVER: u64 = 64 * 1024;
 
+/// Whether a response body of this exact size (`None`: unknown, streamed) is logged at its
+/// end rather than with its head.
+pub fn logged_at_end(exact_size: Option<u64>) -> bool {
+    exact_size.is_none_or(|b| b > LOG_AT_END_OVER)
+}
+
 /// What the access line of a response logged at its end needs.
 pub struct Deferred {
     pub method: Method,

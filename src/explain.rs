@@ -37,17 +37,18 @@ pub struct Args {
     pub repeat: u32,
 }
 
-/// The global IP policy's line, and its refusal; with `dry` (a dry-run route), an address
-/// only outside the allow list is recorded and goes on.
+/// The global IP policy's line, and its refusal; for a request that routes (`method`, host,
+/// path), one the live gateway only records (a dry-run route) goes on, as live.
 fn global_policy(
     active: &Active,
     ip: IpAddr,
-    dry: bool,
+    request: Option<(&Method, Option<&str>, &str)>,
     line: &mut impl FnMut(String),
 ) -> Result<(), Reject> {
+    let recorded = |(m, h, p)| crate::pipeline::global_refusal_recorded(active, ip, m, h, p);
     match active.ip_policy.check(ip) {
         Ok(()) => line("ip policy global: allowed".into()),
-        Err(e) if dry && !active.ip_policy.denies(ip) => line(format!(
+        Err(e) if request.is_some_and(recorded) => line(format!(
             "ip policy global: would refuse ({}); dry run, goes on",
             e.cause()
         )),
@@ -125,7 +126,7 @@ pub fn explain(active: &Active, a: &Args) -> Result<(String, Result<(), Reject>)
             Ok(p) => p,
             Err(rej) => {
                 line(client_line);
-                global_policy(active, cip.ip, false, &mut line)?;
+                global_policy(active, cip.ip, None, &mut line)?;
                 return Err(rej);
             }
         };
@@ -145,32 +146,23 @@ pub fn explain(active: &Active, a: &Args) -> Result<(String, Result<(), Reject>)
                 ));
                 return Err(Reject::IpDenied("forward auth asked by an untrusted peer"));
             }
-            let o = forward_auth::original(&headers)?;
+            let o = forward_auth::original(&headers, active.host_routes)?;
             line(format!(
                 "served    forward auth endpoint: judging the original request {} {}",
                 o.method, o.path
             ));
-            match o.host {
-                Some(h) => host = Some(h.to_ascii_lowercase()),
-                None if active.host_routes => {
-                    return Err(Reject::BadRequest(
-                        "forward auth: routes match on host and the proxy sent no X-Forwarded-Host",
-                    ))
-                }
-                None => {}
+            if let Some(h) = o.host {
+                host = Some(h.to_ascii_lowercase());
             }
             method = o.method;
             p = o.path;
         }
         line(client_line);
-        // Gateway-served paths come before routes, after the global IP policy. On a dry-run
-        // route an address outside the global allow list is recorded and goes on (the deny
-        // list holds everywhere).
+        // Gateway-served paths come before routes, after the global IP policy (held strictly
+        // there; a routed request's refusal may be only recorded, on a dry-run route).
         let served_path = !forward_auth && session::is_served(&p, active);
-        let dry = !served_path
-            && route::find(&active.routes, &method, host.as_deref(), &p)
-                .is_ok_and(|i| active.routes[i].cfg.dry_run);
-        global_policy(active, cip.ip, dry, &mut line)?;
+        let routed = (!served_path).then_some((&method, host.as_deref(), p.as_str()));
+        global_policy(active, cip.ip, routed, &mut line)?;
         if served_path {
             if let Some(served) = served(active, &p) {
                 line(format!("served    by the gateway: {}", served.what));

@@ -212,10 +212,7 @@ impl Pool {
         let mut body = resp.map(|inner| PooledBody {
             // As the access log decides: a body of known length up to its threshold is
             // logged with the head, as whole.
-            logged_whole: inner
-                .size_hint()
-                .exact()
-                .is_some_and(|n| n <= crate::access_log::LOG_AT_END_OVER),
+            logged_whole: !crate::access_log::logged_at_end(inner.size_hint().exact()),
             inner,
             home,
             sending,

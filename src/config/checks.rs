@@ -8,6 +8,12 @@ use ipnet::IpNet;
 /// A DNS name (`gw.example.com`, `localhost`): dot-separated labels of letters, digits and
 /// inner hyphens, 1–63 bytes each, 253 in all. No port, no trailing dot, no wildcard.
 pub fn is_dns_name(s: &str) -> bool {
+    labels_ok(s, b"-")
+}
+
+/// Dot-separated labels of letters, digits and the `extra` bytes (never first nor last in a
+/// label), 1–63 bytes each, 253 in all.
+fn labels_ok(s: &str, extra: &[u8]) -> bool {
     !s.is_empty()
         && s.len() <= 253
         && s.split('.').all(|l| {
@@ -15,7 +21,8 @@ pub fn is_dns_name(s: &str) -> bool {
                 && l.len() <= 63
                 && !l.starts_with('-')
                 && !l.ends_with('-')
-                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || extra.contains(&b))
         })
 }
 
@@ -71,17 +78,7 @@ fn route_host_invalid(h: &str) -> Option<Result<String, String>> {
 /// A host name a route may match: DNS labels that may also hold `_` (service names such as
 /// Docker's), with one trailing dot allowed (the root, which matching ignores).
 fn is_route_name(s: &str) -> bool {
-    let s = s.strip_suffix('.').unwrap_or(s);
-    !s.is_empty()
-        && s.len() <= 253
-        && s.split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-                && l.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        })
+    labels_ok(s.strip_suffix('.').unwrap_or(s), b"-_")
 }
 
 /// Why `cookie.path` would break the `Set-Cookie` header, or `None`.

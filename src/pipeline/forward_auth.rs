@@ -56,8 +56,11 @@ pub struct Original<'a> {
     pub host: Option<&'a str>,
 }
 
-/// Reads the original request's method, URI and host from the proxy's headers.
-pub fn original(h: &HeaderMap) -> Result<Original<'_>, Reject> {
+/// Reads the original request's method, URI and host from the proxy's headers. The host is
+/// the one the proxy names in `X-Forwarded-Host` (Traefik and Caddy send it; nginx when told
+/// to); with `host_routes` (routes match on host) it is required: the request's own `Host`,
+/// the proxy's way of reaching the gateway, would judge it on the wrong route.
+pub fn original(h: &HeaderMap, host_routes: bool) -> Result<Original<'_>, Reject> {
     let method = one_of(
         h,
         &["x-forwarded-method", "x-original-method"],
@@ -95,6 +98,11 @@ pub fn original(h: &HeaderMap) -> Result<Original<'_>, Reject> {
     if host.is_some_and(|h| !crate::pipeline::valid_host(h.as_bytes())) {
         return Err(Reject::BadRequest("forward auth: invalid X-Forwarded-Host"));
     }
+    if host.is_none() && host_routes {
+        return Err(Reject::BadRequest(
+            "forward auth: routes match on host and the proxy sent no X-Forwarded-Host",
+        ));
+    }
     let host = host.map(crate::pipeline::route::host_of);
     Ok(Original { method, path, host })
 }
@@ -117,19 +125,10 @@ pub async fn answer(
     let cip = client_ip::resolve(conn.peer.ip(), conn.proxied, h, &cfg.client_ip);
     out.client_ip = Some(cip.ip);
     out.ip_source = Some(cip.source);
-    let original = original(h)?;
+    let original = original(h, active.host_routes)?;
     out.judged = Some((original.method.clone(), original.path.clone()));
     let original_path = original.path;
     let method = original.method;
-    // The original host is the one the proxy names in `X-Forwarded-Host` (Traefik and Caddy
-    // send it; nginx when told to). Where routes match on host, the request's own `Host` (the
-    // proxy's way of reaching the gateway) would judge the request on the wrong route:
-    // refused instead.
-    if original.host.is_none() && active.host_routes {
-        return Err(Reject::BadRequest(
-            "forward auth: routes match on host and the proxy sent no X-Forwarded-Host",
-        ));
-    }
     let host = original
         .host
         .or_else(|| request_host(h.get(http::header::HOST), req.uri()));

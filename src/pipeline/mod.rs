@@ -33,7 +33,7 @@ mod verdict;
 use head::check_head;
 pub use head::{method_problem, request_host, valid_host};
 use verdict::*;
-pub use verdict::{judge, Ask, Judged};
+pub use verdict::{global_refusal_recorded, judge, Ask, Judged};
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
@@ -183,7 +183,7 @@ pub async fn handle(
     let upgraded = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
     let at_end = !upgraded
         && !http_body::Body::is_end_stream(resp.body())
-        && bytes.is_none_or(|b| b > crate::access_log::LOG_AT_END_OVER);
+        && crate::access_log::logged_at_end(bytes);
     if at_end {
         // A stream or a large body: its line is written when it ends (bytes sent, time to
         // the last byte).

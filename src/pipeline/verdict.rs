@@ -38,10 +38,7 @@ pub async fn judge(
     // and goes on (rolling out a new allow list); the global deny list is a blocklist and
     // holds on every route.
     if let Err(e) = active.ip_policy.check(ip) {
-        let dry = !active.ip_policy.denies(ip)
-            && route::find(&active.routes, a.method, a.host, a.path)
-                .is_ok_and(|i| active.routes[i].cfg.dry_run);
-        if !dry {
+        if !global_refusal_recorded(active, ip, a.method, a.host, a.path) {
             return Err(e);
         }
         enforce(Err(e), true, out)?;
@@ -262,6 +259,21 @@ fn refund(
 }
 
 /// On a dry-run route a refusal is recorded and the request goes on.
+/// Whether the global IP policy's refusal of `ip` is only recorded: the address is outside
+/// the allow list (not denied: the deny list holds on every route) and the request's route
+/// is a dry run (rolling out a new allow list).
+pub fn global_refusal_recorded(
+    active: &Active,
+    ip: std::net::IpAddr,
+    method: &http::Method,
+    host: Option<&str>,
+    path: &str,
+) -> bool {
+    !active.ip_policy.denies(ip)
+        && route::find(&active.routes, method, host, path)
+            .is_ok_and(|i| active.routes[i].cfg.dry_run)
+}
+
 fn enforce(r: Result<(), Reject>, dry_run: bool, out: &mut Outcome) -> Result<(), Reject> {
     match r {
         Err(e) if dry_run => {
