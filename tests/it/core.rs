@@ -490,16 +490,29 @@ async fn a_tls_client_that_stops_reading_is_cut_after_twice_the_idle_timeout() {
     stalled_reader_is_cut(true).await;
 }
 
-async fn stalled_reader_is_cut(tls: bool) {
+/// An upstream for one request on one connection: it reads the request head, then `answer`
+/// writes to the connection as it likes. Its address.
+async fn one_request_upstream<F, Fut>(answer: F) -> std::net::SocketAddr
+where
+    F: FnOnce(TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let (cut_tx, cut_rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
         let Ok((mut s, _)) = listener.accept().await else {
             return;
         };
         let mut buf = [0u8; 4096];
         let _ = s.read(&mut buf).await;
+        answer(s).await;
+    });
+    addr
+}
+
+async fn stalled_reader_is_cut(tls: bool) {
+    let (cut_tx, cut_rx) = tokio::sync::oneshot::channel::<()>();
+    let addr = one_request_upstream(|mut s| async move {
         // A 1 GiB body, written until the gateway stops taking it and then lets go.
         let _ = s
             .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1073741824\r\n\r\n")
@@ -511,7 +524,8 @@ async fn stalled_reader_is_cut(tls: bool) {
                 return;
             }
         }
-    });
+    })
+    .await;
     let body = route_to(&format!("http://{addr}"), "");
     let o = Opts {
         tls,
@@ -548,14 +562,7 @@ async fn stalled_reader_is_cut(tls: bool) {
 /// send. Over TLS and HTTP/1.1, as browsers' EventSource often connects.
 #[tokio::test]
 async fn a_quiet_event_stream_is_not_cut_while_the_client_reads() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let Ok((mut s, _)) = listener.accept().await else {
-            return;
-        };
-        let mut buf = [0u8; 4096];
-        let _ = s.read(&mut buf).await;
+    let addr = one_request_upstream(|mut s| async move {
         let _ = s
             .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
             .await;
@@ -570,7 +577,8 @@ async fn a_quiet_event_stream_is_not_cut_while_the_client_reads() {
             }
         }
         let _ = s.write_all(b"0\r\n\r\n").await;
-    });
+    })
+    .await;
     let o = Opts {
         server: "idle_timeout = \"300ms\"",
         ..Opts::default()
