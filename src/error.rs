@@ -126,6 +126,8 @@ impl Reject {
         match self {
             Reject::BadRequest(c) | Reject::TokenInvalid(c) | Reject::IpDenied(c) => c,
             Reject::UpstreamUnavailable(c) | Reject::Internal(c) | Reject::StoreUnavailable(c) => c,
+            // Which of the route's policies refused.
+            Reject::RateLimited { policy, .. } => policy,
             _ => "",
         }
     }
@@ -149,14 +151,11 @@ impl Reject {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         match self {
             Reject::TokenMissing => {
-                h.insert(
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static("Bearer realm=\"iptgate\""),
-                );
+                h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
             r if status == StatusCode::UNAUTHORIZED => {
                 let v = format!(
-                    "Bearer realm=\"iptgate\", error=\"invalid_token\", error_description=\"{}\"",
+                    "Bearer error=\"invalid_token\", error_description=\"{}\"",
                     r.detail()
                 );
                 if let Ok(v) = HeaderValue::from_str(&v) {
@@ -274,11 +273,18 @@ mod tests {
         let v = resp.headers()[header::WWW_AUTHENTICATE]
             .to_str()
             .unwrap_or("");
-        assert!(v.starts_with("Bearer") && !v.contains("error="));
+        assert_eq!(v, "Bearer");
         let resp = Reject::TokenExpired.to_response();
         let v = resp.headers()[header::WWW_AUTHENTICATE]
             .to_str()
             .unwrap_or("");
-        assert!(v.contains("error=\"invalid_token\""));
+        // SPEC §6's form exactly.
+        assert_eq!(
+            v,
+            format!(
+                "Bearer error=\"invalid_token\", error_description=\"{}\"",
+                Reject::TokenExpired.detail()
+            )
+        );
     }
 }

@@ -109,6 +109,13 @@ fn init_logs(format: Option<LogFormat>) {
         }
         _ => tracing_subscriber::EnvFilter::new("info"),
     };
+    // The HTTP/2 library logs a malformed request's path (its query too) and authority at
+    // debug, and nothing an operator needs above: silent, unless RUST_LOG names it.
+    let names_h2 = std::env::var("RUST_LOG").is_ok_and(|v| v.contains("h2"));
+    let filter = match "h2=off".parse() {
+        Ok(d) if !names_h2 => filter.add_directive(d),
+        _ => filter,
+    };
     let tty = std::io::stderr().is_terminal();
     let json = match format {
         Some(LogFormat::Json) => true,

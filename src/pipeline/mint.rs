@@ -10,7 +10,7 @@ use http::{header, HeaderMap, HeaderName, HeaderValue, Response};
 use crate::body::Body;
 use crate::config::{CookieConfig, MintRule, RefreshConfig, SameSite, TokenConfig};
 use crate::error::Reject;
-use crate::token::{device_hash, Keys, MintRequest, TokenType};
+use crate::token::{device_hash, Keys, MintError, MintRequest, TokenType};
 
 /// A `Set-Cookie` value for one of our cookies.
 pub fn set_cookie(
@@ -39,7 +39,28 @@ pub fn set_cookie(
         SameSite::Lax => "; SameSite=Lax",
         SameSite::None => "; SameSite=None",
     });
+    if s.len() > BROWSER_COOKIE_LIMIT {
+        tracing::warn!(
+            cookie = name,
+            bytes = s.len(),
+            "token cookie over {BROWSER_COOKIE_LIMIT} bytes: browsers drop it (the header still carries the token); keep the claims smaller"
+        );
+    }
     HeaderValue::from_str(&s).ok()
+}
+
+/// What browsers keep of one cookie (name, value and attributes), RFC 6265 §6.1's minimum.
+const BROWSER_COOKIE_LIMIT: usize = 4096;
+
+/// A refused mint: the upstream's claims too large for a token is the upstream's answer being
+/// unusable (502, as a bad claim value); anything else is the gateway's own failure.
+fn mint_refused(e: MintError) -> Reject {
+    match e {
+        MintError::TooLarge(_) => Reject::UpstreamUnavailable(format!(
+            "the claim headers from the upstream make a token too large: {e}"
+        )),
+        MintError::Failed(c) => Reject::Internal(c),
+    }
 }
 
 /// Drop an upstream `Set-Cookie` for the gateway's own cookie names.
@@ -177,7 +198,7 @@ pub fn apply(resp: &mut Response<Body>, m: &MintCtx<'_>) -> Result<Minted, Rejec
                 ttl: m.token.ttl,
             },
         )
-        .map_err(Reject::Internal)?;
+        .map_err(mint_refused)?;
     let h = resp.headers_mut();
     let hv = HeaderValue::from_str(&access.token)
         .map_err(|_| Reject::Internal("token not header-safe".into()))?;
@@ -207,7 +228,7 @@ pub fn apply(resp: &mut Response<Body>, m: &MintCtx<'_>) -> Result<Minted, Rejec
                     ttl: r.ttl,
                 },
             )
-            .map_err(Reject::Internal)?;
+            .map_err(mint_refused)?;
         let hv = HeaderValue::from_str(&refresh.token)
             .map_err(|_| Reject::Internal("token not header-safe".into()))?;
         h.insert(r.header.clone(), hv);

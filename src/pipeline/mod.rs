@@ -125,6 +125,7 @@ pub async fn handle(
     let started = Instant::now();
     conn.activity
         .request_started(req.version() == http::Version::HTTP_2);
+    let head = req.method() == Method::HEAD;
     let active = state.active.load_full();
     // Normalized here, outside `run`, so that the access log can borrow it. A rejected path is
     // logged as sent (never with its query).
@@ -164,6 +165,17 @@ pub async fn handle(
             rej.to_response()
         }
     };
+    if head && !http_body::Body::is_end_stream(resp.body()) {
+        // The gateway's own answers (refusals, the JWKS) are built whole; a HEAD gets their
+        // headers only, as RFC 9110 §9.3.2 says. hyper drops the body over HTTP/1.1 itself,
+        // not over HTTP/2, where it would break the stream.
+        if let Some(n) = http_body::Body::size_hint(resp.body()).exact() {
+            resp.headers_mut()
+                .entry(header::CONTENT_LENGTH)
+                .or_insert(HeaderValue::from(n));
+        }
+        *resp.body_mut() = crate::body::empty();
+    }
     // Every response of a limited route carries its first policy's state; one refused before
     // the limits ran (the route's IP policy, the store) reports the whole quota: nothing was
     // counted.

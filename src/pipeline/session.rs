@@ -162,15 +162,18 @@ pub async fn serve(
         };
         sub.clone_from(&claims.sub);
         let left = Duration::from_secs(claims.exp.saturating_sub(now()) + tc.leeway.as_secs());
-        if let Some(jti) = &claims.jti {
+        // Both in one step: a logout cut short must not leave the family alive behind a
+        // revoked access token (whose second logout answers "already logged out").
+        let ids: Vec<(&str, Duration)> = [
+            claims.jti.as_deref().map(|j| (j, left)),
+            claims.fam.as_deref().map(|f| (f, refresh.ttl + tc.leeway)),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if !ids.is_empty() {
             store
-                .revoke(jti, left)
-                .await
-                .map_err(|e| Reject::StoreUnavailable(e.to_string()))?;
-        }
-        if let Some(fam) = &claims.fam {
-            store
-                .revoke(fam, refresh.ttl + tc.leeway)
+                .revoke(&ids)
                 .await
                 .map_err(|e| Reject::StoreUnavailable(e.to_string()))?;
         }
@@ -220,7 +223,7 @@ pub async fn serve(
                 ttl,
             },
         )
-        .map_err(Reject::Internal)
+        .map_err(|e| Reject::Internal(e.to_string()))
     };
     let access = mint(TokenType::Access, tc.ttl)?;
     let next = mint(TokenType::Refresh, refresh.ttl)?;

@@ -59,9 +59,14 @@ pub async fn judge(
     }
 
     // 4. rate limits (subject-keyed policies wait for a verified subject after phase 5)
-    limits(a, active, state, idx, None, false, out).await?;
+    let counted = limits(a, active, state, idx, None, false, out).await?;
     if let AuthMode::Mint(_) = rc.auth {
         if let Some(left) = shared::login_locked(active, state, ip).await? {
+            if !rc.dry_run {
+                // Refused: what the limits counted is given back, as for a policy's refusal.
+                let now = active.limiters.time(a.started);
+                refund(a, active, idx, None, false, counted, now, out);
+            }
             enforce(
                 Err(Reject::LoginLocked { retry_after: left }),
                 rc.dry_run,
@@ -100,7 +105,8 @@ pub async fn judge(
 
 /// Check the route's rate-limit policies of one kind (subject-keyed or not). `global` policies
 /// kept in the shared store come last: their count cannot be given back, so a client the local
-/// policies refuse never spends everyone's shared budget.
+/// policies refuse never spends everyone's shared budget. Returns the policies (by position,
+/// the first 64) that counted the request, for [`refund`].
 pub(super) async fn limits(
     a: &Ask<'_>,
     active: &Active,
@@ -109,7 +115,7 @@ pub(super) async fn limits(
     sub: Option<&str>,
     subject_phase: bool,
     out: &mut Outcome,
-) -> Result<(), Reject> {
+) -> Result<u64, Reject> {
     let rc = &active.routes[idx].cfg;
     let now = active.limiters.time(a.started);
     let shared_store = state.store.shared().is_some();
@@ -173,7 +179,7 @@ pub(super) async fn limits(
             )?;
         }
     }
-    Ok(())
+    Ok(counted)
 }
 
 /// The headers of the route's first policy for a request it did not count: its client's bucket

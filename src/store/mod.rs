@@ -16,7 +16,9 @@
 //! long ago, so a family revocation of that length outlives all of them.
 //!
 //! Redis errors and timeouts (connect 2 s, each operation 1 s) are [`StoreError`]s; the
-//! pipeline answers `503 store_unavailable` or skips the check, per `[store] on_error`.
+//! pipeline answers `503 store_unavailable` or skips the check, per `[store] on_error`. A
+//! spend that failed is undone should it still run (see `RedisStore::spend`): the client was
+//! told 503 and retries with the same refresh token.
 
 mod memory;
 mod redis;
@@ -102,14 +104,17 @@ impl Store {
         }
     }
 
-    /// Revoke a jti or a family id until `ttl` from now.
-    pub async fn revoke(&self, id: &str, ttl: Duration) -> Result<(), StoreError> {
+    /// Revoke each jti or family id until its `ttl` from now: all of them, or (on an error)
+    /// none.
+    pub async fn revoke(&self, ids: &[(&str, Duration)]) -> Result<(), StoreError> {
         match &self.backend {
             Backend::Memory(m) => {
-                m.revoke(id, ttl);
+                for &(id, ttl) in ids {
+                    m.revoke(id, ttl);
+                }
                 Ok(())
             }
-            Backend::Redis(r) => r.revoke(id, ttl).await,
+            Backend::Redis(r) => r.revoke(ids).await,
         }
     }
 

@@ -22,12 +22,19 @@ use super::{revoked_key, spent_key, Spend, StoreError};
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub const OP_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// `SET KEYS[1] 1 PX ARGV[1]` unless the key already lives longer (or forever).
+/// For each KEYS[i]: `SET KEYS[i] 1 PX ARGV[i]` unless the key already lives longer (or
+/// forever). All of them or none: a logout revokes its access token and its refresh family in
+/// one step, so that one cut short by a Redis stall never leaves the family alive behind an
+/// access token already revoked.
 const REVOKE: &str = r"
-local cur = redis.call('PTTL', KEYS[1])
-if cur == -1 or cur >= tonumber(ARGV[1]) then return 0 end
-redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
-return 1
+for i, key in ipairs(KEYS) do
+  local ttl = tonumber(ARGV[i])
+  local cur = redis.call('PTTL', key)
+  if cur ~= -1 and cur < ttl then
+    redis.call('SET', key, '1', 'PX', ttl)
+  end
+end
+return 0
 ";
 
 /// Spend KEYS[1] (a jti) with `SET NX PX`, the value being this spend's nonce ARGV[2]; when
@@ -41,6 +48,18 @@ if cur ~= -1 and cur < tonumber(ARGV[1]) then
 end
 return 1
 ";
+
+/// Undo the spend of KEYS[1] whose nonce is ARGV[1], if it is still that spend's.
+const UNSPEND: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0
+";
+
+/// How long an undone spend may wait behind the spend it undoes (a Redis stall).
+const UNSPEND_WAIT: Duration = Duration::from_secs(60);
 
 /// A login failure for KEYS[1] (the times of the key's recent failures, oldest first, by the
 /// server's clock): those older than ARGV[1] ms go, and at ARGV[2] left in the window the key is
@@ -194,9 +213,11 @@ impl RedisStore {
         }
     }
 
-    pub async fn revoke(&self, id: &str, ttl: Duration) -> Result<(), StoreError> {
-        let mut inv = self.revoke.key(revoked_key(id));
-        inv.arg(px(ttl));
+    pub async fn revoke(&self, ids: &[(&str, Duration)]) -> Result<(), StoreError> {
+        let mut inv = self.revoke.prepare_invoke();
+        for &(id, ttl) in ids {
+            inv.key(revoked_key(id)).arg(px(ttl));
+        }
         let _: i64 = self.invoke(&inv).await?;
         Ok(())
     }
@@ -218,16 +239,36 @@ impl RedisStore {
 
     pub async fn spend(&self, jti: &str, fam: &str, ttl: Duration) -> Result<Spend, StoreError> {
         let nonce: u128 = rand::random();
-        let mut inv = self.spend.key(spent_key(jti));
-        inv.key(revoked_key(fam))
-            .arg(px(ttl))
-            .arg(format!("{nonce:032x}"));
-        let reused: i64 = self.invoke(&inv).await?;
-        Ok(if reused == 1 {
-            Spend::Reused
-        } else {
-            Spend::Fresh
-        })
+        let nonce = format!("{nonce:032x}");
+        let key = spent_key(jti);
+        let mut inv = self.spend.key(&key);
+        inv.key(revoked_key(fam)).arg(px(ttl)).arg(&nonce);
+        match self.invoke::<i64>(&inv).await {
+            Ok(1) => Ok(Spend::Reused),
+            Ok(_) => Ok(Spend::Fresh),
+            Err(e) => {
+                self.unspend_later(key, nonce);
+                Err(e)
+            }
+        }
+    }
+
+    /// A spend that failed (timed out: Redis stalled, as in a failover) may still run once
+    /// Redis resumes; the client, told 503, got no tokens and retries with the same refresh
+    /// token, which must not then count as a reuse (that revokes the client's own family).
+    /// So the spend is undone if it ran: sent now, on the same connection, this runs after it.
+    fn unspend_later(&self, key: String, nonce: String) {
+        let mut conn = self.conn.clone();
+        tokio::spawn(async move {
+            // EVAL, not EVALSHA: a script missing from Redis's cache would be loaded and sent
+            // again, after the client's retry perhaps.
+            let mut cmd = redis::cmd("EVAL");
+            cmd.arg(UNSPEND).arg(1).arg(key).arg(nonce);
+            let undo = cmd.query_async::<i64>(&mut conn);
+            if let Ok(Err(e)) = tokio::time::timeout(UNSPEND_WAIT, undo).await {
+                tracing::debug!(error = %e, "undoing a failed refresh-token spend failed");
+            }
+        });
     }
 
     /// Remaining lock-out of a login key, if locked.

@@ -87,7 +87,7 @@ async fn exercise(s: &Store) {
         .is_revoked(Some("jti-1"), Some("fam-1"))
         .await
         .expect("is_revoked"));
-    s.revoke("jti-1", HOUR).await.expect("revoke");
+    s.revoke(&[("jti-1", HOUR)]).await.expect("revoke");
     assert!(s.is_revoked(Some("jti-1"), None).await.expect("is_revoked"));
     assert!(s
         .is_revoked(Some("jti-1"), Some("fam-1"))
@@ -97,7 +97,7 @@ async fn exercise(s: &Store) {
         .is_revoked(Some("jti-2"), Some("fam-1"))
         .await
         .expect("is_revoked"));
-    s.revoke("fam-1", HOUR).await.expect("revoke");
+    s.revoke(&[("fam-1", HOUR)]).await.expect("revoke");
     assert!(s
         .is_revoked(Some("jti-2"), Some("fam-1"))
         .await
@@ -237,16 +237,16 @@ async fn redis_revoke_and_spend() {
         .expect("exists");
     assert_eq!(spent, 1);
     // A shorter revocation does not shorten a longer one; a longer one extends it.
-    s.revoke("jti-1", Duration::from_secs(5))
+    s.revoke(&[("jti-1", Duration::from_secs(5))])
         .await
         .expect("revoke");
-    s.revoke("short", Duration::from_millis(50))
+    s.revoke(&[("short", Duration::from_millis(50))])
         .await
         .expect("revoke");
-    s.revoke("long", Duration::from_secs(5))
+    s.revoke(&[("long", Duration::from_secs(5))])
         .await
         .expect("revoke");
-    s.revoke("long", HOUR).await.expect("revoke");
+    s.revoke(&[("long", HOUR)]).await.expect("revoke");
     let ttl: i64 = ::redis::cmd("PTTL")
         .arg("iptgate:rev:jti-1")
         .query_async(&mut c)
@@ -294,7 +294,7 @@ async fn redis_down_is_an_error_not_a_hang() {
     server.stop();
     let t0 = Instant::now();
     assert!(s.ping().await.is_err());
-    assert!(s.revoke("x", HOUR).await.is_err());
+    assert!(s.revoke(&[("x", HOUR)]).await.is_err());
     assert!(s.is_revoked(Some("x"), None).await.is_err());
     assert!(s.spend("x", "f", HOUR).await.is_err());
     assert!(t0.elapsed() < Duration::from_secs(8), "{:?}", t0.elapsed());
@@ -336,4 +336,63 @@ async fn redis_bad_url_is_an_error() {
     };
     let e = Store::connect(&cfg).await.err().expect("bad url");
     assert!(!e.to_string().contains("not a url"), "{e}");
+}
+
+/// Holds the server's writes (scripts included) for `ms`, as a Redis failover does.
+async fn pause_writes(server: &RedisServer, ms: u64) {
+    let mut c = ::redis::Client::open(server.url())
+        .expect("client")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("conn");
+    let _: () = ::redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(ms)
+        .arg("WRITE")
+        .query_async(&mut c)
+        .await
+        .expect("pause");
+}
+
+#[tokio::test]
+async fn redis_a_spend_or_revocation_cut_short_by_a_stall() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let s = Store::connect(&server.config()).await.expect("connect");
+    // Scripts loaded (Redis caches them), as in a gateway that has served for a while.
+    s.spend("r-warm", "fam-warm", HOUR).await.expect("spend");
+    s.revoke(&[("jti-warm", HOUR)]).await.expect("revoke");
+    pause_writes(&server, 1500).await;
+    let t0 = Instant::now();
+    let (spent, revoked) = tokio::join!(
+        s.spend("r-cut", "fam-cut", HOUR),
+        s.revoke(&[("jti-cut", HOUR), ("fam-out", HOUR)])
+    );
+    assert!(spent.is_err() && revoked.is_err());
+    assert!(
+        t0.elapsed() < Duration::from_millis(1400),
+        "{:?}",
+        t0.elapsed()
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The spend, run once Redis resumed, was undone: the client told 503 retries with the
+    // same refresh token, and that is no reuse.
+    assert_eq!(
+        s.spend("r-cut", "fam-cut", HOUR).await.expect("spend"),
+        Spend::Fresh
+    );
+    assert!(!s
+        .is_revoked(None, Some("fam-cut"))
+        .await
+        .expect("is_revoked"));
+    // The revocation ran whole.
+    assert!(s
+        .is_revoked(Some("jti-cut"), None)
+        .await
+        .expect("is_revoked"));
+    assert!(s
+        .is_revoked(None, Some("fam-out"))
+        .await
+        .expect("is_revoked"));
 }

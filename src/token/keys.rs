@@ -22,8 +22,8 @@ use rustls_pki_types::PrivateKeyDer;
 use serde_json::{Map, Value};
 
 use super::{
-    build_claims, check_claims, random_id, Claims, MintRequest, Minted, TokenError, TokenType, B64,
-    MAX_TOKEN_LEN,
+    build_claims, check_claims, random_id, Claims, MintError, MintRequest, Minted, TokenError,
+    TokenType, B64, MAX_TOKEN_LEN,
 };
 use crate::config::{Algorithm, KeyMaterial, TokenConfig};
 
@@ -470,11 +470,11 @@ impl Keys {
         self.signer.is_some()
     }
 
-    pub fn mint(&self, cfg: &TokenConfig, req: MintRequest) -> Result<Minted, String> {
-        let (signer, _) = self
-            .signer
-            .as_ref()
-            .ok_or("no private_key configured: this gateway only verifies tokens")?;
+    /// A token that verification would refuse for its length is not minted.
+    pub fn mint(&self, cfg: &TokenConfig, req: MintRequest) -> Result<Minted, MintError> {
+        let (signer, _) = self.signer.as_ref().ok_or_else(|| {
+            MintError::Failed("no private_key configured: this gateway only verifies tokens".into())
+        })?;
         let now = crate::pipeline::auth::now();
         let jti = random_id();
         let claims = build_claims(cfg, &req, now, &jti);
@@ -487,9 +487,12 @@ impl Keys {
         let mut sig = String::new();
         signer
             .sign_b64(token.as_bytes(), &mut sig)
-            .map_err(|e| format!("signing failed: {e}"))?;
+            .map_err(|e| MintError::Failed(format!("signing failed: {e}")))?;
         token.push('.');
         token.push_str(&sig);
+        if token.len() > MAX_TOKEN_LEN {
+            return Err(MintError::TooLarge(token.len()));
+        }
         Ok(Minted { token, jti, exp })
     }
 

@@ -65,6 +65,18 @@ pub struct MintRequest {
     pub ttl: Duration,
 }
 
+/// Why no token was minted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MintError {
+    /// The token would be longer than [`MAX_TOKEN_LEN`], which no gateway accepts: its claims
+    /// (from the upstream's headers, or `--claim`) are too large. Its length.
+    #[error("the token would be {0} bytes, over the {MAX_TOKEN_LEN} a gateway accepts: its claims are too large")]
+    TooLarge(usize),
+    /// No signing key, or signing failed.
+    #[error("{0}")]
+    Failed(String),
+}
+
 #[derive(Debug, Clone)]
 pub struct Minted {
     pub token: String,

@@ -121,6 +121,35 @@ async fn h2_is_negotiated_by_alpn_and_forwarded_as_http1() {
 }
 
 #[tokio::test]
+async fn a_head_refused_by_the_gateway_gets_the_headers_only_over_h2_and_http1() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&public_routes(&up)).await;
+    for (c, version) in [
+        (client(), http::Version::HTTP_2),
+        (client_h1(), http::Version::HTTP_11),
+    ] {
+        let get = c.get(gw.url("/a%2Fb")).send().await.unwrap();
+        let whole = get.bytes().await.unwrap().len();
+        assert!(whole > 0);
+        let r = c.head(gw.url("/a%2Fb")).send().await.unwrap();
+        assert_eq!((r.version(), r.status().as_u16()), (version, 400));
+        assert_eq!(
+            r.headers()["content-type"],
+            "application/problem+json",
+            "{version:?}"
+        );
+        assert_eq!(
+            r.headers()["content-length"].to_str().unwrap(),
+            whole.to_string(),
+            "{version:?}: the length a GET gets"
+        );
+        let body = r.bytes().await.expect("the stream ends cleanly");
+        assert!(body.is_empty(), "{version:?}");
+    }
+    assert_eq!(up.count(), 0);
+}
+
+#[tokio::test]
 async fn routing_exact_prefix_405_404_host_rewrite_strip() {
     let up = Upstream::start().await;
     let body = format!(

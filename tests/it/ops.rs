@@ -199,6 +199,11 @@ struct Logged {
 
 impl Logged {
     async fn start(body: &str) -> Logged {
+        Self::start_at(body, "info").await
+    }
+
+    /// With `RUST_LOG=rust_log`.
+    async fn start_at(body: &str, rust_log: &str) -> Logged {
         let dir = std::env::temp_dir().join(format!(
             "iptgate-log-{}",
             iptgate::pipeline::mint::random_id()
@@ -223,7 +228,7 @@ impl Logged {
         let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_iptgate"))
             .args(["--log-format", "json", "run", "--config"])
             .arg(dir.join("gateway.toml"))
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", rust_log)
             .stderr(std::process::Stdio::piped())
             .kill_on_drop(true)
             .spawn()
@@ -455,6 +460,57 @@ async fn an_upload_the_client_abandons_is_a_499_not_a_refusal() {
         !log.lines().any(|l| l.contains("\"target\":\"security\"")),
         "no security line: {log}"
     );
+}
+
+/// One HPACK literal field (never indexed, no Huffman), for hand-made HTTP/2 requests.
+fn hpack_literal(block: &mut Vec<u8>, name: &str, value: &str) {
+    block.push(0x10);
+    for s in [name, value] {
+        assert!(s.len() < 127);
+        block.push(s.len() as u8);
+        block.extend_from_slice(s.as_bytes());
+    }
+}
+
+/// The log of a gateway at `rust_log` sent one HTTP/2 request (prior knowledge) whose :path
+/// lacks its leading slash, which the HTTP/2 library refuses itself (and logs, at debug).
+async fn log_of_a_malformed_http2_request(rust_log: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = Upstream::start().await;
+    let gw = Logged::start_at(&open_and_token_routes(&up, ""), rust_log).await;
+    let addr = gw.base.trim_start_matches("http://").to_string();
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    // The preface, empty SETTINGS, then HEADERS (END_STREAM | END_HEADERS) on stream 1.
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    let mut block = Vec::new();
+    hpack_literal(&mut block, ":method", "GET");
+    hpack_literal(&mut block, ":scheme", "http");
+    hpack_literal(&mut block, ":path", "open/x?q=QUERYMARKER");
+    hpack_literal(&mut block, ":authority", "u:PASSMARKER@example");
+    let len = block.len() as u32;
+    out.extend_from_slice(&len.to_be_bytes()[1..]);
+    out.extend_from_slice(&[1, 0x05, 0, 0, 0, 1]);
+    out.extend_from_slice(&block);
+    s.write_all(&out).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    // The server's SETTINGS and the stream's reset come back.
+    let _ = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(s);
+    gw.stop().await
+}
+
+#[tokio::test]
+async fn a_malformed_http2_request_is_never_logged_with_its_query_even_at_debug() {
+    let log = log_of_a_malformed_http2_request("debug").await;
+    assert!(
+        !log.contains("QUERYMARKER") && !log.contains("PASSMARKER"),
+        "{log}"
+    );
+    // Only when asked for by name: the request did reach the library's own log.
+    let log = log_of_a_malformed_http2_request("info,h2=debug").await;
+    assert!(log.contains("QUERYMARKER"), "{log}");
 }
 
 #[tokio::test]

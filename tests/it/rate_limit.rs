@@ -391,6 +391,29 @@ async fn failed_logins_lock_the_ip_out_until_the_lockout_expires() {
 }
 
 #[tokio::test]
+async fn a_login_refused_as_locked_out_costs_nothing_in_the_rate_limits() {
+    let up = Upstream::start().await;
+    let cfg = login_app(&up).replace(
+        "auth = \"mint\"",
+        "auth = \"mint\"\nrate_limit = [\"login\"]",
+    ) + "\n[rate_limits.login]\nkey = \"ip\"\nrate = \"100/m\"\nburst = 100\n";
+    let gw = Gateway::start(&cfg).await;
+    let c = client_at(6);
+    for _ in 0..3 {
+        assert_eq!(login(&c, &gw, "bad").await.status(), 401);
+    }
+    for _ in 0..2 {
+        let r = login(&c, &gw, "alice").await;
+        assert_eq!(
+            header(&r, "ratelimit").as_deref(),
+            Some("\"login\";r=97;t=2"),
+            "the locked-out attempt was not counted"
+        );
+        assert_eq!(code_of(r).await, (429, "login_locked".to_string()));
+    }
+}
+
+#[tokio::test]
 async fn a_successful_login_does_not_reset_the_failure_count() {
     // The count is per client, not per account: logging in to one's own account between
     // guesses at another's must not clear it.

@@ -499,3 +499,69 @@ async fn a_global_rate_limit_is_shared_by_two_gateways_through_redis() {
     );
     assert_eq!(up.count(), 3, "{NOT_SHARED}");
 }
+
+/// Holds the server's writes (scripts included) for `ms`, as a Redis failover does; reads go on.
+fn pause_writes(port: u16, ms: u64) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    s.write_all(format!("CLIENT PAUSE {ms} WRITE\r\n").as_bytes())
+        .unwrap();
+    let mut buf = [0u8; 5];
+    s.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"+OK\r\n");
+}
+
+#[tokio::test]
+async fn a_refresh_or_logout_cut_short_by_a_redis_stall_can_be_retried() {
+    let Some(redis) = Redis::start() else { return };
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&app(&up, &redis.url(), "closed")).await;
+    let c = client();
+    let refresh = |token: String| {
+        let c = c.clone();
+        let url = gw.url("/auth/refresh");
+        async move {
+            c.post(url)
+                .header("iptoken-refresh", token)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+
+    // Scripts loaded (Redis caches them), as in a gateway that has served for a while.
+    let (warm, warm_refresh) = login(&c, &gw, "carol").await;
+    assert_eq!(refresh(warm_refresh).await.status(), 200);
+    let out = c.post(gw.url("/auth/logout")).bearer_auth(&warm).send();
+    assert_eq!(out.await.unwrap().status(), 204);
+
+    // A refresh told 503 got no tokens: its retry with the same refresh token is a refresh,
+    // not a reuse that revokes the client's own family.
+    let (access, refresh1) = login(&c, &gw, "alice").await;
+    pause_writes(redis.port, 1500);
+    let cut = refresh(refresh1.clone()).await;
+    assert_eq!(code_of(cut).await, refused(503, "store_unavailable"));
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    let retried = refresh(refresh1).await;
+    assert_eq!(retried.status(), 200, "the retry is a refresh");
+    let access2 = header(&retried, "iptoken");
+    assert_eq!(use_token(&c, &gw, &access).await, ok());
+    assert_eq!(use_token(&c, &gw, &access2).await, ok());
+
+    // A logout told 503 still ends the whole session once Redis resumes: the access token
+    // and its refresh family together, so the retry's "already logged out" is true.
+    let (access, refresh2) = login(&c, &gw, "bob").await;
+    pause_writes(redis.port, 1500);
+    let logout = |c: &reqwest::Client| c.post(gw.url("/auth/logout")).bearer_auth(&access).send();
+    assert_eq!(
+        code_of(logout(&c).await.unwrap()).await,
+        refused(503, "store_unavailable")
+    );
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert_eq!(logout(&c).await.unwrap().status(), 204);
+    assert_eq!(
+        code_of(refresh(refresh2).await).await,
+        refused(401, "token_revoked"),
+        "the family went with the access token"
+    );
+}

@@ -165,6 +165,26 @@ async fn a_login_answer_naming_two_identities_mints_nothing() {
 }
 
 #[tokio::test]
+async fn a_login_answer_whose_claims_make_a_token_too_large_to_verify_mints_nothing() {
+    let role = "r".repeat(7000);
+    let handler: Handler = Arc::new(move |s: &Seen| {
+        let mut r = respond(200, &[], "welcome");
+        if s.uri.starts_with("/login") {
+            r.headers_mut()
+                .insert("x-user-id", http::HeaderValue::from_static("alice"));
+            r.headers_mut()
+                .insert("x-user-role", http::HeaderValue::from_str(&role).unwrap());
+        }
+        r
+    });
+    let up = Upstream::with(handler).await;
+    let gw = Gateway::start(&app(&up, "")).await;
+    let r = login(&client(), &gw, "").await;
+    assert!(token_of(&r).is_none(), "no token the gateway would refuse");
+    assert_eq!(code_of(r).await, (502, "upstream_unavailable".into()));
+}
+
+#[tokio::test]
 async fn login_mints_a_token_bound_to_the_client_ip() {
     let up = Upstream::start().await;
     let gw = Gateway::start(&app(&up, "")).await;
