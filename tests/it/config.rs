@@ -710,10 +710,11 @@ upstream = "app"
         e.contains("token.forward_claims.sub: `iptoken` is token.header"),
         "{e}"
     );
-    // Authorization stays a valid token header: it is how tokens arrive.
+    // Authorization may carry a bare token (legacy clients), when accept does not also read
+    // it as Bearer.
     load_in(
         &dir,
-        &format!("{BASE}[token]\nsecret = {{ file = \"secret\" }}\nheader = \"Authorization\"\n{TOKEN_ROUTE}"),
+        &format!("{BASE}[token]\nsecret = {{ file = \"secret\" }}\nheader = \"Authorization\"\naccept = [\"header\", \"cookie\"]\n{TOKEN_ROUTE}"),
     )
     .unwrap();
     // Asymmetric keys serve the JWKS: no other gateway path may take it.
@@ -1085,4 +1086,81 @@ fn route_methods_and_hosts_take_what_requests_may_send() {
     assert!(route("host = \"example.com.\"").is_ok());
     let e = route("host = \"::1\"").unwrap_err();
     assert!(e.contains("[::1]"), "{e}");
+}
+
+/// Keys that parsed but could only misbehave: a token header the gateway manages or reads, a
+/// rewrite to a path the gateway itself would refuse, no Authorization scheme for the
+/// Authorization place, an empty route name; and a route a gateway-served path hides.
+#[test]
+fn keys_that_could_only_misbehave_are_errors_and_hidden_routes_warnings() {
+    let dir = dir_with_secret();
+    let token = "[token]\nsecret = { file = \"secret\" }\n";
+    let e = load_in(
+        &dir,
+        &format!(
+            "{BASE}{token}header = \"Authorization\"\n[refresh]\nenabled = true\nheader = \"X-Forwarded-For\"\n{TOKEN_ROUTE}"
+        ),
+    )
+    .unwrap_err();
+    assert!(
+        e.contains(
+            "token.header: `Authorization` is also the \"authorization\" place of token.accept"
+        ),
+        "{e}"
+    );
+    assert!(
+        e.contains("refresh.header: `X-Forwarded-For` is a header the gateway manages or reads"),
+        "{e}"
+    );
+
+    let route = |rewrite: &str| {
+        format!("[[routes]]\nname = \"r\"\nprefix = \"/r\"\nauth = \"public\"\nupstream = \"app\"\nrewrite = \"{rewrite}\"\n")
+    };
+    for bad in ["/v2?inj=1", "/../secret", "/a%2Fb", "v2", "/a//b"] {
+        let e = load(&format!("{BASE}{}", route(bad))).unwrap_err();
+        assert!(
+            e.contains("routes[0].rewrite") && e.contains("must be an absolute, normalized path"),
+            "{bad}: {e}"
+        );
+    }
+    for good in ["/", "/v2", "/v2/"] {
+        assert!(load(&format!("{BASE}{}", route(good))).is_ok(), "{good}");
+    }
+
+    let e = load_in(&dir, &format!("{BASE}{token}schemes = []\n{TOKEN_ROUTE}")).unwrap_err();
+    assert!(
+        e.contains("token.schemes: is empty while token.accept lists"),
+        "{e}"
+    );
+    assert!(load_in(
+        &dir,
+        &format!("{BASE}{token}schemes = []\naccept = [\"cookie\"]\n{TOKEN_ROUTE}")
+    )
+    .is_ok());
+
+    let e = load(&format!(
+        "{BASE}[[routes]]\nname = \"\"\nprefix = \"/\"\nauth = \"public\"\nupstream = \"app\"\n"
+    ))
+    .unwrap_err();
+    assert!(e.contains("routes[0].name: is empty"), "{e}");
+
+    let login = "[[routes]]\nname = \"login\"\npath = \"/login\"\nmethods = [\"POST\", \"POST\"]\nauth = \"mint\"\nupstream = \"app\"\n";
+    let w = load_in(
+        &dir,
+        &format!("{BASE}{token}[forward_auth]\npath = \"/login\"\n{login}{TOKEN_ROUTE}"),
+    )
+    .unwrap()
+    .warnings;
+    assert!(
+        w.iter().any(|w| w.contains(
+            "routes[0] (`login`): `/login` is served by the gateway itself as forward_auth.path"
+        )),
+        "{w:?}"
+    );
+    assert!(
+        w.iter()
+            .any(|w| w.contains("routes[0].methods[1]: `POST` is listed twice")),
+        "{w:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -185,6 +185,13 @@ impl Validator {
             }
         };
         let name = r.name.clone().unwrap_or_else(|| format!("route{i}"));
+        if name.trim().is_empty() {
+            // Names label metrics, logs and `explain`.
+            self.err(
+                format!("{key}.name"),
+                "is empty: name the route, or leave name out",
+            );
+        }
         let upstream = match &r.upstream {
             None => {
                 self.err(
@@ -310,8 +317,11 @@ impl Validator {
                 continue;
             }
             match Method::from_bytes(upper.as_bytes()) {
-                Ok(m) if !methods.contains(&m) => methods.push(m),
-                _ => {}
+                Ok(m) if methods.contains(&m) => self
+                    .warnings
+                    .push(format!("{key}.methods[{j}]: `{m}` is listed twice")),
+                Ok(m) => methods.push(m),
+                Err(_) => {}
             }
         }
         let mut rate_limit = Vec::new();
@@ -360,8 +370,15 @@ impl Validator {
             r.ip.as_ref()
                 .map(|f| self.ip_lists(&format!("{key}.ip"), f));
         if let Some(rw) = &r.rewrite {
-            if !rw.starts_with('/') {
-                self.err(format!("{key}.rewrite"), "must start with /");
+            // The upstream must get a path the gateway itself would accept (§5): what it
+            // decided on, not a query, a `..` or an encoded slash of the config's making.
+            if checks::matcher_problem(rw).is_some()
+                || crate::pipeline::path::normalize(rw).as_deref() != Ok(rw.as_str())
+            {
+                self.err(
+                    format!("{key}.rewrite"),
+                    format!("`{}` must be an absolute, normalized path: starting with /, no query or fragment, no //, . or .. segments, no %2F and no %-escapes of unreserved characters", rw.escape_debug()),
+                );
             }
             if r.strip_prefix {
                 self.err(

@@ -169,7 +169,7 @@ impl Validator {
             self.err("token.subnet_v6", "must be 0..=128");
         }
         let header = self
-            .carrier_header("token.header", t.header.as_deref().unwrap_or("IPToken"))
+            .token_header("token.header", t.header.as_deref().unwrap_or("IPToken"))
             .unwrap_or(HeaderName::from_static("iptoken"));
         let c = t.cookie.clone().unwrap_or_default();
         let cookie_name = c.name.unwrap_or_else(|| "ipt".into());
@@ -246,7 +246,10 @@ impl Validator {
                     continue;
                 }
             };
-            if !accept.contains(&src) {
+            if accept.contains(&src) {
+                self.warnings
+                    .push(format!("token.accept[{i}]: `{a}` is listed twice"));
+            } else {
                 accept.push(src);
             }
         }
@@ -263,6 +266,21 @@ impl Validator {
             .into_iter()
             .map(|s| s.to_ascii_lowercase())
             .collect();
+        if header == http::header::AUTHORIZATION
+            && accept.contains(&TokenSource::Authorization)
+            && accept.contains(&TokenSource::Header)
+        {
+            self.err(
+                "token.header",
+                "`Authorization` is also the \"authorization\" place of token.accept: a Bearer token would be read there and, whole, as the header place, and refused; keep one of the two in accept",
+            );
+        }
+        if schemes.is_empty() && accept.contains(&TokenSource::Authorization) {
+            self.err(
+                "token.schemes",
+                "is empty while token.accept lists \"authorization\": no Authorization header would ever carry a token; name its schemes (\"Bearer\") or drop it from accept",
+            );
+        }
         for (i, s) in schemes.iter().enumerate() {
             let token = !s.is_empty()
                 && s.bytes()
@@ -395,7 +413,7 @@ impl Validator {
             );
         }
         let header = self
-            .carrier_header(
+            .token_header(
                 "refresh.header",
                 r.header.as_deref().unwrap_or("IPToken-Refresh"),
             )
@@ -509,6 +527,27 @@ pub const RESERVED_CLAIMS: &[&str] = &[
     "iss", "sub", "aud", "iat", "nbf", "exp", "jti", "typ", "ip", "dev", "fam",
 ];
 
+impl Validator {
+    /// The header a token travels in (`token.header`, `refresh.header`): one the gateway
+    /// strips from the upstream request and sets on the client's response, so never one it
+    /// manages or reads for something else. `token.header` may be `Authorization` for
+    /// clients that send a bare token there, unless `accept` also reads it as Bearer; a
+    /// refresh token there would strip the app's own credentials on every route.
+    fn token_header(&mut self, path: &str, v: &str) -> Option<HeaderName> {
+        let name = self.carrier_header(path, v)?;
+        // `Authorization` carrying a bare token (legacy clients): see `token.accept`.
+        let bare_authorization = path == "token.header" && name == http::header::AUTHORIZATION;
+        if is_reserved_header(&name) && !bare_authorization {
+            self.err(
+                path,
+                format!("`{v}` is a header the gateway manages or reads; pick another name"),
+            );
+            return None;
+        }
+        Some(name)
+    }
+}
+
 /// Headers the gateway manages on the upstream request.
 fn is_reserved_header(h: &HeaderName) -> bool {
     matches!(
@@ -520,6 +559,7 @@ fn is_reserved_header(h: &HeaderName) -> bool {
             | "x-forwarded-for"
             | "x-forwarded-proto"
             | "x-forwarded-host"
+            | "x-forwarded-prefix"
             | "forwarded"
             | "x-real-ip"
             | "authorization"

@@ -216,6 +216,10 @@ impl Validator {
             self.err("routes", "no routes: add at least one [[routes]] table");
         }
         self.check_routes(&routes);
+        self.routes_under_gateway_paths(
+            &served_paths(token.as_ref(), refresh.as_ref(), forward_auth.as_deref()),
+            &routes,
+        );
         let routes = routes.into_iter().map(|(_, r)| r).collect();
         Config {
             source,
@@ -243,17 +247,7 @@ impl Validator {
         refresh: Option<&RefreshConfig>,
         forward_auth: Option<&str>,
     ) {
-        let mut served: Vec<(&str, &str)> = Vec::new();
-        if token.is_some_and(|t| !t.algorithm.is_hmac()) {
-            served.push(("the JWKS endpoint", "/.well-known/jwks.json"));
-        }
-        if let Some(r) = refresh {
-            served.push(("refresh.path", &r.path));
-            served.push(("refresh.logout_path", &r.logout_path));
-        }
-        if let Some(p) = forward_auth {
-            served.push(("forward_auth.path", p));
-        }
+        let served = served_paths(token, refresh, forward_auth);
         for (j, (key, p)) in served.iter().enumerate() {
             if let Some((other, _)) = served[..j].iter().find(|(_, q)| q == p) {
                 self.err(
@@ -282,11 +276,54 @@ impl Validator {
         }
     }
 
-    pub(super) fn gateway_path(&mut self, key: &str, p: &str) {
-        if !p.starts_with('/') || p.contains("//") || p.contains("/./") || p.contains("/../") {
-            self.err(key, format!("`{p}` must be an absolute, normalized path"));
+    /// Gateway-served paths are matched before routes (SPEC §3): a route matching one of
+    /// them exactly never sees requests to it, which the config should say.
+    fn routes_under_gateway_paths(
+        &mut self,
+        served: &[(&str, &str)],
+        routes: &[(usize, RouteConfig)],
+    ) {
+        for (i, r) in routes {
+            let (PathMatch::Exact(p) | PathMatch::Prefix(p)) = &r.matcher;
+            let p = if p.is_empty() { "/" } else { p.as_str() };
+            if let Some((key, _)) = served.iter().find(|(_, q)| *q == p) {
+                self.warnings.push(format!(
+                    "routes[{i}] (`{}`): `{p}` is served by the gateway itself as {key}, before any route: this route never sees requests to it",
+                    r.name
+                ));
+            }
         }
     }
+
+    /// A path the gateway serves is matched against the normalized request path: it must be
+    /// one itself.
+    pub(super) fn gateway_path(&mut self, key: &str, p: &str) {
+        if checks::matcher_problem(p).is_some()
+            || crate::pipeline::path::normalize(p).as_deref() != Ok(p)
+        {
+            self.err(key, format!("`{}` must be an absolute, normalized path: starting with /, no query or fragment, no //, . or .. segments, no %-escapes", p.escape_debug()));
+        }
+    }
+}
+
+/// The paths the gateway answers itself, each with the key (or name) that sets it.
+fn served_paths<'a>(
+    token: Option<&'a TokenConfig>,
+    refresh: Option<&'a RefreshConfig>,
+    forward_auth: Option<&'a str>,
+) -> Vec<(&'static str, &'a str)> {
+    let mut served = Vec::new();
+    if token.is_some_and(|t| !t.algorithm.is_hmac()) {
+        served.push(("the JWKS endpoint", "/.well-known/jwks.json"));
+    }
+    if let Some(r) = refresh {
+        served.push(("refresh.path", r.path.as_str()));
+        served.push(("refresh.logout_path", r.logout_path.as_str()));
+    }
+    if let Some(p) = forward_auth {
+        served.push(("forward_auth.path", p));
+    }
+    served
 }
 
 /// Whether a cookie with `Path=cookie_path` is sent to `path` (RFC 6265 §5.1.4 path-match).
