@@ -139,6 +139,12 @@ impl Activity {
         self.moved.swap(false, Relaxed)
     }
 
+    /// Counts `n` ticks that passed before the watcher began (the connection's PROXY header
+    /// and TLS handshake): the first head's time runs from the connection's start.
+    pub fn skip_ticks(&self, n: u32) {
+        self.tick.fetch_add(n, SeqCst);
+    }
+
     /// One watcher tick; true when a head has been read for `limit` ticks or more, counted
     /// from the end of the tick it began in (so at least `limit` whole ticks of time).
     pub fn tick_head_overdue(&self, limit: u32) -> bool {

@@ -302,15 +302,28 @@ async fn proxy_preamble(
     peer: SocketAddr,
     cfg: &crate::config::Config,
     required: bool,
+    deadline: Instant,
 ) -> Result<Proxied, ()> {
     if !cfg.client_ip.proxy_protocol {
         return Ok(Proxied::No);
     }
-    let handshake_timeout = cfg.server.header_read_timeout;
+    let handshake_timeout = deadline.saturating_duration_since(Instant::now());
     if client_ip::is_trusted(peer.ip(), &cfg.client_ip) {
         if !required && !starts_with_proxy(stream, handshake_timeout).await? {
             return Ok(Proxied::No);
         }
+        // Closed before its first byte: a TCP health check (a balancer's probe, a Kubernetes
+        // `tcpSocket`), not a header to refuse.
+        if required
+            && matches!(
+                tokio::time::timeout(handshake_timeout, stream.peek(&mut [0u8; 1])).await,
+                Ok(Ok(0))
+            )
+        {
+            tracing::debug!(peer = %peer.ip(), "connection closed before its PROXY header");
+            return Err(());
+        }
+        let handshake_timeout = deadline.saturating_duration_since(Instant::now());
         match crate::proxy_protocol::read_header(stream, handshake_timeout).await {
             Ok(Source::Client(s)) => Ok(Proxied::Client(s.ip().to_canonical())),
             Ok(Source::Unknown) => Ok(Proxied::Unknown),
@@ -405,10 +418,14 @@ async fn connection(
     slot: Slot,
 ) {
     let _ = stream.set_nodelay(true);
+    let started = Instant::now();
     let active = state.active.load_full();
     let cfg = &active.config;
-    let handshake_timeout = cfg.server.header_read_timeout;
-    let Ok(proxied) = proxy_preamble(&mut stream, peer, cfg, true).await else {
+    let head = cfg.server.header_read_timeout;
+    // The first request head is due `header_read_timeout` from the connection's start: the
+    // PROXY header and the TLS handshake come out of that time, not on top of it.
+    let deadline = started + head;
+    let Ok(proxied) = proxy_preamble(&mut stream, peer, cfg, true, deadline).await else {
         return;
     };
     let mut conn = Conn::new(peer, proxied, tls_mode);
@@ -417,7 +434,8 @@ async fn connection(
     let w = Watch {
         stop,
         idle: cfg.server.idle_timeout,
-        head: handshake_timeout,
+        head,
+        started,
     };
     let tls = active.tls.clone();
     drop(active);
@@ -426,7 +444,8 @@ async fn connection(
             return;
         };
         let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-        match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, acceptor.accept(stream)).await {
             Ok(Ok(s)) => {
                 // Without ALPN a TLS client speaks HTTP/1.1 (RFC 9113 §3.2: HTTP/2 over TLS
                 // is negotiated).
@@ -450,6 +469,8 @@ struct Watch {
     idle: Duration,
     /// The header read timeout.
     head: Duration,
+    /// When the connection began: the first head is due `head` from then.
+    started: Instant,
 }
 
 /// Serve HTTP on one connection until it closes, goes idle, or the gateway drains; a request
@@ -635,6 +656,7 @@ async fn watch_conn(
         mut stop,
         idle,
         head,
+        started,
     } = w;
     if *stop.borrow() {
         let _ = tell.send(Verdict::Drain);
@@ -643,6 +665,9 @@ async fn watch_conn(
     let tick = (idle.min(head) / 4).max(Duration::from_millis(10));
     // Whole ticks a head may take.
     let head_ticks = u32::try_from(head.as_nanos().div_ceil(tick.as_nanos())).unwrap_or(u32::MAX);
+    // The first head's time began with the connection (its PROXY header, its TLS handshake).
+    let spent = started.elapsed().as_nanos() / tick.as_nanos();
+    activity.skip_ticks(u32::try_from(spent).unwrap_or(u32::MAX));
     let mut quiet = Quiet::default();
     let verdict = loop {
         tokio::select! {
@@ -742,17 +767,38 @@ async fn redirect_loop(
     state: Arc<State>,
     mut stop: watch::Receiver<bool>,
 ) {
+    // Its own `max_connections`, so that neither listener's clients can take the other's
+    // places; each connection answers one request (no keep-alive) within the header read
+    // timeout, counted from its start.
+    let permits = Arc::new(Semaphore::new(
+        state.active.load().config.server.max_connections,
+    ));
     loop {
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            _ = stop.changed() => return,
+        };
         let (mut stream, peer) = tokio::select! {
-            r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of file descriptors, say: retrying at once would spin.
+                    tracing::warn!(error = %e, "accept failed on the redirect listener");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
             _ = stop.changed() => return,
         };
         let state = state.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let active = state.active.load_full();
+            let head = active.config.server.header_read_timeout;
+            let deadline = Instant::now() + head;
             // A trusted proxy's PROXY header is taken, not required: some load balancers speak
             // it on the TLS port only.
-            if proxy_preamble(&mut stream, peer, &active.config, false)
+            if proxy_preamble(&mut stream, peer, &active.config, false, deadline)
                 .await
                 .is_err()
             {
@@ -776,7 +822,9 @@ async fn redirect_loop(
                         .and_then(|h| std::str::from_utf8(h).ok())
                         .map(|h| crate::pipeline::route::host_of(h).to_string())
                         .filter(|h| !h.is_empty());
-                    let Some(host) = host else {
+                    // A lower-case method or CONNECT, refused as on the main listener.
+                    let refused = crate::pipeline::method_problem(req.method()).is_some();
+                    let Some(host) = host.filter(|_| !refused) else {
                         let mut resp = http::Response::new(crate::body::empty());
                         *resp.status_mut() = http::StatusCode::BAD_REQUEST;
                         return Ok::<_, std::convert::Infallible>(resp);
@@ -786,13 +834,14 @@ async fn redirect_loop(
                     } else {
                         format!(":{https_port}")
                     };
-                    // `OPTIONS *` (or any target not a path) goes to the root.
-                    let pq = req
-                        .uri()
-                        .path_and_query()
-                        .map(|p| p.as_str())
-                        .filter(|p| p.starts_with('/'))
-                        .unwrap_or("/");
+                    // `OPTIONS *` (or any target not a path) goes to the root; an
+                    // absolute-form target with a query and no path keeps its query.
+                    let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+                    let pq = match pq.as_bytes().first() {
+                        Some(b'/') => pq.to_string(),
+                        Some(b'?') => format!("/{pq}"),
+                        _ => "/".to_string(),
+                    };
                     let loc = format!("https://{host}{port}{pq}");
                     let mut resp = http::Response::new(crate::body::empty());
                     *resp.status_mut() = http::StatusCode::PERMANENT_REDIRECT;
@@ -802,11 +851,15 @@ async fn redirect_loop(
                     Ok::<_, std::convert::Infallible>(resp)
                 },
             );
-            let _ = hyper::server::conn::http1::Builder::new()
+            let left = deadline.saturating_duration_since(Instant::now());
+            let serve = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+                .header_read_timeout(left)
+                .keep_alive(false)
+                .max_buf_size(MAX_BUF)
+                .serve_connection(TokioIo::new(stream), svc);
+            // Whole, within the header read timeout past the head's: a 308 is a few bytes.
+            let _ = tokio::time::timeout(left + head, serve).await;
         });
     }
 }

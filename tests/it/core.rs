@@ -969,6 +969,39 @@ async fn header_read_timeout_closes_a_slow_client() {
     assert_eq!(up.count(), 0);
 }
 
+/// The first head is due `header_read_timeout` from the connection's start: a slow TLS
+/// handshake comes out of that time, and does not buy the head a timeout of its own.
+#[tokio::test]
+async fn the_first_head_is_due_from_the_connections_start_tls_included() {
+    let up = Upstream::start().await;
+    let o = Opts {
+        server: "header_read_timeout = \"1200ms\"",
+        ..Opts::default()
+    };
+    let gw = Gateway::start_with(o, &public_routes(&up)).await;
+    let t = Instant::now();
+    let tcp = TcpStream::connect(gw.addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let connector =
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls_client_config(&[b"http/1.1"])));
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut s = connector
+        .connect(name, tcp)
+        .await
+        .expect("handshake in time");
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+    assert!(
+        t.elapsed() < Duration::from_millis(1900),
+        "closed {:?} after the connection began",
+        t.elapsed()
+    );
+    assert_eq!(up.count(), 0);
+}
+
 /// With `idle_timeout` shorter than `header_read_timeout`, a head that stops (long enough to
 /// look idle) and then dribbles on is still closed by the header read timeout: the idle
 /// timeout does not take a head in progress out of its deadline.
@@ -1800,4 +1833,89 @@ async fn admin_health_and_redirect_listener() {
         )),
         "{got}"
     );
+}
+
+/// The redirect listener is held to the same limits as the main one: `max_connections` of its
+/// own, the header read timeout from the connection's start, one request per connection; and
+/// its Location keeps an absolute-form target's query, and a lower-case method is refused.
+#[tokio::test]
+async fn the_redirect_listener_has_the_main_listeners_limits() {
+    let up = Upstream::start().await;
+    let redirect_port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let server = format!(
+        "redirect_http = \"127.0.0.1:{redirect_port}\"\nheader_read_timeout = \"600ms\"\nmax_connections = 2"
+    );
+    let gw = Gateway::start_with(
+        Opts {
+            server: &server,
+            ..Opts::default()
+        },
+        &public_routes(&up),
+    )
+    .await;
+    let connect = || TcpStream::connect(("127.0.0.1", redirect_port));
+    let answer = |mut s: TcpStream, head: &'static str| async move {
+        s.write_all(head.as_bytes()).await.unwrap();
+        let mut got = String::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut got))
+            .await
+            .expect("the connection ends after its answer")
+            .unwrap();
+        got
+    };
+
+    // A silent connection is closed at the header read timeout.
+    let t = Instant::now();
+    let mut silent = connect().await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), silent.read_to_end(&mut buf))
+        .await
+        .expect("closed")
+        .unwrap();
+    assert!(
+        t.elapsed() >= Duration::from_millis(500) && t.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        t.elapsed()
+    );
+
+    // Two silent connections hold both places: a third waits for one of them to close.
+    let _a = connect().await.unwrap();
+    let _b = connect().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let t = Instant::now();
+    let got = answer(
+        connect().await.unwrap(),
+        "GET /x HTTP/1.1\r\nHost: example.com\r\n\r\n",
+    )
+    .await;
+    assert!(got.starts_with("HTTP/1.1 308"), "{got}");
+    assert!(
+        t.elapsed() >= Duration::from_millis(300),
+        "served only once a place was free: {:?}",
+        t.elapsed()
+    );
+
+    // One request per connection (answered, then closed without a Connection: close asked);
+    // the query of an absolute-form target without a path is kept.
+    let got = answer(
+        connect().await.unwrap(),
+        "GET http://other.example?q=1 HTTP/1.1\r\nHost: a.example\r\n\r\n",
+    )
+    .await;
+    assert!(
+        got.to_ascii_lowercase().contains(&format!(
+            "location: https://other.example:{}/?q=1",
+            gw.addr.port()
+        )),
+        "{got}"
+    );
+    let got = answer(
+        connect().await.unwrap(),
+        "get /x HTTP/1.1\r\nHost: example.com\r\n\r\n",
+    )
+    .await;
+    assert!(got.starts_with("HTTP/1.1 400"), "{got}");
 }

@@ -872,3 +872,32 @@ fn startup_logs_are_plain_off_a_terminal_and_a_bind_failure_names_its_listener()
     drop(held);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A trusted proxy's TCP health check (connect, close, no byte) is not a refused PROXY
+/// header: no `security` warning for every probe. A malformed header still gets one.
+#[tokio::test]
+async fn a_tcp_health_check_from_a_trusted_proxy_is_no_security_warning() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = Upstream::start().await;
+    let body = format!(
+        "[client_ip]\ntrusted_proxies = [\"127.0.0.2/32\"]\nproxy_protocol = true\n{}",
+        open_and_token_routes(&up, "")
+    );
+    let gw = Logged::start(&body).await;
+    let addr: std::net::SocketAddr = gw.base.trim_start_matches("http://").parse().unwrap();
+    let from_proxy = || async {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        sock.connect(addr).await.unwrap()
+    };
+    for _ in 0..3 {
+        drop(from_proxy().await);
+    }
+    let mut s = from_proxy().await;
+    s.write_all(b"PROXY BOGUS\r\n").await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut buf)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let log = gw.stop().await;
+    assert_eq!(log.matches("PROXY header refused").count(), 1, "{log}");
+}
