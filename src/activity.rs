@@ -26,8 +26,11 @@ const READING_HEAD: u8 = 0;
 const IN_REQUEST: u8 = 1;
 /// Between requests: quiet, or answered and waiting for the next head's first byte.
 const BETWEEN: u8 = 2;
-/// No heads to watch: HTTP/2, or a connection upgraded to another protocol.
+/// No heads to watch: a connection upgraded to another protocol.
 const UNWATCHED: u8 = 3;
+/// HTTP/2, past its first request: idle when no stream is open and none began or ended for
+/// `idle_timeout` (bytes alone, PINGs say, are no activity).
+const H2: u8 = 4;
 
 #[derive(Debug)]
 pub struct Activity {
@@ -43,6 +46,10 @@ pub struct Activity {
     /// The last write or flush to the client could not complete: the client is not taking
     /// what is sent (as opposed to a response with nothing to send, such as a quiet stream).
     blocked: AtomicBool,
+    /// HTTP/2: streams open (a request in the handler, or its response body on its way).
+    streams: AtomicU32,
+    /// HTTP/2: a stream began or ended since the watcher last looked.
+    streamed: AtomicBool,
 }
 
 impl Default for Activity {
@@ -55,6 +62,8 @@ impl Default for Activity {
             tick: AtomicU32::new(0),
             open: AtomicU8::new(0),
             blocked: AtomicBool::new(false),
+            streams: AtomicU32::new(0),
+            streamed: AtomicBool::new(false),
         }
     }
 }
@@ -90,10 +99,11 @@ impl Activity {
         self.blocked.load(Relaxed)
     }
 
-    /// A request head reached the handler. HTTP/2 connections are not watched from then on.
+    /// A request head reached the handler. HTTP/2 connections are watched for heads no more,
+    /// and for streams from then on (see [`Activity::stream_open`]).
     pub fn request_started(&self, http2: bool) {
         if http2 {
-            self.phase.store(UNWATCHED, SeqCst);
+            self.phase.store(H2, SeqCst);
         } else if self.phase.load(SeqCst) != UNWATCHED {
             self.open.store(1, SeqCst);
             self.phase.store(IN_REQUEST, SeqCst);
@@ -115,6 +125,25 @@ impl Activity {
                 .phase
                 .compare_exchange(IN_REQUEST, BETWEEN, SeqCst, SeqCst);
         }
+    }
+
+    /// An HTTP/2 stream is open until the guard is dropped: with the response body that
+    /// ends it, or with the handler of a request abandoned before its answer.
+    pub fn stream_open(self: &Arc<Self>) -> StreamOpen {
+        self.streams.fetch_add(1, SeqCst);
+        self.streamed.store(true, Relaxed);
+        StreamOpen(Arc::clone(self))
+    }
+
+    /// Whether this is an HTTP/2 connection, idle by its streams (not its bytes).
+    pub fn is_h2(&self) -> bool {
+        self.phase.load(SeqCst) == H2
+    }
+
+    /// HTTP/2: whether a stream is open; and whether one began or ended since the last call.
+    pub fn take_streamed(&self) -> (bool, bool) {
+        let open = self.streams.load(SeqCst) > 0;
+        (open, self.streamed.swap(false, Relaxed))
     }
 
     /// The connection now carries another protocol: no more heads.
@@ -170,15 +199,34 @@ impl Default for Quiet {
 }
 
 impl Quiet {
-    /// One look: true once nothing has moved for `idle`.
+    /// One look: true once nothing has moved for `idle`. An HTTP/2 connection moves when a
+    /// stream begins or ends, and is never quiet with one open (a quiet event stream, say):
+    /// PINGs and other frames alone do not keep it.
     pub fn over(&mut self, activity: &Activity, idle: Duration) -> bool {
         let now = Instant::now();
-        if activity.take_moved() {
+        let moved = if activity.is_h2() {
+            let (open, streamed) = activity.take_streamed();
+            open || streamed
+        } else {
+            activity.take_moved()
+        };
+        if moved {
             self.since = now;
             false
         } else {
             now.duration_since(self.since) >= idle
         }
+    }
+}
+
+/// An open HTTP/2 stream ([`Activity::stream_open`]), closed when dropped.
+#[derive(Debug)]
+pub struct StreamOpen(Arc<Activity>);
+
+impl Drop for StreamOpen {
+    fn drop(&mut self) {
+        self.0.streams.fetch_sub(1, SeqCst);
+        self.0.streamed.store(true, Relaxed);
     }
 }
 

@@ -123,8 +123,10 @@ pub async fn handle(
     state: Arc<State>,
 ) -> Result<Response<Body>, Infallible> {
     let started = Instant::now();
-    conn.activity
-        .request_started(req.version() == http::Version::HTTP_2);
+    let h2 = req.version() == http::Version::HTTP_2;
+    conn.activity.request_started(h2);
+    // An HTTP/2 stream counts as open (its connection not idle) until its response is sent.
+    let stream = h2.then(|| conn.activity.stream_open());
     let head = req.method() == Method::HEAD;
     let active = state.active.load_full();
     // Normalized here, outside `run`, so that the access log can borrow it. A rejected path is
@@ -209,6 +211,9 @@ pub async fn handle(
         conn.activity.upgraded();
     }
     conn.activity.part_done();
+    if let Some(open) = stream {
+        resp = resp.map(|b| crate::body::holding(b, open));
+    }
     Ok(resp)
 }
 

@@ -640,6 +640,80 @@ async fn a_quiet_event_stream_is_not_cut_while_the_client_reads() {
     assert!(got.ends_with("0\r\n\r\n"), "cut before its end: {got}");
 }
 
+/// An HTTP/2 connection is idle by its streams, not its bytes: one that only PINGs after its
+/// last request is closed at `idle_timeout` (PINGs cost nothing and would hold a place among
+/// `max_connections` for good), while a quiet event stream on one is not cut.
+#[tokio::test]
+async fn an_http2_connection_that_only_pings_is_idle_but_a_quiet_stream_is_not() {
+    let addr = one_request_upstream(|mut s| async move {
+        let _ = s
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+            .await;
+        for i in 0..3 {
+            if i > 0 {
+                tokio::time::sleep(Duration::from_millis(700)).await;
+            }
+            let event = format!("data: {i}\n\n");
+            let chunk = format!("{:x}\r\n{event}\r\n", event.len());
+            if s.write_all(chunk.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+        let _ = s.write_all(b"0\r\n\r\n").await;
+    })
+    .await;
+    let o = Opts {
+        server: "idle_timeout = \"300ms\"",
+        ..Opts::default()
+    };
+    let gw = Gateway::start_with(o, &route_to(&format!("http://{addr}"), "")).await;
+
+    // A client that PINGs every 100 ms, idle or not.
+    let connector =
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls_client_config(&[b"h2"])));
+    let tcp = TcpStream::connect(gw.addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = connector.connect(name, tcp).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .timer(hyper_util::rt::TokioTimer::new())
+            .keep_alive_interval(Duration::from_millis(100))
+            .keep_alive_while_idle(true)
+            .handshake::<_, http_body_util::Empty<Bytes>>(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .unwrap();
+    let (closed_tx, closed) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let _ = conn.await;
+        let _ = closed_tx.send(());
+    });
+    // The quiet stream is read to its end, its gaps longer than idle_timeout notwithstanding.
+    let req = http::Request::get(format!("https://localhost:{}/events", gw.addr.port()))
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .expect("the stream ran to its end")
+        .to_bytes();
+    let body = String::from_utf8_lossy(&body);
+    for i in 0..3 {
+        assert!(body.contains(&format!("data: {i}\n")), "event {i}: {body}");
+    }
+    // Then only PINGs: the connection is closed as idle.
+    let t = Instant::now();
+    tokio::time::timeout(Duration::from_secs(5), closed)
+        .await
+        .expect("a connection that only pings is closed as idle")
+        .unwrap();
+    assert!(
+        t.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        t.elapsed()
+    );
+}
+
 #[tokio::test]
 async fn upstream_down_is_502_and_slow_is_504() {
     // A port with nothing listening.
