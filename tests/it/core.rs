@@ -586,16 +586,13 @@ async fn stalled_reader_is_cut(tls: bool) {
     drop(client);
 }
 
-/// A streamed response (server-sent events) whose upstream is quiet for longer than
-/// `idle_timeout` between events is not cut: the client is reading, there is just nothing to
-/// send. Over TLS and HTTP/1.1, as browsers' EventSource often connects.
-#[tokio::test]
-async fn a_quiet_event_stream_is_not_cut_while_the_client_reads() {
-    let addr = one_request_upstream(|mut s| async move {
+/// An upstream answering one request with `n` server-sent events 700 ms apart.
+async fn quiet_event_stream(n: usize) -> std::net::SocketAddr {
+    one_request_upstream(move |mut s| async move {
         let _ = s
             .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
             .await;
-        for i in 0..4 {
+        for i in 0..n {
             if i > 0 {
                 tokio::time::sleep(Duration::from_millis(700)).await;
             }
@@ -607,7 +604,15 @@ async fn a_quiet_event_stream_is_not_cut_while_the_client_reads() {
         }
         let _ = s.write_all(b"0\r\n\r\n").await;
     })
-    .await;
+    .await
+}
+
+/// A streamed response (server-sent events) whose upstream is quiet for longer than
+/// `idle_timeout` between events is not cut: the client is reading, there is just nothing to
+/// send. Over TLS and HTTP/1.1, as browsers' EventSource often connects.
+#[tokio::test]
+async fn a_quiet_event_stream_is_not_cut_while_the_client_reads() {
+    let addr = quiet_event_stream(4).await;
     let o = Opts {
         server: "idle_timeout = \"300ms\"",
         ..Opts::default()
@@ -645,23 +650,7 @@ async fn a_quiet_event_stream_is_not_cut_while_the_client_reads() {
 /// `max_connections` for good), while a quiet event stream on one is not cut.
 #[tokio::test]
 async fn an_http2_connection_that_only_pings_is_idle_but_a_quiet_stream_is_not() {
-    let addr = one_request_upstream(|mut s| async move {
-        let _ = s
-            .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
-            .await;
-        for i in 0..3 {
-            if i > 0 {
-                tokio::time::sleep(Duration::from_millis(700)).await;
-            }
-            let event = format!("data: {i}\n\n");
-            let chunk = format!("{:x}\r\n{event}\r\n", event.len());
-            if s.write_all(chunk.as_bytes()).await.is_err() {
-                return;
-            }
-        }
-        let _ = s.write_all(b"0\r\n\r\n").await;
-    })
-    .await;
+    let addr = quiet_event_stream(3).await;
     let o = Opts {
         server: "idle_timeout = \"300ms\"",
         ..Opts::default()
