@@ -666,7 +666,8 @@ async fn watch_conn(
     // Whole ticks a head may take.
     let head_ticks = u32::try_from(head.as_nanos().div_ceil(tick.as_nanos())).unwrap_or(u32::MAX);
     // The first head's time began with the connection (its PROXY header, its TLS handshake).
-    let spent = started.elapsed().as_nanos() / tick.as_nanos();
+    // Rounded up: the head is then closed between `head` and `head + tick` from the start.
+    let spent = started.elapsed().as_nanos().div_ceil(tick.as_nanos());
     activity.skip_ticks(u32::try_from(spent).unwrap_or(u32::MAX));
     let mut quiet = Quiet::default();
     let verdict = loop {

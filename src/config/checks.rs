@@ -126,6 +126,24 @@ pub fn header_problem(h: &HeaderName) -> Option<&'static str> {
     }
 }
 
+/// `p` with the hex digits of its %-escapes in upper case, as path normalization writes them.
+pub fn upper_escapes(p: &str) -> String {
+    let mut out = String::with_capacity(p.len());
+    let mut hex_left = 0;
+    for c in p.chars() {
+        if hex_left > 0 {
+            hex_left -= 1;
+            out.push(c.to_ascii_uppercase());
+        } else {
+            if c == '%' {
+                hex_left = 2;
+            }
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Why a route `path`/`prefix` can never match a request path, or `None`: the matcher sees
 /// the path only (the query and fragment are never part of it) and paths hold no spaces.
 pub fn matcher_problem(p: &str) -> Option<&'static str> {

@@ -58,8 +58,10 @@ pub async fn judge(
         }
     }
 
-    // 4. rate limits (subject-keyed policies wait for a verified subject after phase 5)
-    let counted = limits(a, active, state, idx, None, false, out).await?;
+    // 4. rate limits (subject-keyed policies wait for a verified subject after phase 5); a
+    // login lock-out between the local ones and the shared `global` ones, whose count cannot
+    // be given back: a locked-out client never spends everyone's shared budget.
+    let counted = limits(a, active, state, idx, None, false, Pass::Local, 0, out).await?;
     if let AuthMode::Mint(_) = rc.auth {
         if let Some(left) = shared::login_locked(active, state, ip).await? {
             if !rc.dry_run {
@@ -73,6 +75,20 @@ pub async fn judge(
                 out,
             )?;
         }
+    }
+    if state.store.shared().is_some() {
+        limits(
+            a,
+            active,
+            state,
+            idx,
+            None,
+            false,
+            Pass::Shared,
+            counted,
+            out,
+        )
+        .await?;
     }
 
     // 5. auth
@@ -98,15 +114,26 @@ pub async fn judge(
             Err(e) => enforce(Err(e), rc.dry_run, out)?,
         }
         let sub = claims.as_ref().and_then(|c| c.sub.as_deref());
-        limits(a, active, state, idx, sub, true, out).await?;
+        limits(a, active, state, idx, sub, true, Pass::Both, 0, out).await?;
     }
     Ok(Judged { route: idx, claims })
 }
 
+/// Which of a route's policies [`limits`] checks: those kept in this instance, the `global`
+/// ones kept in the shared store, or both (local first).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Pass {
+    Local,
+    Shared,
+    Both,
+}
+
 /// Check the route's rate-limit policies of one kind (subject-keyed or not). `global` policies
 /// kept in the shared store come last: their count cannot be given back, so a client the local
-/// policies refuse never spends everyone's shared budget. Returns the policies (by position,
-/// the first 64) that counted the request, for [`refund`].
+/// policies refuse never spends everyone's shared budget. `counted`: the policies (by
+/// position, the first 64) that counted the request in an earlier pass. Returns those that
+/// have counted it now, for [`refund`].
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn limits(
     a: &Ask<'_>,
     active: &Active,
@@ -114,19 +141,20 @@ pub(super) async fn limits(
     idx: usize,
     sub: Option<&str>,
     subject_phase: bool,
+    pass: Pass,
+    mut counted: u64,
     out: &mut Outcome,
 ) -> Result<u64, Reject> {
     let rc = &active.routes[idx].cfg;
     let now = active.limiters.time(a.started);
     let shared_store = state.store.shared().is_some();
-    // Policies (by position, the first 64) this request has counted against so far.
-    let mut counted: u64 = 0;
     // Shared `global` policies in a second pass; without a shared store there are none.
-    let passes: &[bool] = if shared_store {
-        &[false, true]
-    } else {
-        &[false]
+    let passes: &[bool] = match (pass, shared_store) {
+        (_, false) | (Pass::Local, true) => &[false],
+        (Pass::Shared, true) => &[true],
+        (Pass::Both, true) => &[false, true],
     };
+
     for &shared_pass in passes {
         for (n, &pi) in rc.rate_limit.iter().enumerate() {
             let policy = active.limiters.policy(pi);

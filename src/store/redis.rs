@@ -12,7 +12,9 @@
 //! nonce so that its own first attempt is not taken for a reuse, and a counted login failure or
 //! rate-limit hit counted twice errs on the side of refusing.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
@@ -39,9 +41,16 @@ return 0
 
 /// Spend KEYS[1] (a jti) with `SET NX PX`, the value being this spend's nonce ARGV[2]; when
 /// already spent by another spend, revoke KEYS[2] (its family) as REVOKE does and return 1.
+/// A spend by ARGV[3] (when not empty: this instance's earlier spend of the jti, which failed
+/// and was answered 503) is no other spend: it is taken over.
 const SPEND: &str = r"
 if redis.call('SET', KEYS[1], ARGV[2], 'NX', 'PX', ARGV[1]) then return 0 end
-if redis.call('GET', KEYS[1]) == ARGV[2] then return 0 end
+local cur = redis.call('GET', KEYS[1])
+if cur == ARGV[2] then return 0 end
+if ARGV[3] ~= '' and cur == ARGV[3] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[1])
+  return 0
+end
 local cur = redis.call('PTTL', KEYS[2])
 if cur ~= -1 and cur < tonumber(ARGV[1]) then
   redis.call('SET', KEYS[2], '1', 'PX', ARGV[1])
@@ -58,8 +67,11 @@ end
 return 0
 ";
 
-/// How long an undone spend may wait behind the spend it undoes (a Redis stall).
+/// How long an undone spend may wait behind the spend it undoes (a Redis stall), and how long
+/// this instance remembers a failed spend for the client's retry.
 const UNSPEND_WAIT: Duration = Duration::from_secs(60);
+/// Failed spends remembered at most (a stall under load fails many).
+const FAILED_SPENDS_MAX: usize = 10_000;
 
 /// A login failure for KEYS[1] (the times of the key's recent failures, oldest first, by the
 /// server's clock): those older than ARGV[1] ms go, and at ARGV[2] left in the window the key is
@@ -119,6 +131,9 @@ fn err(e: redis::RedisError) -> StoreError {
 
 pub struct RedisStore {
     conn: ConnectionManager,
+    /// Spends that failed (answered 503) and may still have run, by jti: their nonce, and
+    /// when. A retry of the refresh on this instance takes such a spend over.
+    failed_spends: Mutex<HashMap<String, (String, Instant)>>,
     revoke: Script,
     spend: Script,
     login_failure: Script,
@@ -195,6 +210,7 @@ impl RedisStore {
         };
         let store = RedisStore {
             conn,
+            failed_spends: Default::default(),
             revoke: Script::new(REVOKE),
             spend: Script::new(SPEND),
             login_failure: Script::new(LOGIN_FAILURE),
@@ -241,22 +257,58 @@ impl RedisStore {
         let nonce: u128 = rand::random();
         let nonce = format!("{nonce:032x}");
         let key = spent_key(jti);
+        let earlier = self
+            .failed()
+            .get(jti)
+            .map(|(n, _)| n.clone())
+            .unwrap_or_default();
         let mut inv = self.spend.key(&key);
-        inv.key(revoked_key(fam)).arg(px(ttl)).arg(&nonce);
-        match self.invoke::<i64>(&inv).await {
-            Ok(1) => Ok(Spend::Reused),
-            Ok(_) => Ok(Spend::Fresh),
+        inv.key(revoked_key(fam))
+            .arg(px(ttl))
+            .arg(&nonce)
+            .arg(&earlier);
+        let r = self.invoke::<i64>(&inv).await;
+        let mut failed = self.failed();
+        match r {
+            Ok(n) => {
+                failed.remove(jti);
+                Ok(if n == 1 { Spend::Reused } else { Spend::Fresh })
+            }
             Err(e) => {
+                let now = Instant::now();
+                if failed.len() >= FAILED_SPENDS_MAX {
+                    failed.retain(|_, (_, at)| now.duration_since(*at) < UNSPEND_WAIT);
+                }
+                if failed.len() < FAILED_SPENDS_MAX {
+                    failed.insert(jti.to_string(), (nonce.clone(), now));
+                }
+                drop(failed);
                 self.unspend_later(key, nonce);
                 Err(e)
             }
         }
     }
 
+    /// As a spend of `jti` with `nonce` that failed would leave it.
+    #[cfg(test)]
+    pub(super) fn remember_failed_spend(&self, jti: &str, nonce: &str) {
+        self.failed()
+            .insert(jti.to_string(), (nonce.to_string(), Instant::now()));
+    }
+
+    fn failed(&self) -> MutexGuard<'_, HashMap<String, (String, Instant)>> {
+        // Plain entries: a panic elsewhere cannot leave the map inconsistent.
+        self.failed_spends
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// A spend that failed (timed out: Redis stalled, as in a failover) may still run once
     /// Redis resumes; the client, told 503, got no tokens and retries with the same refresh
     /// token, which must not then count as a reuse (that revokes the client's own family).
-    /// So the spend is undone if it ran: sent now, on the same connection, this runs after it.
+    /// A retry on this instance takes the failed spend over (see `SPEND`); for one on another
+    /// instance, the spend is undone if it ran: sent now, on the same connection, this runs
+    /// after it, if it gets through.
     fn unspend_later(&self, key: String, nonce: String) {
         let mut conn = self.conn.clone();
         tokio::spawn(async move {
@@ -265,8 +317,11 @@ impl RedisStore {
             let mut cmd = redis::cmd("EVAL");
             cmd.arg(UNSPEND).arg(1).arg(key).arg(nonce);
             let undo = cmd.query_async::<i64>(&mut conn);
+            // Its answer may time out while Redis is still stalled; it runs all the same.
             if let Ok(Err(e)) = tokio::time::timeout(UNSPEND_WAIT, undo).await {
-                tracing::debug!(error = %e, "undoing a failed refresh-token spend failed");
+                if !e.is_timeout() {
+                    tracing::debug!(error = %e, "undoing a failed refresh-token spend failed");
+                }
             }
         });
     }

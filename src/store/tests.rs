@@ -396,3 +396,41 @@ async fn redis_a_spend_or_revocation_cut_short_by_a_stall() {
         .await
         .expect("is_revoked"));
 }
+
+/// A spend this instance answered 503 for, which ran all the same and was not undone (its
+/// undo lost): the client's retry on this instance takes it over, and is no reuse. Another
+/// spend of the same refresh token still is.
+#[tokio::test]
+async fn redis_a_retry_takes_over_the_failed_spend_of_its_instance() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let s = Store::connect(&server.config()).await.expect("connect");
+    let Some(r) = s.shared() else {
+        panic!("a redis store")
+    };
+    let mut c = ::redis::Client::open(server.url())
+        .expect("client")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("conn");
+    let _: () = ::redis::cmd("SET")
+        .arg("iptgate:spent:r-lost")
+        .arg("nonce-of-the-failed-spend")
+        .query_async(&mut c)
+        .await
+        .expect("set");
+    r.remember_failed_spend("r-lost", "nonce-of-the-failed-spend");
+    assert_eq!(
+        s.spend("r-lost", "fam-lost", HOUR).await.expect("spend"),
+        Spend::Fresh
+    );
+    assert_eq!(
+        s.spend("r-lost", "fam-lost", HOUR).await.expect("spend"),
+        Spend::Reused
+    );
+    assert!(s
+        .is_revoked(None, Some("fam-lost"))
+        .await
+        .expect("is_revoked"));
+}

@@ -1058,7 +1058,7 @@ async fn the_first_head_is_due_from_the_connections_start_tls_included() {
     let mut buf = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
     assert!(
-        t.elapsed() < Duration::from_millis(1900),
+        t.elapsed() < Duration::from_millis(1700),
         "closed {:?} after the connection began",
         t.elapsed()
     );

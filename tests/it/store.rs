@@ -409,6 +409,40 @@ async fn a_redis_backed_gateway_does_not_start_without_redis() {
 /// otherwise N instances would allow N times the configured failures and global rate.
 const NOT_SHARED: &str = "login lock-outs and global rate limits must be shared through redis";
 
+/// A login refused as locked out never reaches the route's shared `global` policy, whose count
+/// cannot be given back: one locked-out client cannot spend everyone's login budget.
+#[tokio::test]
+async fn a_locked_out_login_spends_nothing_of_a_shared_global_limit() {
+    let Some(redis) = Redis::start() else { return };
+    let up = Upstream::start().await;
+    let body = app(&up, &redis.url(), "closed").replace(
+        "auth = \"mint\"",
+        "auth = \"mint\"\nrate_limit = [\"everyone\"]",
+    ) + "\n[rate_limits.everyone]\nkey = \"global\"\nrate = \"10/m\"\nburst = 10\n\n[login_protection]\nmax_failures = 3\nwindow = \"10m\"\nlockout = \"10m\"\n";
+    let gw = Gateway::start(&body).await;
+    let locked = client_at(7);
+    for _ in 0..3 {
+        let r = locked.post(gw.url("/login")).body("user=bad").send();
+        assert_eq!(r.await.unwrap().status(), 401);
+    }
+    for _ in 0..5 {
+        let r = locked.post(gw.url("/login")).body("user=bad").send();
+        assert_eq!(
+            code_of(r.await.unwrap()).await,
+            refused(429, "login_locked")
+        );
+    }
+    // Another client: the three failures counted, the five lock-outs did not.
+    let r = client_at(8)
+        .post(gw.url("/login"))
+        .body("user=alice")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "ratelimit"), "\"everyone\";r=6;t=24");
+}
+
 #[tokio::test]
 async fn login_failures_on_two_gateways_add_up_through_redis() {
     let Some(redis) = Redis::start() else { return };

@@ -372,8 +372,10 @@ impl Validator {
         if let Some(rw) = &r.rewrite {
             // The upstream must get a path the gateway itself would accept (§5): what it
             // decided on, not a query, a `..` or an encoded slash of the config's making.
+            // Sent as written: `%c3%a9` is as good as the `%C3%A9` normalizing makes of it.
             if checks::matcher_problem(rw).is_some()
-                || crate::pipeline::path::normalize(rw).as_deref() != Ok(rw.as_str())
+                || crate::pipeline::path::normalize(rw).as_deref()
+                    != Ok(checks::upper_escapes(rw).as_str())
             {
                 self.err(
                     format!("{key}.rewrite"),
