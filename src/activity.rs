@@ -48,7 +48,11 @@ pub struct Activity {
     blocked: AtomicBool,
     /// HTTP/2: streams open (a request in the handler, or its response body on its way).
     streams: AtomicU32,
-    /// HTTP/2: a stream began or ended since the watcher last looked.
+    /// HTTP/2: open streams whose response body gave a frame that waits to be sent (the
+    /// client's flow-control window is shut: it is not reading).
+    blocked_streams: AtomicU32,
+    /// HTTP/2: a stream began or ended, or a response body gave a frame, since the watcher
+    /// last looked.
     streamed: AtomicBool,
 }
 
@@ -63,6 +67,7 @@ impl Default for Activity {
             open: AtomicU8::new(0),
             blocked: AtomicBool::new(false),
             streams: AtomicU32::new(0),
+            blocked_streams: AtomicU32::new(0),
             streamed: AtomicBool::new(false),
         }
     }
@@ -132,7 +137,10 @@ impl Activity {
     pub fn stream_open(self: &Arc<Self>) -> StreamOpen {
         self.streams.fetch_add(1, SeqCst);
         self.streamed.store(true, Relaxed);
-        StreamOpen(Arc::clone(self))
+        StreamOpen {
+            activity: Arc::clone(self),
+            blocked: false,
+        }
     }
 
     /// Whether this is an HTTP/2 connection, idle by its streams (not its bytes).
@@ -140,10 +148,18 @@ impl Activity {
         self.phase.load(SeqCst) == H2
     }
 
-    /// HTTP/2: whether a stream is open; and whether one began or ended since the last call.
+    /// HTTP/2: whether a stream is open that is not waiting on the client (its handler or
+    /// upstream is at work, or a quiet event stream has nothing to send); and whether a stream
+    /// began, ended or sent something since the last call.
     pub fn take_streamed(&self) -> (bool, bool) {
-        let open = self.streams.load(SeqCst) > 0;
-        (open, self.streamed.swap(false, Relaxed))
+        let busy = self.streams.load(SeqCst) > self.blocked_streams.load(SeqCst);
+        (busy, self.streamed.swap(false, Relaxed))
+    }
+
+    /// HTTP/2: streams are open and every one waits on a client that is not reading.
+    pub fn h2_stalled(&self) -> bool {
+        let open = self.streams.load(SeqCst);
+        self.is_h2() && open > 0 && self.blocked_streams.load(SeqCst) >= open
     }
 
     /// The connection now carries another protocol: no more heads.
@@ -200,13 +216,14 @@ impl Default for Quiet {
 
 impl Quiet {
     /// One look: true once nothing has moved for `idle`. An HTTP/2 connection moves when a
-    /// stream begins or ends, and is never quiet with one open (a quiet event stream, say):
-    /// PINGs and other frames alone do not keep it.
+    /// stream begins, ends or sends something, and is never quiet with a stream open that
+    /// does not wait on the client (a quiet event stream, say): PINGs and other frames alone
+    /// do not keep it, nor streams whose client has stopped reading.
     pub fn over(&mut self, activity: &Activity, idle: Duration) -> bool {
         let now = Instant::now();
         let moved = if activity.is_h2() {
-            let (open, streamed) = activity.take_streamed();
-            open || streamed
+            let (busy, streamed) = activity.take_streamed();
+            busy || streamed
         } else {
             activity.take_moved()
         };
@@ -219,14 +236,40 @@ impl Quiet {
     }
 }
 
-/// An open HTTP/2 stream ([`Activity::stream_open`]), closed when dropped.
+/// An open HTTP/2 stream ([`Activity::stream_open`]), closed when dropped; its response body
+/// says when it waits on the client.
 #[derive(Debug)]
-pub struct StreamOpen(Arc<Activity>);
+pub struct StreamOpen {
+    activity: Arc<Activity>,
+    /// A frame of the body waits to be sent.
+    blocked: bool,
+}
+
+impl StreamOpen {
+    /// The body gave a frame: until it is asked for the next, the frame waits on the client
+    /// (hyper asks again once the stream's flow-control window lets it send).
+    pub fn gave_frame(&mut self) {
+        self.activity.streamed.store(true, Relaxed);
+        if !self.blocked {
+            self.blocked = true;
+            self.activity.blocked_streams.fetch_add(1, SeqCst);
+        }
+    }
+
+    /// The body is asked for its next frame: nothing waits on the client.
+    pub fn asked(&mut self) {
+        if self.blocked {
+            self.blocked = false;
+            self.activity.blocked_streams.fetch_sub(1, SeqCst);
+        }
+    }
+}
 
 impl Drop for StreamOpen {
     fn drop(&mut self) {
-        self.0.streams.fetch_sub(1, SeqCst);
-        self.0.streamed.store(true, Relaxed);
+        self.asked();
+        self.activity.streams.fetch_sub(1, SeqCst);
+        self.activity.streamed.store(true, Relaxed);
     }
 }
 

@@ -15,31 +15,31 @@ pub fn empty() -> Body {
     Empty::new().map_err(|e| match e {}).boxed()
 }
 
-/// A body that keeps `held` alive as long as itself: until it has been sent, or dropped
-/// unsent (the HTTP/2 stream it answers stays open as long, see `Activity::stream_open`).
-pub fn holding<G: Send + Sync + Unpin + 'static>(inner: Body, held: G) -> Body {
-    Holding { inner, _held: held }.boxed()
+/// An HTTP/2 response body, its stream counted open until it has been sent (or dropped
+/// unsent), and known to wait on the client while a frame it gave is not yet sent.
+pub fn on_stream(inner: Body, open: crate::activity::StreamOpen) -> Body {
+    OnStream { inner, open }.boxed()
 }
 
-struct Holding<G> {
+struct OnStream {
     inner: Body,
-    _held: G,
+    open: crate::activity::StreamOpen,
 }
 
-impl<G> http_body::Body for Holding<G>
-where
-    G: Send + Sync + Unpin + 'static,
-{
+impl http_body::Body for OnStream {
     type Data = Bytes;
     type Error = BoxError;
 
     fn poll_frame(
-        self: std::pin::Pin<&mut Self>,
+        mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
-        // `Body` is boxed, so `Unpin`: the field may be pinned anew.
-        let this = self.get_mut();
-        std::pin::Pin::new(&mut this.inner).poll_frame(cx)
+        self.open.asked();
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Ok(_))) = &polled {
+            self.open.gave_frame();
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

@@ -312,12 +312,12 @@ async fn proxy_preamble(
         if !required && !starts_with_proxy(stream, handshake_timeout).await? {
             return Ok(Proxied::No);
         }
-        // Closed before its first byte: a TCP health check (a balancer's probe, a Kubernetes
-        // `tcpSocket`), not a header to refuse.
+        // Closed (or reset) before its first byte: a TCP health check (a balancer's probe, a
+        // Kubernetes `tcpSocket`), not a header to refuse.
         if required
             && matches!(
                 tokio::time::timeout(handshake_timeout, stream.peek(&mut [0u8; 1])).await,
-                Ok(Ok(0))
+                Ok(Ok(0) | Err(_))
             )
         {
             tracing::debug!(peer = %peer.ip(), "connection closed before its PROXY header");
@@ -582,7 +582,9 @@ async fn drive<C: Future>(
                 // is stuck (a client that stopped reading) is cut, as nginx's `send_timeout`
                 // does, so that it cannot hold its connection for good. A response with
                 // nothing to send (a quiet event stream) is not the client's doing and runs
-                // on; a request still waiting on the upstream is the upstream `timeout`'s.
+                // on; a request still waiting on the upstream is the upstream `timeout`'s. On
+                // HTTP/2, streams that all wait on a client that stopped reading (its
+                // flow-control window shut) are cut the same way.
                 // A head begun as the drain began (its first byte crossing the watcher's
                 // verdict) is held to the header read timeout here, the watcher that kept it
                 // having ended, and cut too when quiet for another `idle_timeout`.
@@ -596,7 +598,8 @@ async fn drive<C: Future>(
                         a.head_since = None;
                     }
                     let stuck = a.activity.reading_head()
-                        || (a.activity.answered() && a.activity.is_write_blocked());
+                        || (a.activity.answered() && a.activity.is_write_blocked())
+                        || a.activity.h2_stalled();
                     if a.quiet.over(&a.activity, a.idle) && stuck {
                         return None;
                     }

@@ -156,6 +156,11 @@ pub fn matcher_problem(p: &str) -> Option<&'static str> {
     if p.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Some("holds whitespace or control characters (no request path carries them)");
     }
+    if !p.is_ascii() {
+        return Some(
+            "holds non-ASCII characters (request paths carry them %-encoded: `/ü` is `/%C3%BC`)",
+        );
+    }
     None
 }
 

@@ -212,7 +212,7 @@ pub async fn handle(
     }
     conn.activity.part_done();
     if let Some(open) = stream {
-        resp = resp.map(|b| crate::body::holding(b, open));
+        resp = resp.map(|b| crate::body::on_stream(b, open));
     }
     Ok(resp)
 }

@@ -1116,13 +1116,21 @@ fn keys_that_could_only_misbehave_are_errors_and_hidden_routes_warnings() {
     let route = |rewrite: &str| {
         format!("[[routes]]\nname = \"r\"\nprefix = \"/r\"\nauth = \"public\"\nupstream = \"app\"\nrewrite = \"{rewrite}\"\n")
     };
-    for bad in ["/v2?inj=1", "/../secret", "/a%2Fb", "v2", "/a//b"] {
+    for bad in ["/v2?inj=1", "/../secret", "/a%2Fb", "v2", "/a//b", "/ä"] {
         let e = load(&format!("{BASE}{}", route(bad))).unwrap_err();
         assert!(
             e.contains("routes[0].rewrite") && e.contains("must be an absolute, normalized path"),
             "{bad}: {e}"
         );
     }
+    let e = load(&format!(
+        "{BASE}[[routes]]\nname = \"u\"\nprefix = \"/ü\"\nauth = \"public\"\nupstream = \"app\"\n"
+    ))
+    .unwrap_err();
+    assert!(
+        e.contains("routes[0].prefix") && e.contains("non-ASCII"),
+        "{e}"
+    );
     for good in ["/", "/v2", "/v2/", "/caf%c3%a9"] {
         assert!(load(&format!("{BASE}{}", route(good))).is_ok(), "{good}");
     }

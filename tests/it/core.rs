@@ -703,6 +703,52 @@ async fn an_http2_connection_that_only_pings_is_idle_but_a_quiet_stream_is_not()
     );
 }
 
+/// An HTTP/2 client that stops reading a response (its flow-control window shut) while it
+/// PINGs is cut as an HTTP/1.1 one is, so that it cannot hold its connection and the upstream
+/// connection behind it for good.
+#[tokio::test]
+async fn an_http2_client_that_stops_reading_is_cut() {
+    let big = "x".repeat(1 << 20);
+    let handler: Handler = std::sync::Arc::new(move |_: &Seen| respond(200, &[], &big));
+    let up = Upstream::with(handler).await;
+    let o = Opts {
+        server: "idle_timeout = \"300ms\"",
+        ..Opts::default()
+    };
+    let gw = Gateway::start_with(o, &public_routes(&up)).await;
+    let connector =
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls_client_config(&[b"h2"])));
+    let tcp = TcpStream::connect(gw.addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = connector.connect(name, tcp).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .timer(hyper_util::rt::TokioTimer::new())
+            .keep_alive_interval(Duration::from_millis(100))
+            .keep_alive_while_idle(true)
+            .initial_stream_window_size(65_535)
+            .initial_connection_window_size(65_535)
+            .handshake::<_, http_body_util::Empty<Bytes>>(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .unwrap();
+    let (closed_tx, closed) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let _ = conn.await;
+        let _ = closed_tx.send(());
+    });
+    let req = http::Request::get(format!("https://localhost:{}/big", gw.addr.port()))
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    // The head is read, the 1 MiB body never: the window shuts after 64 KiB.
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    tokio::time::timeout(Duration::from_secs(5), closed)
+        .await
+        .expect("a client that stopped reading is cut")
+        .unwrap();
+    drop(resp);
+}
+
 #[tokio::test]
 async fn upstream_down_is_502_and_slow_is_504() {
     // A port with nothing listening.

@@ -893,6 +893,10 @@ async fn a_tcp_health_check_from_a_trusted_proxy_is_no_security_warning() {
     for _ in 0..3 {
         drop(from_proxy().await);
     }
+    // One closed with a reset (SO_LINGER 0), as some probes do.
+    let s = from_proxy().await;
+    s.set_zero_linger().unwrap();
+    drop(s);
     let mut s = from_proxy().await;
     s.write_all(b"PROXY BOGUS\r\n").await.unwrap();
     let mut buf = Vec::new();
