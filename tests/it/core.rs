@@ -645,6 +645,41 @@ async fn a_quiet_event_stream_is_not_cut_while_the_client_reads() {
     assert!(got.ends_with("0\r\n\r\n"), "cut before its end: {got}");
 }
 
+/// An HTTP/2 client of `gw` that PINGs every 100 ms, idle or not, with flow-control windows
+/// of `window` bytes (hyper's large defaults when `None`); and a receiver told when its
+/// connection has closed.
+async fn pinging_h2_client(
+    gw: &Gateway,
+    window: Option<u32>,
+) -> (
+    hyper::client::conn::http2::SendRequest<http_body_util::Empty<Bytes>>,
+    tokio::sync::oneshot::Receiver<()>,
+) {
+    let connector =
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls_client_config(&[b"h2"])));
+    let tcp = TcpStream::connect(gw.addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = connector.connect(name, tcp).await.unwrap();
+    let mut b = hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+    b.timer(hyper_util::rt::TokioTimer::new())
+        .keep_alive_interval(Duration::from_millis(100))
+        .keep_alive_while_idle(true);
+    if let Some(w) = window {
+        b.initial_stream_window_size(w)
+            .initial_connection_window_size(w);
+    }
+    let (send, conn) = b
+        .handshake(hyper_util::rt::TokioIo::new(tls))
+        .await
+        .unwrap();
+    let (closed_tx, closed) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let _ = conn.await;
+        let _ = closed_tx.send(());
+    });
+    (send, closed)
+}
+
 /// An HTTP/2 connection is idle by its streams, not its bytes: one that only PINGs after its
 /// last request is closed at `idle_timeout` (PINGs cost nothing and would hold a place among
 /// `max_connections` for good), while a quiet event stream on one is not cut.
@@ -657,25 +692,7 @@ async fn an_http2_connection_that_only_pings_is_idle_but_a_quiet_stream_is_not()
     };
     let gw = Gateway::start_with(o, &route_to(&format!("http://{addr}"), "")).await;
 
-    // A client that PINGs every 100 ms, idle or not.
-    let connector =
-        tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls_client_config(&[b"h2"])));
-    let tcp = TcpStream::connect(gw.addr).await.unwrap();
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let tls = connector.connect(name, tcp).await.unwrap();
-    let (mut send, conn) =
-        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-            .timer(hyper_util::rt::TokioTimer::new())
-            .keep_alive_interval(Duration::from_millis(100))
-            .keep_alive_while_idle(true)
-            .handshake::<_, http_body_util::Empty<Bytes>>(hyper_util::rt::TokioIo::new(tls))
-            .await
-            .unwrap();
-    let (closed_tx, closed) = tokio::sync::oneshot::channel();
-    tokio::spawn(async move {
-        let _ = conn.await;
-        let _ = closed_tx.send(());
-    });
+    let (mut send, closed) = pinging_h2_client(&gw, None).await;
     // The quiet stream is read to its end, its gaps longer than idle_timeout notwithstanding.
     let req = http::Request::get(format!("https://localhost:{}/events", gw.addr.port()))
         .body(http_body_util::Empty::<Bytes>::new())
@@ -716,26 +733,8 @@ async fn an_http2_client_that_stops_reading_is_cut() {
         ..Opts::default()
     };
     let gw = Gateway::start_with(o, &public_routes(&up)).await;
-    let connector =
-        tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls_client_config(&[b"h2"])));
-    let tcp = TcpStream::connect(gw.addr).await.unwrap();
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let tls = connector.connect(name, tcp).await.unwrap();
-    let (mut send, conn) =
-        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-            .timer(hyper_util::rt::TokioTimer::new())
-            .keep_alive_interval(Duration::from_millis(100))
-            .keep_alive_while_idle(true)
-            .initial_stream_window_size(65_535)
-            .initial_connection_window_size(65_535)
-            .handshake::<_, http_body_util::Empty<Bytes>>(hyper_util::rt::TokioIo::new(tls))
-            .await
-            .unwrap();
-    let (closed_tx, closed) = tokio::sync::oneshot::channel();
-    tokio::spawn(async move {
-        let _ = conn.await;
-        let _ = closed_tx.send(());
-    });
+    // Its windows as small as HTTP/2 starts them: the 1 MiB body cannot all be sent ahead.
+    let (mut send, closed) = pinging_h2_client(&gw, Some(65_535)).await;
     let req = http::Request::get(format!("https://localhost:{}/big", gw.addr.port()))
         .body(http_body_util::Empty::<Bytes>::new())
         .unwrap();
