@@ -246,6 +246,7 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>, mut stop: watch::
     let permits = Arc::new(Semaphore::new(first.config.server.max_connections));
     let servers = Arc::new(servers(first.config.server.idle_timeout));
     drop(first);
+    let mut failing = AcceptFailures::default();
     loop {
         let permit = tokio::select! {
             p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
@@ -255,8 +256,7 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>, mut stop: watch::
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    accept_failed(&mut failing, "main", &e).await;
                     continue;
                 }
             },
@@ -292,6 +292,27 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>, mut stop: watch::
             "shutdown grace over: closing remaining connections"
         );
     }
+}
+
+/// A listener's failed accepts since its last warning.
+#[derive(Default)]
+struct AcceptFailures {
+    warned: Option<Instant>,
+    since: u64,
+}
+
+/// An accept failed (out of file descriptors, say): a warning at most once a second with the
+/// count since the last one, and a pause, since retrying at once would spin.
+async fn accept_failed(f: &mut AcceptFailures, listener: &'static str, e: &io::Error) {
+    f.since += 1;
+    if f.warned
+        .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+    {
+        tracing::warn!(listener, error = %e, failures = f.since, "accept failed");
+        f.warned = Some(Instant::now());
+        f.since = 0;
+    }
+    tokio::time::sleep(Duration::from_millis(20)).await;
 }
 
 /// With `proxy_protocol = true`: what the PROXY header a trusted proxy starts with says (a
@@ -777,6 +798,7 @@ async fn redirect_loop(
     let permits = Arc::new(Semaphore::new(
         state.active.load().config.server.max_connections,
     ));
+    let mut failing = AcceptFailures::default();
     loop {
         let permit = tokio::select! {
             p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
@@ -786,9 +808,7 @@ async fn redirect_loop(
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
-                    // Out of file descriptors, say: retrying at once would spin.
-                    tracing::warn!(error = %e, "accept failed on the redirect listener");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    accept_failed(&mut failing, "redirect", &e).await;
                     continue;
                 }
             },

@@ -204,6 +204,11 @@ impl Logged {
 
     /// With `RUST_LOG=rust_log`.
     async fn start_at(body: &str, rust_log: &str) -> Logged {
+        Self::start_limited(body, rust_log, None).await
+    }
+
+    /// With `RUST_LOG=rust_log`, and at most `nofile` open files when given (`prlimit`).
+    async fn start_limited(body: &str, rust_log: &str, nofile: Option<u32>) -> Logged {
         let dir = std::env::temp_dir().join(format!(
             "iptgate-log-{}",
             iptgate::pipeline::mint::random_id()
@@ -225,7 +230,18 @@ impl Logged {
             &format!("admin_listen = \"127.0.0.1:{admin_port}\""),
         );
         std::fs::write(dir.join("gateway.toml"), text).unwrap();
-        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_iptgate"))
+        let mut cmd = match nofile {
+            // prlimit execs the gateway: the child's PID is the gateway's.
+            Some(n) => {
+                let mut c = tokio::process::Command::new("prlimit");
+                c.arg(format!("--nofile={n}:{n}"))
+                    .arg("--")
+                    .arg(env!("CARGO_BIN_EXE_iptgate"));
+                c
+            }
+            None => tokio::process::Command::new(env!("CARGO_BIN_EXE_iptgate")),
+        };
+        let child = cmd
             .args(["--log-format", "json", "run", "--config"])
             .arg(dir.join("gateway.toml"))
             .env("RUST_LOG", rust_log)
@@ -904,4 +920,26 @@ async fn a_tcp_health_check_from_a_trusted_proxy_is_no_security_warning() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let log = gw.stop().await;
     assert_eq!(log.matches("PROXY header refused").count(), 1, "{log}");
+}
+
+/// Out of file descriptors, a listener warns at most once a second (with the count of failed
+/// accepts), and does not spin: one line per failed accept flooded the log, 80 a second.
+#[tokio::test]
+async fn accept_failures_warn_once_a_second() {
+    let up = Upstream::start().await;
+    let gw = Logged::start_limited(&open_and_token_routes(&up, ""), "info", Some(64)).await;
+    let addr = gw.base.trim_start_matches("http://").to_string();
+    let mut held = Vec::new();
+    for _ in 0..100 {
+        if let Ok(s) = tokio::net::TcpStream::connect(&addr).await {
+            held.push(s);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let log = gw.stop().await;
+    let warned = log.matches("accept failed").count();
+    assert!((1..=4).contains(&warned), "{warned} warnings: {log}");
+    assert!(log.contains("\"failures\":"), "{log}");
 }
