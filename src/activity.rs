@@ -31,6 +31,11 @@ const UNWATCHED: u8 = 3;
 /// HTTP/2, past its first request: idle when no stream is open and none began or ended for
 /// `idle_timeout` (bytes alone, PINGs say, are no activity).
 const H2: u8 = 4;
+/// The largest write taken for HTTP/2 control frames only (PING and SETTINGS acknowledgements
+/// of 9–17 bytes, WINDOW_UPDATEs, a few of them together): a larger one carries data to the
+/// client. A client that opens its window by less than this per `idle_timeout` has all but
+/// stopped reading.
+const CONTROL_WRITE: usize = 256;
 
 #[derive(Debug)]
 pub struct Activity {
@@ -54,6 +59,9 @@ pub struct Activity {
     /// HTTP/2: a stream began or ended, or a response body gave a frame, since the watcher
     /// last looked.
     streamed: AtomicBool,
+    /// More than control frames were written to the client since the watcher last looked: a
+    /// stream waiting on its client's window is moving, however slowly.
+    sent_data: AtomicBool,
 }
 
 impl Default for Activity {
@@ -69,6 +77,7 @@ impl Default for Activity {
             streams: AtomicU32::new(0),
             blocked_streams: AtomicU32::new(0),
             streamed: AtomicBool::new(false),
+            sent_data: AtomicBool::new(false),
         }
     }
 }
@@ -88,9 +97,12 @@ impl Activity {
     }
 
     /// Bytes were written to the client.
-    pub fn wrote(&self) {
+    pub fn wrote(&self, n: usize) {
         self.moved.store(true, Relaxed);
         self.blocked.store(false, Relaxed);
+        if n > CONTROL_WRITE {
+            self.sent_data.store(true, Relaxed);
+        }
     }
 
     /// A write or flush to the client is pending (`true`: its buffers are full) or has
@@ -152,8 +164,11 @@ impl Activity {
     /// upstream is at work, or a quiet event stream has nothing to send); and whether a stream
     /// began, ended or sent something since the last call.
     pub fn take_streamed(&self) -> (bool, bool) {
-        let busy = self.streams.load(SeqCst) > self.blocked_streams.load(SeqCst);
-        (busy, self.streamed.swap(false, Relaxed))
+        let open = self.streams.load(SeqCst);
+        let busy = open > self.blocked_streams.load(SeqCst);
+        // A stream waiting on its client's window moves while data is written to it.
+        let sent = self.sent_data.swap(false, Relaxed) && open > 0;
+        (busy, self.streamed.swap(false, Relaxed) || sent)
     }
 
     /// HTTP/2: streams are open and every one waits on a client that is not reading.

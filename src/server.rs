@@ -726,7 +726,7 @@ impl<S> Tracked<S> {
     /// After a write: bytes moved, or the client is not taking them (pending).
     fn wrote(&self, r: &Poll<io::Result<usize>>) {
         match r {
-            Poll::Ready(Ok(n)) if *n > 0 => self.activity.wrote(),
+            Poll::Ready(Ok(n)) if *n > 0 => self.activity.wrote(*n),
             Poll::Pending => self.activity.write_blocked(true),
             Poll::Ready(_) => {}
         }

@@ -720,6 +720,37 @@ async fn an_http2_connection_that_only_pings_is_idle_but_a_quiet_stream_is_not()
     );
 }
 
+/// An HTTP/2 client that reads slowly, but steadily, through a small window is never cut,
+/// however long one chunk of the upstream's answer takes to pass its window.
+#[tokio::test]
+async fn an_http2_client_that_reads_slowly_is_not_cut() {
+    let big = "x".repeat(1 << 19);
+    let handler: Handler = std::sync::Arc::new(move |_: &Seen| respond(200, &[], &big));
+    let up = Upstream::with(handler).await;
+    let o = Opts {
+        server: "idle_timeout = \"300ms\"",
+        ..Opts::default()
+    };
+    let gw = Gateway::start_with(o, &public_routes(&up)).await;
+    let (mut send, _closed) = pinging_h2_client(&gw, Some(16_384)).await;
+    let req = http::Request::get(format!("https://localhost:{}/big", gw.addr.port()))
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    // 16 KiB every 40 ms: ~400 KB/s, the whole 512 KiB in ~1.3 s, over four idle timeouts.
+    let mut body = resp.into_body();
+    let mut got = 0;
+    while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
+        let frame = frame.expect("the download is not cut");
+        if let Some(d) = frame.data_ref() {
+            got += d.len();
+        }
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    assert_eq!(got, 1 << 19);
+}
+
 /// An HTTP/2 client that stops reading a response (its flow-control window shut) while it
 /// PINGs is cut as an HTTP/1.1 one is, so that it cannot hold its connection and the upstream
 /// connection behind it for good.
