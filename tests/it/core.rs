@@ -720,11 +720,19 @@ async fn an_http2_connection_that_only_pings_is_idle_but_a_quiet_stream_is_not()
     );
 }
 
-/// An HTTP/2 client that reads slowly, but steadily, through a small window is never cut,
-/// however long one chunk of the upstream's answer takes to pass its window.
-#[tokio::test]
-async fn an_http2_client_that_reads_slowly_is_not_cut() {
-    let big = "x".repeat(1 << 19);
+/// The response to a pinging HTTP/2 client (flow-control windows of `window` bytes) asking
+/// for a `size`-byte body, through a gateway with `idle_timeout = "300ms"`; and a receiver
+/// told when the connection has closed. The gateway and its upstream live as long as the
+/// returned guard.
+async fn big_download_over_h2(
+    size: usize,
+    window: u32,
+) -> (
+    http::Response<hyper::body::Incoming>,
+    tokio::sync::oneshot::Receiver<()>,
+    (Upstream, Gateway),
+) {
+    let big = "x".repeat(size);
     let handler: Handler = std::sync::Arc::new(move |_: &Seen| respond(200, &[], &big));
     let up = Upstream::with(handler).await;
     let o = Opts {
@@ -732,12 +740,20 @@ async fn an_http2_client_that_reads_slowly_is_not_cut() {
         ..Opts::default()
     };
     let gw = Gateway::start_with(o, &public_routes(&up)).await;
-    let (mut send, _closed) = pinging_h2_client(&gw, Some(16_384)).await;
+    let (mut send, closed) = pinging_h2_client(&gw, Some(window)).await;
     let req = http::Request::get(format!("https://localhost:{}/big", gw.addr.port()))
         .body(http_body_util::Empty::<Bytes>::new())
         .unwrap();
     let resp = send.send_request(req).await.unwrap();
     assert_eq!(resp.status(), 200);
+    (resp, closed, (up, gw))
+}
+
+/// An HTTP/2 client that reads slowly, but steadily, through a small window is never cut,
+/// however long one chunk of the upstream's answer takes to pass its window.
+#[tokio::test]
+async fn an_http2_client_that_reads_slowly_is_not_cut() {
+    let (resp, _closed, _gw) = big_download_over_h2(1 << 19, 16_384).await;
     // 16 KiB every 40 ms: ~400 KB/s, the whole 512 KiB in ~1.3 s, over four idle timeouts.
     let mut body = resp.into_body();
     let mut got = 0;
@@ -756,22 +772,9 @@ async fn an_http2_client_that_reads_slowly_is_not_cut() {
 /// connection behind it for good.
 #[tokio::test]
 async fn an_http2_client_that_stops_reading_is_cut() {
-    let big = "x".repeat(1 << 20);
-    let handler: Handler = std::sync::Arc::new(move |_: &Seen| respond(200, &[], &big));
-    let up = Upstream::with(handler).await;
-    let o = Opts {
-        server: "idle_timeout = \"300ms\"",
-        ..Opts::default()
-    };
-    let gw = Gateway::start_with(o, &public_routes(&up)).await;
-    // Its windows as small as HTTP/2 starts them: the 1 MiB body cannot all be sent ahead.
-    let (mut send, closed) = pinging_h2_client(&gw, Some(65_535)).await;
-    let req = http::Request::get(format!("https://localhost:{}/big", gw.addr.port()))
-        .body(http_body_util::Empty::<Bytes>::new())
-        .unwrap();
-    // The head is read, the 1 MiB body never: the window shuts after 64 KiB.
-    let resp = send.send_request(req).await.unwrap();
-    assert_eq!(resp.status(), 200);
+    // Windows as small as HTTP/2 starts them: the 1 MiB body cannot all be sent ahead. The
+    // head is read, the body never: the window shuts after 64 KiB.
+    let (resp, closed, _gw) = big_download_over_h2(1 << 20, 65_535).await;
     tokio::time::timeout(Duration::from_secs(5), closed)
         .await
         .expect("a client that stopped reading is cut")
