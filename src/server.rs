@@ -243,25 +243,10 @@ fn servers(idle: Duration) -> Servers {
 async fn accept_loop(listener: TcpListener, state: Arc<State>, mut stop: watch::Receiver<bool>) {
     let first = state.active.load_full();
     let tls_mode = first.tls.is_some();
-    let permits = Arc::new(Semaphore::new(first.config.server.max_connections));
+    let mut acceptor = Acceptor::new(listener, first.config.server.max_connections, "main");
     let servers = Arc::new(servers(first.config.server.idle_timeout));
     drop(first);
-    let mut failing = AcceptFailures::default();
-    loop {
-        let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-            _ = stop.changed() => break,
-        };
-        let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    accept_failed(&mut failing, "main", &e).await;
-                    continue;
-                }
-            },
-            _ = stop.changed() => break,
-        };
+    while let Some((permit, stream, peer)) = acceptor.next(&mut stop).await {
         let state = state.clone();
         let servers = servers.clone();
         let stop = stop.clone();
@@ -270,7 +255,7 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>, mut stop: watch::
             connection(stream, peer, tls_mode, &state, &servers, stop, slot).await;
         });
     }
-    drop(listener);
+    drop(acceptor);
     // Drain: connections see the stop signal and close after their in-flight requests, for
     // the grace of the config in force now (a reload may have changed it).
     let grace = state.active.load().config.server.shutdown_grace;
@@ -294,25 +279,58 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>, mut stop: watch::
     }
 }
 
-/// A listener's failed accepts since its last warning.
-#[derive(Default)]
-struct AcceptFailures {
+/// A listener's accept loop, up to `max_connections` at once: the main listener and the
+/// redirect one each have their own.
+struct Acceptor {
+    listener: TcpListener,
+    permits: Arc<Semaphore>,
+    /// Its name in warnings.
+    name: &'static str,
+    /// When an accept failure was last warned of, and the failures since.
     warned: Option<Instant>,
-    since: u64,
+    failures: u64,
 }
 
-/// An accept failed (out of file descriptors, say): a warning at most once a second with the
-/// count since the last one, and a pause, since retrying at once would spin.
-async fn accept_failed(f: &mut AcceptFailures, listener: &'static str, e: &io::Error) {
-    f.since += 1;
-    if f.warned
-        .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
-    {
-        tracing::warn!(listener, error = %e, failures = f.since, "accept failed");
-        f.warned = Some(Instant::now());
-        f.since = 0;
+impl Acceptor {
+    fn new(listener: TcpListener, max_connections: usize, name: &'static str) -> Acceptor {
+        Acceptor {
+            listener,
+            permits: Arc::new(Semaphore::new(max_connections)),
+            name,
+            warned: None,
+            failures: 0,
+        }
     }
-    tokio::time::sleep(Duration::from_millis(20)).await;
+
+    /// The next connection with its place, once one is free; `None` when the gateway stops.
+    /// A failed accept (out of file descriptors, say) is warned of at most once a second, with
+    /// the count since the last warning, and waited out a moment: retrying at once would spin.
+    async fn next(
+        &mut self,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Option<(OwnedSemaphorePermit, TcpStream, SocketAddr)> {
+        let permit = tokio::select! {
+            p = self.permits.clone().acquire_owned() => p.ok()?,
+            _ = stop.changed() => return None,
+        };
+        loop {
+            tokio::select! {
+                r = self.listener.accept() => match r {
+                    Ok((stream, peer)) => return Some((permit, stream, peer)),
+                    Err(e) => {
+                        self.failures += 1;
+                        if self.warned.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                            tracing::warn!(listener = self.name, error = %e, failures = self.failures, "accept failed");
+                            self.warned = Some(Instant::now());
+                            self.failures = 0;
+                        }
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                },
+                _ = stop.changed() => return None,
+            }
+        }
+    }
 }
 
 /// With `proxy_protocol = true`: what the PROXY header a trusted proxy starts with says (a
@@ -795,25 +813,9 @@ async fn redirect_loop(
     // Its own `max_connections`, so that neither listener's clients can take the other's
     // places; each connection answers one request (no keep-alive) within the header read
     // timeout, counted from its start.
-    let permits = Arc::new(Semaphore::new(
-        state.active.load().config.server.max_connections,
-    ));
-    let mut failing = AcceptFailures::default();
-    loop {
-        let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-            _ = stop.changed() => return,
-        };
-        let (mut stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    accept_failed(&mut failing, "redirect", &e).await;
-                    continue;
-                }
-            },
-            _ = stop.changed() => return,
-        };
+    let max = state.active.load().config.server.max_connections;
+    let mut acceptor = Acceptor::new(listener, max, "redirect");
+    while let Some((permit, mut stream, peer)) = acceptor.next(&mut stop).await {
         let state = state.clone();
         tokio::spawn(async move {
             let _permit = permit;

@@ -195,6 +195,15 @@ impl RedisServer {
         }
     }
 
+    /// A connection of its own to the server, to look at or stir its data.
+    async fn connection(&self) -> ::redis::aio::MultiplexedConnection {
+        ::redis::Client::open(self.url())
+            .expect("client")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("conn")
+    }
+
     fn stop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -219,11 +228,7 @@ async fn redis_revoke_and_spend() {
     exercise(&s).await;
 
     // Keys are namespaced and expire.
-    let mut c = ::redis::Client::open(server.url())
-        .expect("client")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("conn");
+    let mut c = server.connection().await;
     let ttl: i64 = ::redis::cmd("PTTL")
         .arg("iptgate:rev:jti-1")
         .query_async(&mut c)
@@ -340,11 +345,7 @@ async fn redis_bad_url_is_an_error() {
 
 /// Holds the server's writes (scripts included) for `ms`, as a Redis failover does.
 async fn pause_writes(server: &RedisServer, ms: u64) {
-    let mut c = ::redis::Client::open(server.url())
-        .expect("client")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("conn");
+    let mut c = server.connection().await;
     let _: () = ::redis::cmd("CLIENT")
         .arg("PAUSE")
         .arg(ms)
@@ -409,11 +410,7 @@ async fn redis_a_retry_takes_over_the_failed_spend_of_its_instance() {
     let Some(r) = s.shared() else {
         panic!("a redis store")
     };
-    let mut c = ::redis::Client::open(server.url())
-        .expect("client")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("conn");
+    let mut c = server.connection().await;
     let _: () = ::redis::cmd("SET")
         .arg("iptgate:spent:r-lost")
         .arg("nonce-of-the-failed-spend")
